@@ -1,0 +1,100 @@
+"""Kernel feature maps phi for FAVOR+, in a factored, overflow-free form.
+
+Every map returns `(feats, log_amp)` with the true feature vector equal to
+`exp(log_amp)[..., None] * feats`:
+  feats:   float32 `[..., F]`, bounded (entries <= 1 for the exponential maps)
+  log_amp: float32 `[...]` per-token log-amplitude, or None when it is 0.
+
+Keeping the amplitude apart is what makes the attention stable: a per-query
+amplitude cancels between numerator and normalizer and is simply dropped,
+while key amplitudes are rescaled by a stabilizer that `favor.py` chooses so
+that it never looks at future keys in causal mode. Constant factors such as
+`1/sqrt(m)` cancel in the normalization too and are omitted.
+
+Inputs x are already multiplied by the data normalizer `d^(-1/4)`, so that
+`exp(x . y)` is the softmax kernel `exp(q . k / sqrt(d))`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+RELU_EPS = 1e-3
+FeatureFn = Callable[[jax.Array, jax.Array | None], jax.Array]
+
+
+def _project(x: jax.Array, projection_MD: jax.Array) -> jax.Array:
+  return jnp.einsum("...d,md->...m", x, projection_MD,
+                    precision=jax.lax.Precision.HIGHEST)
+
+
+def _exp_features(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+  # The per-token max is pulled into log_amp; stop_gradient is exact because
+  # feats * exp(log_amp) does not depend on the value subtracted.
+  log_amp = jax.lax.stop_gradient(jnp.max(logits, axis=-1))
+  return jnp.exp(logits - log_amp[..., None]), log_amp
+
+
+def softmax_positive(x, projection_MD):
+  """Positive random features `exp(w.x - |x|^2/2)` (FAVOR+, Lemma 1)."""
+  half_sq = 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
+  return _exp_features(_project(x, projection_MD) - half_sq)
+
+
+def softmax_hyperbolic(x, projection_MD):
+  """Hyperbolic positive features `exp(+-w.x - |x|^2/2)`: 2m features."""
+  half_sq = 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
+  wx = _project(x, projection_MD)
+  return _exp_features(jnp.concatenate([wx, -wx], axis=-1) - half_sq)
+
+
+def softmax_trig(x, projection_MD):
+  """Trigonometric features `exp(|x|^2/2) (sin, cos)(w.x)`: 2m, can be < 0."""
+  wx = _project(x, projection_MD)
+  feats = jnp.concatenate([jnp.sin(wx), jnp.cos(wx)], axis=-1)
+  return feats, 0.5 * jnp.sum(x * x, axis=-1)
+
+
+def relu(x, projection_MD, eps: float = RELU_EPS):
+  """Generalized attention `relu(w.x) + eps`; `relu(x) + eps` if no projection."""
+  pre = x if projection_MD is None else _project(x, projection_MD)
+  return jax.nn.relu(pre) + eps, None
+
+
+KERNELS: dict[str, Callable] = {
+    "softmax": softmax_positive,
+    "softmax_hyperbolic": softmax_hyperbolic,
+    "softmax_trig": softmax_trig,
+    "relu": relu,
+}
+
+NEEDS_PROJECTION = {"softmax": True, "softmax_hyperbolic": True,
+                    "softmax_trig": True, "relu": False}
+
+
+def resolve(kernel: str | FeatureFn, projection_MD: jax.Array | None):
+  """Returns `fn(x) -> (feats, log_amp)` for a kernel name or user function.
+
+  A user function takes `(x [..., D], projection [M, D] or None)` and returns
+  non-negative features `[..., F]`; it gets log_amp None.
+  """
+  if callable(kernel):
+    def user_fn(x):
+      feats = kernel(x, projection_MD)
+      if feats.shape[:-1] != x.shape[:-1]:
+        raise ValueError(
+            "a user feature function must map [..., D] to [..., F]; got "
+            f"{x.shape} -> {feats.shape}.")
+      return feats.astype(jnp.float32), None
+    return user_fn
+  if kernel not in KERNELS:
+    raise ValueError(f"unknown kernel {kernel!r}; choose one of "
+                     f"{sorted(KERNELS)} or pass a feature function.")
+  if NEEDS_PROJECTION[kernel] and projection_MD is None:
+    raise ValueError(f"kernel {kernel!r} needs a projection [num_features, "
+                     "head_dim]; draw one with "
+                     "gaussian_orthogonal_random_matrix.")
+  return lambda x: KERNELS[kernel](x, projection_MD)

@@ -1,0 +1,101 @@
+"""A drop-in `attention_fn` for `flax.linen.MultiHeadDotProductAttention`.
+
+Flax hands its attention function a dense mask `[batch..., H or 1, Lq, Lk]`.
+FAVOR+ never forms the attention matrix, so it can honour only masks of the
+form `key_padding & (causal tril if causal)` (rows of padded queries may be
+all False). Anything else - an arbitrary mask, an additive bias, attention
+dropout - cannot be represented, and instead of silently ignoring it (the
+official code does) the function raises. A traced mask is checked at run time
+through a host callback, so a jitted model fails loudly too.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from performer_jax.attention import favor
+from performer_jax.attention import feature_maps
+
+
+def _implied_mask(mask: jax.Array, causal: bool):
+  """(key_mask [batch..., Lk], the dense mask that key_mask would imply)."""
+  any_head = mask.any(axis=-3)                      # [batch..., Lq, Lk]
+  row_valid = any_head.any(axis=-1, keepdims=True)  # padded queries: False
+  key_mask = any_head.any(axis=-2)                  # [batch..., Lk]
+  implied = key_mask[..., None, :] & row_valid
+  if causal:
+    q_len, kv_len = mask.shape[-2:]
+    implied = implied & jnp.tril(jnp.ones((q_len, kv_len), bool))
+  return key_mask, implied[..., None, :, :]
+
+
+def _raise_if(bad, causal):
+  if bool(bad):
+    kind = "key-padding & causal" if causal else "key-padding"
+    raise ValueError(
+        f"make_favor_attention_fn(causal={causal}) can only honour a "
+        f"{kind} mask (e.g. flax.linen.make_attention_mask(q_pad, k_pad)"
+        f"{' & make_causal_mask' if causal else ''}); it was given a mask of "
+        "another form, which FAVOR+ cannot represent. Pass causal=True for a "
+        "causal mask, or use exact attention for arbitrary masks.")
+
+
+def make_favor_attention_fn(projection: jax.Array | None, *,
+                            kernel: str | feature_maps.FeatureFn = "softmax",
+                            causal: bool = False,
+                            chunk_size: int = favor.DEFAULT_CHUNK_SIZE,
+                            check_mask: bool = True):
+  """Returns an `attention_fn` running FAVOR+ with a fixed projection.
+
+  Usage: `nn.MultiHeadDotProductAttention(num_heads=4,
+  attention_fn=make_favor_attention_fn(proj, causal=True))`.
+
+  Args:
+    projection: `[M, head_dim]` from `gaussian_orthogonal_random_matrix`.
+    kernel: as `favor_attention`.
+    causal: build causal FAVOR+; a causal Flax mask is then accepted.
+    chunk_size: causal chunk length.
+    check_mask: verify that a given mask has a representable form.
+  """
+
+  def attention_fn(query, key, value, bias=None, mask=None,
+                   broadcast_dropout=True, dropout_rng=None,
+                   dropout_rate=0.0, deterministic=False, dtype=None,
+                   precision=None, module=None, **unused):
+    del broadcast_dropout, dropout_rng, precision, module
+    if unused:
+      raise ValueError("FAVOR+ attention_fn got unsupported arguments "
+                       f"{sorted(unused)}.")
+    if bias is not None:
+      raise ValueError("FAVOR+ cannot add an attention bias (it never forms "
+                       "the attention matrix); remove the bias or use exact "
+                       "attention.")
+    if dropout_rate > 0.0 and not deterministic:
+      raise ValueError(
+          f"FAVOR+ cannot apply attention dropout (dropout_rate={dropout_rate})"
+          ": there is no attention matrix. Set dropout_rate=0 on "
+          "MultiHeadDotProductAttention and add dropout after it.")
+    key_mask = None
+    if mask is not None:
+      expected = query.shape[:-3] + (query.shape[-3], key.shape[-3])
+      if mask.ndim != query.ndim or mask.shape[-2:] != expected[-2:]:
+        raise ValueError(
+            f"mask must have shape [batch..., heads or 1, q_len, kv_len] "
+            f"matching {expected}, got {mask.shape}.")
+      mask = jnp.broadcast_to(mask.astype(bool), query.shape[:-3] +
+                              mask.shape[-3:])
+      key_mask, implied = _implied_mask(mask, causal)
+      if check_mask:
+        bad = jnp.any(implied != mask)
+        if isinstance(bad, jax.core.Tracer):
+          jax.debug.callback(_raise_if, bad, causal)
+        else:
+          _raise_if(np.asarray(bad), causal)
+    out = favor.favor_attention(query, key, value, projection, kernel=kernel,
+                                causal=causal, key_mask=key_mask,
+                                chunk_size=chunk_size)
+    return out if dtype is None else out.astype(dtype)
+
+  return attention_fn

@@ -1,0 +1,100 @@
+"""The contract between tasks (data) and the trainer.
+
+A task turns its config into a `TaskData`: a train source, an eval source and
+the facts the trainer needs (vocabulary, causality, how to report the loss).
+Sources are *random access by step*: `get_batch(step)` is a pure function of
+(seed, step, process), so resuming a run only needs the step number and every
+process can build its own shard of the global batch without talking to others.
+
+Every batch is a dict of numpy arrays, local to this process:
+  inputs:   int32   [b, L]  token ids fed to the model
+  targets:  int32   [b, L]  token ids the model must predict at each position
+  weights:  float32 [b, L]  loss weight per position (0 on padding, and for
+                            masked LM 1 only on the masked positions)
+  key_mask: bool    [b, L]  True where the position is a real token (attention
+                            padding mask)
+with b = global_batch_size // process_count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+import numpy as np
+
+BATCH_KEYS = ("inputs", "targets", "weights", "key_mask")
+
+
+class BatchSource(Protocol):
+  """Random-access batches for one process."""
+
+  global_batch_size: int
+  seq_len: int
+
+  def get_batch(self, step: int) -> dict[str, np.ndarray]:
+    """Returns this process's slice of global batch number `step`."""
+    ...
+
+  @property
+  def num_batches(self) -> int | None:
+    """Batches in one pass (eval sources), or None for an endless source."""
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskData:
+  """What a task hands to the trainer.
+
+  Attributes:
+    train: endless source of training batches.
+    eval: finite source; the trainer evaluates on batches 0..num_batches-1.
+    vocab_size: size of the model's input and output vocabulary.
+    causal: True for autoregressive tasks (decoder), False for masked LM.
+    loss_unit: how to name per-token bits in metrics: "token", "byte" or "dim".
+    unigram_bits: entropy in bits per predicted token of the training
+      unigram distribution: the baseline every model must beat.
+  """
+
+  train: BatchSource
+  eval: BatchSource
+  vocab_size: int
+  causal: bool
+  loss_unit: str = "token"
+  unigram_bits: float | None = None
+
+
+def check_batch(batch: dict[str, np.ndarray], batch_size: int,
+                seq_len: int) -> None:
+  """Raises ValueError naming the key when a batch breaks the contract."""
+  expected = {"inputs": np.int32, "targets": np.int32,
+              "weights": np.float32, "key_mask": np.bool_}
+  for key, dtype in expected.items():
+    if key not in batch:
+      raise ValueError(f"batch is missing key {key!r}; it has {sorted(batch)}")
+    arr = batch[key]
+    if arr.shape != (batch_size, seq_len):
+      raise ValueError(f"batch[{key!r}] has shape {arr.shape}, expected "
+                       f"{(batch_size, seq_len)}")
+    if arr.dtype != dtype:
+      raise ValueError(f"batch[{key!r}] has dtype {arr.dtype}, expected "
+                       f"{np.dtype(dtype)}")
+
+
+def check_batch_values(batch: dict[str, np.ndarray], vocab_size: int) -> None:
+  """Raises ValueError when token ids or weights break the contract.
+
+  Token ids must lie in [0, vocab_size); weights must be finite, >= 0 and 0
+  wherever key_mask is False (padding is never a target).
+  """
+  for key in ("inputs", "targets"):
+    arr = batch[key]
+    if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
+      raise ValueError(f"batch[{key!r}] has ids in [{arr.min()}, {arr.max()}]"
+                       f", outside the vocabulary [0, {vocab_size})")
+  weights = batch["weights"]
+  if not np.isfinite(weights).all() or (weights < 0).any():
+    raise ValueError("batch['weights'] must be finite and >= 0")
+  if weights[~batch["key_mask"]].any():
+    raise ValueError("batch['weights'] is non-zero on padding (key_mask "
+                     "False)")
