@@ -1,0 +1,237 @@
+"""Protein tasks: masked LM (`protein_mlm`) and causal LM (`protein_lm`).
+
+Vocabulary (29 tokens, shared by both tasks):
+  0 PAD, 1 MASK, 2 BOS, 3 EOS, then the amino acids in the order
+  `ACDEFGHIKLMNPQRSTVWY` (ids 4-23) + `BZXUO` (ids 24-28).
+
+protein_mlm (causal=False): a row is one sequence's residues, randomly
+cropped to L (train; the first L for eval) or padded to L, without special
+tokens. 15% of the real positions are selected (independently per position),
+80% of those become MASK, 10% a uniformly random *standard* amino acid, 10%
+stay. targets = the original residues (PAD on padding); weights = 1 exactly
+on the selected positions.
+
+protein_lm (causal=True): a sequence s of length n becomes the stream
+x = [BOS, s_0, ..., s_{n-1}, EOS] and a row is a window of L+1 tokens:
+inputs = x[o:o+L], targets = x[o+1:o+L+1]. Train picks o uniformly in
+[0, n+1-L] (0 when it fits), eval o = 0; so an uncropped row is
+inputs = [BOS, s_0, ..., s_{n-1}], targets = [s_0, ..., s_{n-1}, EOS], and a
+long one inputs = [BOS, s_0..s_{L-2}], targets = [s_0..s_{L-1}].
+Positions past the stream are padding (PAD, weight 0, key_mask False).
+
+Default data: train on mmseqs2-examples DB.fasta.gz (20,000 sequences), eval
+on QUERY.fasta.gz (500). Train rows visit the sequences in a fresh
+permutation each epoch; eval batch i row r is sequence (i*B + r) mod N.
+unigram_bits: entropy of the train residue counts (MLM) or of the residue +
+EOS counts of the streams' targets (LM).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+import numpy as np
+
+from performer_jax.data import defaults
+from performer_jax.data import fasta
+from performer_jax.tasks import base
+from performer_jax.tasks import config_check
+from performer_jax.tasks import masking
+from performer_jax.tasks import sampling
+
+PAD, MASK, BOS, EOS = 0, 1, 2, 3
+FIRST_AMINO_ACID = 4
+VOCAB_SIZE = FIRST_AMINO_ACID + len(fasta.AMINO_ACIDS)
+NUM_STANDARD = len(fasta.STANDARD_AMINO_ACIDS)
+VARIANTS = ("smoke", "cpu", "paper")
+
+_LUT = np.full(256, 255, np.uint8)
+for _i, _c in enumerate(fasta.AMINO_ACIDS):
+  _LUT[ord(_c)] = FIRST_AMINO_ACID + _i
+
+
+def encode(sequence: str) -> np.ndarray:
+  """Amino-acid letters -> uint8 token ids."""
+  ids = _LUT[np.frombuffer(sequence.encode("ascii"), np.uint8)]
+  if (ids == 255).any():
+    raise ValueError(f"sequence has characters outside {fasta.AMINO_ACIDS}")
+  return ids
+
+
+def decode(ids: np.ndarray) -> str:
+  """Token ids -> letters; specials as '.', '#', '<', '>'."""
+  table = ".#<>" + fasta.AMINO_ACIDS
+  return "".join(table[int(i)] for i in ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class Proteins:
+  """A tokenized sequence set: sequence i is tokens[offsets[i]:offsets[i+1]].
+
+  Attributes:
+    tokens: uint8 [total residues], amino-acid ids.
+    offsets: int64 [N + 1].
+    report: what the FASTA reader found (counts, skips).
+  """
+
+  tokens: np.ndarray
+  offsets: np.ndarray
+  report: fasta.FastaReport
+
+  def __len__(self) -> int:
+    return self.offsets.shape[0] - 1
+
+  def sequence(self, i: int) -> np.ndarray:
+    return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+
+
+def load_proteins(path: str, *, strict: bool = False,
+                  provider: str = defaults.USER_FILE_PROVIDER) -> Proteins:
+  """Reads and tokenizes a FASTA file once into flat arrays."""
+  records, report = fasta.read_fasta(path, strict=strict, provider=provider)
+  lengths = np.array([len(s) for _, s in records], np.int64)
+  offsets = np.concatenate([[0], np.cumsum(lengths)])
+  joined = "".join(s for _, s in records).encode("ascii")
+  tokens = _LUT[np.frombuffer(joined, np.uint8)]
+  return Proteins(tokens=tokens, offsets=offsets, report=report)
+
+
+class _ProteinSource(sampling.RowSource):
+  """Rows from a Proteins set: shuffled per epoch (train) or in order (eval)."""
+
+  def __init__(self, proteins: Proteins, *, seed: int, train: bool, **kwargs):
+    super().__init__(**kwargs)
+    self.proteins = proteins
+    self.train = train
+    self.seed = seed if train else sampling.EVAL_SEED
+    self.order = sampling.EpochOrder(len(proteins), seed)
+
+  def _pick(self, step: int, row: int) -> tuple[np.ndarray,
+                                                 np.random.Generator]:
+    position = step * self.global_batch_size + row
+    if self.train:
+      index = self.order.index(position)
+      stream = sampling.STREAM_TRAIN_ROW
+    else:
+      index = position % len(self.proteins)
+      stream = sampling.STREAM_EVAL_ROW
+    rng = sampling.row_rng(self.seed, stream, step, row)
+    return self.proteins.sequence(index), rng
+
+
+class MlmSource(_ProteinSource):
+  """Masked-LM rows (see the module docstring)."""
+
+  def __init__(self, proteins: Proteins, *, mask_rate: float, **kwargs):
+    super().__init__(proteins, **kwargs)
+    self.mask_rate = mask_rate
+
+  def fill_row(self, step, row, out):
+    seq, rng = self._pick(step, row)
+    excess = seq.shape[0] - self.seq_len
+    start = int(rng.integers(0, excess + 1)) if self.train and excess > 0 else 0
+    window = seq[start:start + self.seq_len]
+    n = window.shape[0]
+    inputs, selected = masking.bert_mask(
+        window, rng, mask_rate=self.mask_rate, mask_id=MASK,
+        random_low=FIRST_AMINO_ACID,
+        random_high=FIRST_AMINO_ACID + NUM_STANDARD)
+    out["inputs"][:n] = inputs
+    out["targets"][:n] = window
+    out["weights"][:n] = selected
+    out["key_mask"][:n] = True
+
+
+class LmSource(_ProteinSource):
+  """Causal-LM rows (see the module docstring)."""
+
+  def fill_row(self, step, row, out):
+    seq, rng = self._pick(step, row)
+    stream = np.concatenate([[BOS], seq, [EOS]])
+    excess = stream.shape[0] - (self.seq_len + 1)
+    start = int(rng.integers(0, excess + 1)) if self.train and excess > 0 else 0
+    sampling.fill_causal_row(out, stream, start)
+
+
+def _data_config(variant: str, task: str, masked: bool
+                 ) -> ml_collections.ConfigDict:
+  config_check.variant_choice(variant, VARIANTS, task)
+  seq_len, batch_size, num_eval_batches = {
+      "smoke": (64, 8, 2), "cpu": (256, 16, 8), "paper": (1024, 32, 0)
+  }[variant]
+  cfg = ml_collections.ConfigDict()
+  # "" = the embedded default (mmseqs2-examples); any FASTA path, e.g. a
+  # TrEMBL/UniRef50 download, overrides it.
+  cfg.train_path = ""
+  cfg.eval_path = ""
+  cfg.seq_len = seq_len
+  cfg.batch_size = batch_size  # global
+  cfg.seed = 0
+  cfg.num_eval_batches = num_eval_batches  # 0 = one full pass
+  cfg.strict_fasta = False  # True: invalid/empty records raise, not skip
+  if masked:
+    cfg.mask_rate = 0.15
+  return cfg
+
+
+def mlm_data_config(variant: str) -> ml_collections.ConfigDict:
+  """`config.data` for protein_mlm; variant "smoke", "cpu" or "paper"."""
+  return _data_config(variant, "protein_mlm", masked=True)
+
+
+def lm_data_config(variant: str) -> ml_collections.ConfigDict:
+  """`config.data` for protein_lm; variant "smoke", "cpu" or "paper"."""
+  return _data_config(variant, "protein_lm", masked=False)
+
+
+def _load_split(path: str, default, strict: bool) -> Proteins:
+  if path:
+    return load_proteins(path, strict=strict)
+  return load_proteins(str(default()), strict=strict,
+                       provider=defaults.PROTEIN_PROVIDER)
+
+
+def _make(data_config, task: str, masked: bool, process_index: int,
+          process_count: int) -> base.TaskData:
+  config_check.check_keys(data_config, _data_config("smoke", task, masked),
+                          task)
+  seq_len = config_check.positive(data_config, "seq_len")
+  batch_size = config_check.positive(data_config, "batch_size")
+  sampling.local_rows(batch_size, process_index, process_count)
+  requested = config_check.non_negative(data_config, "num_eval_batches")
+  if masked and not 0.0 < data_config.mask_rate < 1.0:
+    raise ValueError(f"data.mask_rate must be in (0, 1), got "
+                     f"{data_config.mask_rate}")
+  strict = data_config.strict_fasta
+  train = _load_split(data_config.train_path, defaults.protein_train, strict)
+  evals = _load_split(data_config.eval_path, defaults.protein_eval, strict)
+  common = dict(global_batch_size=batch_size, seq_len=seq_len,
+                process_index=process_index, process_count=process_count,
+                seed=data_config.seed)
+  if masked:
+    cls, extra = MlmSource, dict(mask_rate=data_config.mask_rate)
+    counts = np.bincount(train.tokens, minlength=VOCAB_SIZE)
+  else:
+    cls, extra = LmSource, {}
+    counts = np.bincount(train.tokens, minlength=VOCAB_SIZE)
+    counts[EOS] += len(train)
+  num_eval = sampling.eval_num_batches(len(evals), batch_size, requested,
+                                       wrap=True)
+  return base.TaskData(
+      train=cls(train, train=True, **common, **extra),
+      eval=cls(evals, train=False, num_batches=num_eval, **common, **extra),
+      vocab_size=VOCAB_SIZE, causal=not masked, loss_unit="token",
+      unigram_bits=sampling.entropy_bits(counts))
+
+
+def make_mlm(data_config, *, process_index: int = 0,
+             process_count: int = 1) -> base.TaskData:
+  """Builds protein_mlm from `config.data` (see `mlm_data_config`)."""
+  return _make(data_config, "protein_mlm", True, process_index, process_count)
+
+
+def make_lm(data_config, *, process_index: int = 0,
+            process_count: int = 1) -> base.TaskData:
+  """Builds protein_lm from `config.data` (see `lm_data_config`)."""
+  return _make(data_config, "protein_lm", False, process_index, process_count)

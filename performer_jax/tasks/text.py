@@ -1,0 +1,128 @@
+"""Byte-level causal language modelling (`text_lm`), loss unit "byte".
+
+Vocabulary: the 256 byte values, no reserved token. No token is needed:
+every row is a full window of real bytes (never padding, so weights and
+key_mask are all 1/True) and windows start mid-stream, so a BOS would be
+meaningless.
+
+A row is a window of L+1 consecutive bytes w: inputs = w[:L],
+targets = w[1:]. Train windows start uniformly at random in the train split
+(seeded by (seed, step, row)); eval batch i row r is the fixed window
+starting at byte (i*B + r) * L of the eval split (consecutive,
+non-overlapping inputs; the tail that does not fill a batch is dropped).
+
+Sources (`data.source`):
+  "wiki_sample": the gensim Wikipedia XML sample (default; `data.path` ""
+      means the copy `scripts/setup_data.sh` made), split 90/5/5 by bytes;
+  "enwik8": enwik8 (or enwik8.zip) at `data.path`, split 90M/5M/5M;
+  "file": any file at `data.path`, split 90/5/5 by bytes.
+`data.eval_split` picks "valid" or "test". unigram_bits: entropy of the
+train split's byte histogram.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+
+from performer_jax.data import files
+from performer_jax.data import text as text_data
+from performer_jax.tasks import base
+from performer_jax.tasks import config_check
+from performer_jax.tasks import sampling
+
+VOCAB_SIZE = 256
+VARIANTS = ("smoke", "cpu", "paper")
+SOURCES = ("wiki_sample", "enwik8", "file")
+ENWIK8_PROVIDER = ("you: download enwik8.zip (the Hutter Prize file, 10^8 "
+                   "bytes) and set data.path to it (zipped or unzipped)")
+
+
+class TrainWindows(sampling.RowSource):
+  """Endless random windows of L+1 bytes."""
+
+  def __init__(self, data: np.ndarray, *, seed: int, **kwargs):
+    super().__init__(**kwargs)
+    self.data = data
+    self.seed = seed
+    self.max_start = data.shape[0] - (self.seq_len + 1)
+    if self.max_start < 0:
+      raise ValueError(f"the train split has {data.shape[0]} bytes, fewer "
+                       f"than seq_len + 1 = {self.seq_len + 1}")
+
+  def fill_row(self, step, row, out):
+    rng = sampling.row_rng(self.seed, sampling.STREAM_TRAIN_ROW, step, row)
+    start = int(rng.integers(0, self.max_start + 1))
+    sampling.fill_causal_row(out, self.data[start:start + self.seq_len + 1], 0)
+
+
+class EvalWindows(sampling.RowSource):
+  """Consecutive fixed windows of the eval split."""
+
+  def __init__(self, data: np.ndarray, **kwargs):
+    super().__init__(**kwargs)
+    self.data = data
+
+  def fill_row(self, step, row, out):
+    start = (step * self.global_batch_size + row) * self.seq_len
+    sampling.fill_causal_row(out, self.data[start:start + self.seq_len + 1], 0)
+
+
+def data_config(variant: str) -> ml_collections.ConfigDict:
+  """`config.data` for text_lm; variant "smoke", "cpu" or "paper".
+
+  "paper" reads enwik8 from $PERFORMER_DATA_DIR/enwik8 (not shipped: put it
+  there or set data.path).
+  """
+  config_check.variant_choice(variant, VARIANTS, "text_lm")
+  cfg = ml_collections.ConfigDict()
+  cfg.source = "enwik8" if variant == "paper" else "wiki_sample"
+  cfg.path = str(files.data_dir() / "enwik8") if variant == "paper" else ""
+  cfg.eval_split = "valid"
+  cfg.seq_len, cfg.batch_size, cfg.num_eval_batches = {
+      "smoke": (64, 8, 2), "cpu": (256, 16, 8), "paper": (1024, 32, 0)
+  }[variant]
+  cfg.seed = 0
+  return cfg
+
+
+def load_splits(source: str, path: str) -> dict[str, np.ndarray]:
+  """Reads the corpus of `source` and splits it into train/valid/test."""
+  if source == "wiki_sample":
+    return text_data.split_by_fraction(text_data.read_wiki_sample(path or None))
+  if not path:
+    raise ValueError(f"data.path must name a file for source={source!r}")
+  if source == "enwik8":
+    data = text_data.read_bytes(path, provider=ENWIK8_PROVIDER)
+    return text_data.split_enwik8(data, path)
+  return text_data.split_by_fraction(text_data.read_bytes(path))
+
+
+def make(data_config, *, process_index: int = 0,
+         process_count: int = 1) -> base.TaskData:
+  """Builds text_lm from `config.data` (see `data_config`)."""
+  config_check.check_keys(data_config, _reference(), "text_lm")
+  source = config_check.choice(data_config, "source", SOURCES)
+  eval_split = config_check.choice(data_config, "eval_split",
+                                   ("valid", "test"))
+  seq_len = config_check.positive(data_config, "seq_len")
+  batch_size = config_check.positive(data_config, "batch_size")
+  sampling.local_rows(batch_size, process_index, process_count)
+  requested = config_check.non_negative(data_config, "num_eval_batches")
+  splits = load_splits(source, data_config.path)
+  eval_data = splits[eval_split]
+  num_windows = max(0, (eval_data.shape[0] - 1) // seq_len)
+  num_eval = sampling.eval_num_batches(num_windows, batch_size, requested,
+                                       wrap=False)
+  common = dict(global_batch_size=batch_size, seq_len=seq_len,
+                process_index=process_index, process_count=process_count)
+  counts = np.bincount(splits["train"], minlength=VOCAB_SIZE)
+  return base.TaskData(
+      train=TrainWindows(splits["train"], seed=data_config.seed, **common),
+      eval=EvalWindows(eval_data, num_batches=num_eval, **common),
+      vocab_size=VOCAB_SIZE, causal=True, loss_unit="byte",
+      unigram_bits=sampling.entropy_bits(counts))
+
+
+def _reference() -> ml_collections.ConfigDict:
+  return data_config("smoke")

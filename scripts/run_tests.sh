@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command: sets everything up on a fresh machine, then runs pytest
+# on both cores. Extra arguments go to pytest (e.g. -k favor).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export JAX_PLATFORMS=cpu
+exec "${PYTHON:-python3}" -m pytest -q -n 2 --durations=15 "$@" tests

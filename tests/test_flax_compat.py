@@ -1,0 +1,72 @@
+"""Tests for make_favor_attention_fn inside flax's MultiHeadDotProductAttention."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from performer_jax.attention import favor_attention
+from performer_jax.attention import gaussian_orthogonal_random_matrix
+from performer_jax.nn import make_favor_attention_fn
+
+X = jax.random.normal(jax.random.PRNGKey(0), (2, 10, 16))
+PROJ = gaussian_orthogonal_random_matrix(jax.random.PRNGKey(1), 16, 8)
+PAD = jnp.ones((2, 10), bool).at[0, 7:].set(False)
+
+
+def _mha(causal):
+  return nn.MultiHeadDotProductAttention(
+      num_heads=2, attention_fn=make_favor_attention_fn(PROJ, causal=causal))
+
+
+def _expected(variables, causal, key_mask):
+  p = variables["params"]
+  proj = lambda n: jnp.einsum("bld,dhk->blhk", X, p[n]["kernel"]) + \
+      p[n]["bias"]
+  heads = favor_attention(proj("query"), proj("key"), proj("value"), PROJ,
+                          causal=causal, key_mask=key_mask)
+  return jnp.einsum("blhk,hko->blo", heads, p["out"]["kernel"]) + \
+      p["out"]["bias"]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_drop_in_honours_padding_and_causal_masks(causal):
+  module = _mha(causal)
+  variables = module.init(jax.random.PRNGKey(2), X)
+  mask = nn.make_attention_mask(PAD, PAD)
+  if causal:
+    mask = nn.combine_masks(mask, nn.make_causal_mask(PAD))
+  out = jax.jit(lambda v, m: module.apply(v, X, mask=m))(variables, mask)
+  expected = _expected(variables, causal, PAD)
+  # Rows of padded queries are don't-care in flax; compare the real ones.
+  np.testing.assert_allclose(np.asarray(out)[np.asarray(PAD)],
+                             np.asarray(expected)[np.asarray(PAD)],
+                             atol=1e-5)
+  unmasked = module.apply(variables, X, mask=None if not causal else
+                          nn.make_causal_mask(PAD))
+  np.testing.assert_allclose(unmasked, _expected(variables, causal, None),
+                             atol=1e-5)
+
+
+def test_unrepresentable_masks_raise():
+  module = _mha(False)
+  variables = module.init(jax.random.PRNGKey(2), X)
+  causal_mask = nn.make_causal_mask(PAD)
+  with pytest.raises(ValueError, match="causal=True"):
+    module.apply(variables, X, mask=causal_mask)
+  odd = jax.random.bernoulli(jax.random.PRNGKey(3), 0.5, (2, 1, 10, 10))
+  with pytest.raises(Exception, match="cannot represent"):
+    jax.jit(lambda v, m: module.apply(v, X, mask=m))(variables, odd)
+
+
+def test_bias_and_dropout_raise():
+  attention_fn = make_favor_attention_fn(PROJ)
+  q = jnp.ones((1, 4, 2, 8))
+  with pytest.raises(ValueError, match="bias"):
+    attention_fn(q, q, q, bias=jnp.zeros((1, 2, 4, 4)))
+  with pytest.raises(ValueError, match="dropout"):
+    attention_fn(q, q, q, dropout_rate=0.1, deterministic=False)
+  out = attention_fn(q, q, q, dropout_rate=0.1, deterministic=True,
+                     dtype=jnp.bfloat16)
+  assert out.dtype == jnp.bfloat16
