@@ -1,0 +1,216 @@
+"""Tests for performer_jax.models.decoding."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from performer_jax import models
+
+VOCAB = 13
+BATCH = 2
+LEN = 16
+
+KINDS = {
+    "softmax": dict(kind="softmax"),
+    "favor_softmax": dict(kind="favor", kernel="softmax", num_features=16),
+    "favor_relu": dict(kind="favor", kernel="relu", num_features=16),
+    "favor_relu_deterministic": dict(kind="favor", kernel="relu",
+                                     num_features=0),
+    "l2": dict(kind="l2"),
+}
+
+
+def tiny_config(kind, **overrides):
+  cfg = models.default_model_config()
+  cfg.num_layers = 2
+  cfg.num_heads = 2
+  cfg.emb_dim = 32
+  cfg.mlp_dim = 64
+  cfg.max_len = LEN
+  for key, value in KINDS[kind].items():
+    cfg.attention[key] = value
+  for key, value in overrides.items():
+    cfg[key] = value
+  return cfg
+
+
+def to_scan_layout(variables, num_layers=2):
+  """Stacks layer_0..layer_{n-1} of every collection into "layers", the
+  layout of `scan_layers=True` (test_transformer checks the equivalence)."""
+  converted = {}
+  for name, tree in variables.items():
+    tree = dict(tree)
+    layers = [tree.pop(f"layer_{i}") for i in range(num_layers)]
+    tree["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+    converted[name] = tree
+  return converted
+
+
+@functools.lru_cache(maxsize=None)
+def built(kind, **overrides):
+  """(train model, decode model, variables of the train model), shared.
+
+  Scanned models reuse the loop model's variables, stacked, instead of
+  running another init.
+  """
+  cfg = tiny_config(kind, **overrides)
+  model = models.make_model(cfg, vocab_size=VOCAB, causal=True)
+  decode_model = models.make_model(cfg, vocab_size=VOCAB, causal=True,
+                                   decode=True)
+  if overrides.get("scan_layers"):
+    loop_overrides = {k: v for k, v in overrides.items()
+                      if k not in ("scan_layers", "remat")}
+    variables = to_scan_layout(nn.unbox(built(kind, **loop_overrides)[2]))
+  else:
+    rngs = {"params": jax.random.PRNGKey(0),
+            "random_features": jax.random.PRNGKey(1)}
+    variables = model.init(rngs, jnp.zeros((BATCH, LEN), jnp.int32))
+  return model, decode_model, variables
+
+
+def random_tokens(seed, shape=(BATCH, LEN)):
+  return jax.random.randint(jax.random.PRNGKey(seed), shape, 0, VOCAB,
+                            dtype=jnp.int32)
+
+
+DECODE_CASES = [(kind, {}) for kind in KINDS] + [
+    ("favor_softmax", dict(scan_layers=True, remat=True)),
+    ("l2", dict(posemb="sinusoidal")),
+]
+
+
+@pytest.mark.parametrize(
+    "kind,overrides", DECODE_CASES,
+    ids=[kind + "".join(f"-{k}" for k in o) for kind, o in DECODE_CASES])
+def test_token_by_token_matches_full_forward(kind, overrides):
+  model, decode_model, variables = built(kind, **overrides)
+  x = random_tokens(0)
+  full = model.apply(variables, x)
+  decode_vars = models.init_cache(decode_model, variables, BATCH, LEN)
+  stepped, _ = models.decode_logits(decode_model, decode_vars, x)
+  assert stepped.shape == full.shape and stepped.dtype == jnp.float32
+  scale = np.abs(full).max()
+  np.testing.assert_allclose(stepped, full, atol=1e-4 * scale, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "favor_softmax"])
+def test_cache_index_advances_and_state_size(kind):
+  _, decode_model, variables = built(kind)
+  decode_vars = models.init_cache(decode_model, variables, BATCH, LEN)
+  assert int(decode_vars["cache"]["pos_embed"]["cache_index"]) == 0
+  num = 5
+  x = random_tokens(5, (BATCH, num))
+  logits, cache = models.decode_logits(decode_model, decode_vars, x)
+  # Continuing from the returned cache equals decoding in one go.
+  more, _ = models.decode_logits(decode_model, {**decode_vars,
+                                                "cache": cache}, x)
+  both, _ = models.decode_logits(decode_model, decode_vars,
+                                 jnp.concatenate([x, x], axis=1))
+  np.testing.assert_allclose(jnp.concatenate([logits, more], axis=1), both,
+                             atol=1e-5, rtol=1e-5)
+  indices = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(cache)
+             if "cache_index" in jax.tree_util.keystr(path)]
+  assert len(indices) == 3  # position embedding and two attention layers
+  assert all(int(i) == num for i in indices)
+  # FAVOR's recurrent state does not grow with the decoded length; the KV
+  # cache of exact attention does.
+  short = jax.eval_shape(
+      lambda: models.init_cache(decode_model, variables, BATCH, 4)["cache"])
+  grows = [a.shape != b.shape for a, b in zip(jax.tree.leaves(short),
+                                               jax.tree.leaves(cache))]
+  assert any(grows) == (kind != "favor_softmax")
+
+
+def brute_force_greedy(model, variables, prompt_BP, max_len):
+  """Greedy decoding by re-running the full causal model at every step."""
+  apply = jax.jit(model.apply)
+  tokens = np.zeros((prompt_BP.shape[0], max_len), np.int32)
+  tokens[:, :prompt_BP.shape[1]] = prompt_BP
+  for t in range(prompt_BP.shape[1] - 1, max_len - 1):
+    # Later (still zero) positions cannot affect position t: the model is
+    # causal, which test_transformer checks.
+    logits = apply(variables, jnp.asarray(tokens))
+    tokens[:, t + 1] = np.argmax(logits[:, t], axis=-1)
+  return tokens
+
+
+@pytest.mark.parametrize("kind", ["softmax", "favor_relu"])
+def test_greedy_matches_brute_force_and_top1_sampling(kind):
+  model, decode_model, variables = built(kind)
+  prompt = random_tokens(1, (BATCH, 5))
+  greedy = models.generate(decode_model, variables, prompt,
+                           jax.random.PRNGKey(0), max_len=LEN, greedy=True)
+  assert greedy.shape == (BATCH, LEN) and greedy.dtype == jnp.int32
+  np.testing.assert_array_equal(greedy[:, :5], prompt)
+  np.testing.assert_array_equal(
+      greedy, brute_force_greedy(model, variables, np.asarray(prompt), LEN))
+  top1 = models.generate(decode_model, variables, prompt,
+                         jax.random.PRNGKey(7), max_len=LEN, top_k=1,
+                         temperature=0.7)
+  np.testing.assert_array_equal(top1, greedy)
+
+
+def test_prompt_lengths_batch_different_prompts():
+  _, decode_model, variables = built("softmax")
+  prompt = random_tokens(2, (BATCH, 6))
+  lengths = jnp.array([6, 3], jnp.int32)
+  mixed = models.generate(decode_model, variables, prompt,
+                          jax.random.PRNGKey(0), max_len=LEN, greedy=True,
+                          prompt_lengths_B=lengths)
+  full = models.generate(decode_model, variables, prompt,
+                         jax.random.PRNGKey(0), max_len=LEN, greedy=True)
+  np.testing.assert_array_equal(mixed[0], full[0])
+  np.testing.assert_array_equal(mixed[1, :3], prompt[1, :3])
+  short = models.generate(decode_model, variables, prompt[:, :3],
+                          jax.random.PRNGKey(0), max_len=LEN, greedy=True)
+  np.testing.assert_array_equal(mixed[1], short[1])
+
+
+def test_sampling_stays_in_vocab_and_depends_on_rng():
+  _, decode_model, variables = built("favor_softmax")
+  prompt = random_tokens(3, (BATCH, 2))
+  a = models.generate(decode_model, variables, prompt, jax.random.PRNGKey(0),
+                      max_len=LEN, temperature=3.0)
+  b = models.generate(decode_model, variables, prompt, jax.random.PRNGKey(1),
+                      max_len=LEN, temperature=3.0)
+  assert np.all((np.asarray(a) >= 0) & (np.asarray(a) < VOCAB))
+  np.testing.assert_array_equal(a[:, :2], prompt)
+  assert np.any(np.asarray(a) != np.asarray(b))
+
+
+def test_sample_logits_distribution():
+  logits_V = jnp.log(jnp.array([0.1, 0.2, 0.3, 0.4]))
+  logits_NV = jnp.broadcast_to(logits_V, (20000, 4))
+  rng = jax.random.PRNGKey(0)
+
+  def freqs(**kw):
+    draws = models.sample_logits(rng, logits_NV, **kw)
+    return np.bincount(np.asarray(draws), minlength=4) / draws.shape[0]
+
+  np.testing.assert_allclose(freqs(), [0.1, 0.2, 0.3, 0.4], atol=0.015)
+  np.testing.assert_allclose(freqs(top_k=2), [0, 0, 3 / 7, 4 / 7],
+                             atol=0.015)
+  # Temperature 0.5 squares the probabilities before renormalizing.
+  np.testing.assert_allclose(freqs(temperature=0.5),
+                             np.array([1, 4, 9, 16]) / 30, atol=0.015)
+  np.testing.assert_array_equal(
+      models.sample_logits(rng, logits_NV[:3], greedy=True), [3, 3, 3])
+
+
+def test_decoding_rejects_bad_use():
+  model, decode_model, variables = built("softmax")
+  with pytest.raises(ValueError, match="decode=True"):
+    models.init_cache(model, variables, BATCH, LEN)
+  with pytest.raises(ValueError, match="max_len"):
+    models.init_cache(decode_model, variables, BATCH, LEN + 1)
+  prompt = random_tokens(4, (BATCH, 3))
+  with pytest.raises(ValueError, match="temperature"):
+    models.generate(decode_model, variables, prompt, jax.random.PRNGKey(0),
+                    max_len=LEN, temperature=0.0)
+  with pytest.raises(ValueError, match="prompt length"):
+    models.generate(decode_model, variables, random_tokens(4, (BATCH, 17)),
+                    jax.random.PRNGKey(0), max_len=LEN)
