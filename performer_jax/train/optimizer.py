@@ -1,0 +1,82 @@
+"""The optax optimizer and learning-rate schedule built from `config.optimizer`.
+
+Defaults (configs/common.py) follow the Performer paper: Adam(0.9, 0.98,
+1e-9), peak learning rate 1e-3, gradient clipping at global norm 0.5 and
+weight decay 0.1.
+
+  adam:  weight decay is an L2 term added to the gradient before Adam's
+         scaling (classic Adam + L2).
+  adamw: decoupled weight decay, `param -= lr * wd * param` (Loshchilov &
+         Hutter), as in the Performer paper's flax.optim.Adam.
+Weight decay only applies to arrays with ndim >= 2 (kernels and embeddings),
+not to biases or LayerNorm scales.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+def make_schedule(opt_config: ml_collections.ConfigDict,
+                  total_steps: int) -> optax.Schedule:
+  """Linear warmup from 0 to the peak, then the configured decay.
+
+  cosine:   cosine decay to `final_lr_fraction * peak` at `total_steps`.
+  rsqrt:    `peak * sqrt(warmup / step)` after warmup (Transformer style).
+  constant: the peak after warmup.
+  """
+  peak = opt_config.learning_rate
+  warmup = opt_config.warmup_steps
+  if opt_config.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=peak, warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=peak * opt_config.final_lr_fraction)
+  if opt_config.schedule == "rsqrt":
+    def rsqrt(step):
+      step = jnp.asarray(step, jnp.float32)
+      warm = jnp.maximum(jnp.float32(warmup), 1.0)
+      ramp = jnp.minimum(step / warm, 1.0) if warmup else 1.0
+      return peak * ramp * jnp.sqrt(warm / jnp.maximum(step, warm))
+    return rsqrt
+  if opt_config.schedule == "constant":
+    if warmup == 0:
+      return optax.constant_schedule(peak)
+    return optax.linear_schedule(0.0, peak, warmup)
+  raise ValueError(f"unknown optimizer.schedule {opt_config.schedule!r}; "
+                   "choose 'cosine', 'rsqrt' or 'constant'")
+
+
+def decay_mask(params: Any) -> Any:
+  """True for arrays that get weight decay: kernels and embeddings."""
+  return jax.tree_util.tree_map(lambda p: jnp.ndim(p) >= 2, params)
+
+
+def make_optimizer(opt_config: ml_collections.ConfigDict, total_steps: int
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Returns (optimizer, schedule) for `config.optimizer`."""
+  schedule = make_schedule(opt_config, total_steps)
+  wd = opt_config.weight_decay
+  parts = []
+  if opt_config.grad_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(opt_config.grad_clip_norm))
+  adam = optax.scale_by_adam(b1=opt_config.b1, b2=opt_config.b2,
+                             eps=opt_config.eps)
+  if opt_config.name == "adam":
+    if wd > 0:
+      parts.append(optax.add_decayed_weights(wd, mask=decay_mask))
+    parts.append(adam)
+  elif opt_config.name == "adamw":
+    parts.append(adam)
+    if wd > 0:
+      parts.append(optax.add_decayed_weights(wd, mask=decay_mask))
+  else:
+    raise ValueError(f"unknown optimizer.name {opt_config.name!r}; choose "
+                     "'adam' or 'adamw'")
+  parts.append(optax.scale_by_learning_rate(schedule))
+  return optax.chain(*parts), schedule

@@ -1,0 +1,131 @@
+"""Training throughput (tokens/s) of softmax, FAVOR+ and L2 attention.
+
+Times the trainer's compiled train step (forward, backward, optimizer) for a
+4-layer model (width 256, 4 heads, MLP 1024, vocabulary 256, batch 8) on the
+copy task at each sequence length, and prints a table.
+
+  python scripts/bench_train.py                       # L = 1024 and 4096
+  python scripts/bench_train.py --lengths=128,256 --steps=2   # quick check
+
+Each (kind, length) runs in its own subprocess: a setting that runs out of
+memory is reported as such and the table goes on.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=g-import-not-at-top
+
+from configs import common  # pylint: disable=g-import-not-at-top
+from performer_jax.train import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+
+
+def bench_config(kind, seq_len, args):
+  config = common.get_base_config()
+  config.task = "copy"
+  config.data.batch_size = args.batch
+  config.data.seq_len = seq_len
+  config.data.vocab_size = 256
+  config.data.variant = "causal" if args.causal else "mlm"
+  config.data.mask_rate = 0.15
+  config.data.num_eval_batches = 1
+  config.model.num_layers = args.layers
+  config.model.num_heads = 4
+  config.model.emb_dim = 256
+  config.model.mlp_dim = 1024
+  config.model.max_len = seq_len
+  config.model.dropout_rate = 0.1
+  config.model.attention.kind = kind
+  config.model.attention.num_features = args.num_features
+  config.model.attention.chunk_size = args.chunk_size
+  config.model.attention.redraw_every = 0
+  config.optimizer.warmup_steps = 1
+  config.trainer.steps = args.steps + 1
+  config.trainer.progress = "log"
+  return config
+
+
+def bench_one(kind, seq_len, args):
+  """Returns (compile seconds, seconds per step)."""
+  trainer = trainer_lib.Trainer(bench_config(kind, seq_len, args))
+  state = trainer.init_state()
+  batches = [trainer.get_batch(trainer.task.train, i) for i in range(2)]
+  with trainer.context():
+    start = time.perf_counter()
+    state, metrics = trainer.train_step(state, batches[0])
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for i in range(args.steps):
+      state, metrics = trainer.train_step(state, batches[i % 2])
+    jax.block_until_ready((state, metrics))
+    step_s = (time.perf_counter() - start) / args.steps
+  return compile_s, step_s
+
+
+def run_isolated(kind, seq_len, argv):
+  """Runs one setting in a subprocess, so running out of memory (which may
+  kill the process outright) costs only that row."""
+  cmd = [sys.executable, os.path.abspath(__file__), *argv, "--one",
+         f"{kind}:{seq_len}"]
+  proc = subprocess.run(cmd, capture_output=True, text=True)
+  for line in proc.stdout.splitlines():
+    if line.startswith("RESULT "):
+      return json.loads(line[len("RESULT "):])
+  tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
+  oom = "RESOURCE_EXHAUSTED" in proc.stderr or proc.returncode in (-9, 137)
+  return {"error": "out of memory" if oom else
+          f"failed (exit {proc.returncode}): {tail[0][:60]}"}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--lengths", default="1024,4096",
+                      help="comma-separated sequence lengths")
+  parser.add_argument("--kinds", default="softmax,favor,l2")
+  parser.add_argument("--steps", type=int, default=5,
+                      help="timed steps per setting (after one compile step)")
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--layers", type=int, default=4)
+  parser.add_argument("--num_features", type=int, default=256)
+  parser.add_argument("--chunk_size", type=int, default=128)
+  parser.add_argument("--causal", action=argparse.BooleanOptionalAction,
+                      default=True, help="decoder (default) or encoder")
+  parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.one:  # worker mode: one setting, result as a JSON line
+    kind, seq_len = args.one.split(":")
+    compile_s, step_s = bench_one(kind, int(seq_len), args)
+    print("RESULT " + json.dumps({"compile_s": compile_s, "step_s": step_s}))
+    return
+  argv = [a for a in sys.argv[1:] if not a.startswith("--one")]
+  lengths = [int(x) for x in args.lengths.split(",")]
+  kinds = args.kinds.split(",")
+  print(f"batch {args.batch}, {args.layers} layers, d=256, 4 heads, "
+        f"mlp 1024, vocab 256, "
+        f"{'causal' if args.causal else 'bidirectional'}, favor features "
+        f"{args.num_features}, chunk {args.chunk_size}, "
+        f"{os.cpu_count()} CPU cores")
+  header = (f"{'kind':8} {'L':>6} {'tokens/s':>10} {'ms/step':>9} "
+            f"{'compile s':>10}")
+  print(header)
+  print("-" * len(header), flush=True)
+  for seq_len in lengths:
+    for kind in kinds:
+      r = run_isolated(kind, seq_len, argv)
+      if "error" in r:
+        print(f"{kind:8} {seq_len:>6} {r['error']}", flush=True)
+        continue
+      tokens = args.batch * seq_len / r["step_s"]
+      print(f"{kind:8} {seq_len:>6} {tokens:>10.0f} {r['step_s'] * 1e3:>9.1f} "
+            f"{r['compile_s']:>10.1f}", flush=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,194 @@
+"""End-to-end training runs on the copy task (tiny models, a few steps).
+
+Trainers are built once per (variant, attention kind) and shared, so each
+model compiles once for the whole module.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import copy as copy_config
+from performer_jax.train import checkpoint as checkpoint_lib
+from performer_jax.train import metrics as metrics_lib
+from performer_jax.train import synthetic_task
+from performer_jax.train import trainer as trainer_lib
+
+STEPS = 12
+_TRAINERS = {}
+
+
+def small_config(variant, kind):
+  options = "smoke," + kind + (",mlm" if variant == "mlm" else "")
+  config = copy_config.get_config(options)
+  config.trainer.steps = STEPS
+  config.trainer.log_every = 3
+  config.trainer.eval_every = 6
+  config.trainer.checkpoint_every = 4
+  config.trainer.keep_checkpoints = 2
+  config.trainer.progress = "log"
+  config.optimizer.learning_rate = 3e-3
+  config.model.attention.redraw_every = 5
+  return config
+
+
+def get_trainer(variant, kind):
+  if (variant, kind) not in _TRAINERS:
+    _TRAINERS[variant, kind] = trainer_lib.Trainer(small_config(variant, kind))
+  return _TRAINERS[variant, kind]
+
+
+def leaves_close(a, b, atol=0.0):
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["causal", "mlm"])
+@pytest.mark.parametrize("kind", ["softmax", "favor", "l2"])
+def test_end_to_end(tmp_path, variant, kind):
+  trainer = get_trainer(variant, kind)
+  assert trainer.task.causal == (variant == "causal")
+  result = trainer.run(str(tmp_path))
+  assert result.status == "finished"
+  assert sorted(result.train_losses) == list(range(STEPS))
+  losses = np.array(list(result.train_losses.values()))
+  assert np.all(np.isfinite(losses))
+  # A dozen steps at lr 3e-3 must reduce the loss of the copy task.
+  assert losses[-4:].mean() < losses[:4].mean()
+  assert int(result.state.step) == STEPS
+  # Compiled once, even with feature redraws, evals and checkpoints.
+  assert trainer.train_step._cache_size() == 1
+  assert trainer.eval_step._cache_size() == 1
+
+  records = metrics_lib.read_metrics(str(tmp_path))
+  train = [r for r in records if r["split"] == "train"]
+  evals = [r for r in records if r["split"] == "eval"]
+  assert [r["step"] for r in train] == [3, 6, 9, 12]
+  assert [r["step"] for r in evals] == [6, 12]
+  for r in train:
+    assert {"loss", "accuracy", "perplexity", "bits_per_token",
+            "learning_rate", "tokens_per_sec", "steps_per_sec"} <= set(r)
+    assert r["perplexity"] == pytest.approx(np.exp(r["loss"]), rel=1e-6)
+    assert r["bits_per_token"] == pytest.approx(r["loss"] / np.log(2))
+    assert 0.0 <= r["accuracy"] <= 1.0 and r["tokens_per_sec"] > 0
+  assert evals[-1]["loss"] == pytest.approx(result.eval_metrics["loss"])
+  # The final eval matches a direct evaluation of the final state.
+  direct = trainer.evaluate(result.state)
+  assert direct["loss"] == pytest.approx(result.eval_metrics["loss"],
+                                         rel=1e-6)
+  assert os.path.exists(tmp_path / "config.json")
+  assert any(f.startswith("events") for f in os.listdir(tmp_path / "tb"))
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), keep=2, every=4)
+  assert ckpt.all_steps() == [8, 12]  # keep_checkpoints=2
+  ckpt.close()
+
+  init = trainer.init_state()
+  if kind == "favor":  # redrawn at steps 5 and 10
+    assert not np.allclose(
+        jax.tree_util.tree_leaves(result.state.random_features)[0],
+        jax.tree_util.tree_leaves(init.random_features)[0])
+  else:
+    assert not jax.tree_util.tree_leaves(init.random_features)
+
+
+def test_resume_after_sigterm_matches_uninterrupted(tmp_path):
+  trainer = get_trainer("causal", "favor")  # redraws every 5 steps
+  full = trainer.run(str(tmp_path / "full"))
+
+  def send_sigterm(done):
+    if done == 7:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  part = trainer.run(str(tmp_path / "resumed"), on_step=send_sigterm)
+  assert part.status == "preempted"
+  assert sorted(part.train_losses) == list(range(7))
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / "resumed"), keep=2,
+                                     every=4)
+  assert ckpt.latest_step() == 7  # saved on SIGTERM, not at a multiple of 4
+  ckpt.close()
+  rest = trainer.run(str(tmp_path / "resumed"))
+  assert rest.status == "finished"
+  assert sorted(rest.train_losses) == list(range(7, STEPS))
+  resumed = {**part.train_losses, **rest.train_losses}
+  for step in range(STEPS):
+    assert resumed[step] == pytest.approx(full.train_losses[step], abs=1e-6)
+  leaves_close(rest.state.params, full.state.params, atol=1e-6)
+  leaves_close(rest.state.random_features, full.state.random_features)
+
+  # A periodic checkpoint (written asynchronously while later steps reused
+  # the donated buffers) resumes exactly too.
+  shutil.copytree(tmp_path / "full" / "checkpoints",
+                  tmp_path / "from8" / "checkpoints")
+  shutil.rmtree(tmp_path / "from8" / "checkpoints" / "12")
+  from8 = trainer.run(str(tmp_path / "from8"))
+  assert sorted(from8.train_losses) == list(range(8, STEPS))
+  for step in range(8, STEPS):
+    assert from8.train_losses[step] == pytest.approx(
+        full.train_losses[step], abs=1e-6)
+  assert trainer.train_step._cache_size() == 1
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  trainer = get_trainer("mlm", "softmax")
+  good_task = trainer.task
+
+  class PoisonedSource:
+    """The copy source with NaN weights at step 5."""
+
+    def __init__(self, source):
+      self.source = source
+      self.global_batch_size = source.global_batch_size
+      self.seq_len = source.seq_len
+      self.num_batches = source.num_batches
+
+    def get_batch(self, step):
+      batch = self.source.get_batch(step)
+      if step == 5:
+        batch["weights"] = np.full_like(batch["weights"], np.nan)
+      return batch
+
+  trainer.task = synthetic_task.base.TaskData(
+      train=PoisonedSource(good_task.train), eval=good_task.eval,
+      vocab_size=good_task.vocab_size, causal=good_task.causal)
+  try:
+    with pytest.raises(trainer_lib.NonFiniteLossError, match="at step 5"):
+      trainer.run(str(tmp_path))
+  finally:
+    trainer.task = good_task
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), keep=2, every=4)
+  assert ckpt.latest_step() == 4  # step 6's state (NaN params) never saved
+  restored = ckpt.restore(4, trainer.abstract_state, trainer.shardings)
+  ckpt.close()
+  assert all(np.all(np.isfinite(x))
+             for x in jax.tree_util.tree_leaves(restored.params))
+  assert trainer.train_step._cache_size() == 1
+
+
+def test_cli_trains_and_writes_the_resolved_config(tmp_path):
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu")
+  workdir = tmp_path / "cli"
+  proc = subprocess.run(
+      [sys.executable, "-m", "performer_jax.train",
+       "--config=configs/copy.py:smoke,softmax", "--config.trainer.steps=3",
+       "--config.trainer.eval_every=0", "--config.model.emb_dim=16",
+       "--config.optimizer.warmup_steps=1",
+       f"--workdir={workdir}"],
+      cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(workdir / "config.json") as f:
+    saved = json.load(f)
+  assert saved["trainer"]["steps"] == 3
+  assert saved["model"]["emb_dim"] == 16
+  assert saved["model"]["attention"]["kind"] == "softmax"
+  evals = [r for r in metrics_lib.read_metrics(str(workdir))
+           if r["split"] == "eval"]
+  assert [r["step"] for r in evals] == [3]
+  assert "eval at step 3" in proc.stderr
