@@ -1,0 +1,80 @@
+"""Every real-data task's smoke config trains end to end on the embedded data;
+the pixel sampler turns a run into images."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from configs import options
+from configs import pixel_lm
+from configs import protein_lm
+from configs import protein_mlm
+from configs import text_lm
+from experiments.pixel_lm import sample
+from performer_jax.train import train_and_evaluate
+
+CONFIGS = {"protein_mlm": protein_mlm, "protein_lm": protein_lm,
+           "text_lm": text_lm, "pixel_lm": pixel_lm}
+UNITS = {"protein_mlm": "token", "protein_lm": "token", "text_lm": "byte",
+         "pixel_lm": "dim"}
+
+
+@pytest.mark.parametrize("task,attention", [
+    ("protein_mlm", "favor_relu"), ("protein_lm", "favor"),
+    ("text_lm", "l2"), ("pixel_lm", "softmax")])
+def test_smoke_config_trains(task, attention, tmp_path):
+  config = CONFIGS[task].get_config(f"smoke,{attention}")
+  config.trainer.progress = "log"
+  train_and_evaluate(config, str(tmp_path))
+  with open(tmp_path / "metrics.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  train = [r for r in records if r["split"] == "train"]
+  evals = [r for r in records if r["split"] == "eval"]
+  assert train and evals, records
+  assert all(math.isfinite(r["loss"]) for r in train)
+  assert train[-1]["step"] == config.trainer.steps
+  bits = evals[-1][f"bits_per_{UNITS[task]}"]
+  assert math.isfinite(bits) and 0 < bits < 12
+  assert os.listdir(tmp_path / "checkpoints")
+  saved = json.load(open(tmp_path / "config.json"))
+  assert saved["model"]["attention"]["kind"] == (
+      "favor" if attention.startswith("favor") else attention)
+
+
+def test_attention_overrides_set_the_model():
+  for name, kind, kernel in [("softmax", "softmax", "softmax"),
+                             ("favor", "favor", "softmax"),
+                             ("favor_relu", "favor", "relu"),
+                             ("l2", "l2", "softmax")]:
+    att = protein_mlm.get_config(f"cpu,{name}").model.attention
+    assert (att.kind, att.kernel) == (kind, kernel)
+  paper = protein_mlm.get_config("paper").model
+  assert (paper.num_layers, paper.num_heads, paper.emb_dim, paper.mlp_dim,
+          paper.attention.num_features) == (36, 8, 512, 1024, 256)
+  with pytest.raises(ValueError, match="unknown protein_mlm config option"):
+    protein_mlm.get_config("cpu,relu")
+  with pytest.raises(ValueError, match="at most one variant"):
+    options.parse("cpu,smoke", "text_lm")
+
+
+def test_pixel_sampler_writes_images(tmp_path):
+  config = pixel_lm.get_config("smoke,favor")
+  config.trainer.progress = "log"
+  train_and_evaluate(config, str(tmp_path))
+  trainer, state, step = sample.load_run(str(tmp_path))
+  assert step == config.trainer.steps
+  stream = sample.sample_images(trainer, state, num=3, temperature=1.0,
+                                top_k=0, seed=0)
+  assert stream.shape == (3, config.data.seq_len) and stream.dtype == np.uint8
+  again = sample.sample_images(trainer, state, num=3, temperature=1.0,
+                               top_k=0, seed=0)
+  np.testing.assert_array_equal(stream, again)
+  images = stream.reshape(3, 8, 8, 1)
+  out = tmp_path / "grid.png"
+  sample.write_grid(images, images, str(out), "test")
+  assert out.stat().st_size > 1000
+  with pytest.raises(ValueError, match="not a whole"):
+    sample.main(["--workdir", str(tmp_path), "--num", "2"])
