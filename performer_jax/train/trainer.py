@@ -75,7 +75,11 @@ class Trainer:
   times (e.g. for an interrupted and a resumed run) without recompiling.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, *,
+               make_model: Callable[..., nn.Module] = models.make_model):
+    """Args: config; make_model(model_config, *, vocab_size, causal) builds
+    the model (default: the Transformer of performer_jax.models; the
+    Lipschitz experiments pass the invertible L2 model)."""
     config_lib.validate_config(config)
     self.config = config
     distributed.maybe_initialize(config.distributed)
@@ -86,9 +90,8 @@ class Trainer:
         config.data, process_index=jax.process_index(),
         process_count=jax.process_count())
     self._check_task()
-    self.model = models.make_model(config.model,
-                                   vocab_size=self.task.vocab_size,
-                                   causal=self.task.causal)
+    self.model = make_model(config.model, vocab_size=self.task.vocab_size,
+                            causal=self.task.causal)
     self.tx, self.schedule = optimizer_lib.make_optimizer(
         config.optimizer, config.trainer.steps)
     self.rules = state_lib.axis_rules(models.LOGICAL_AXIS_RULES)
@@ -332,8 +335,9 @@ class _Run:
                        eval_metrics=self.eval_metrics, status=status)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> TrainResult:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       make_model: Callable[..., nn.Module] = models.make_model
+                       ) -> TrainResult:
   """Validates `config`, trains and evaluates, writing into `workdir`."""
   os.makedirs(workdir, exist_ok=True)
-  return Trainer(config).run(workdir)
+  return Trainer(config, make_model=make_model).run(workdir)

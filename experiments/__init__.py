@@ -1,0 +1,1 @@
+"""Experiments reproducing the Performer paper's figures at CPU scale."""

@@ -1,0 +1,1 @@
+"""Experiments on the Lipschitz constant of L2 self-attention (Kim et al.)."""

@@ -1,0 +1,207 @@
+"""An invertible L2 Transformer language model (Kim et al. 2021, Section 5).
+
+The hidden stack is made of invertible residual blocks
+  x = x + ContractiveL2Attention(x)      (Lip <= c)
+  x = x + ContractiveMlp(x)              (Lip <= c)
+so every block, hence the whole stack from embeddings to final features, is
+a bijection that `invert_hidden` undoes by fixed-point iteration. There is no
+LayerNorm or dropout inside the blocks: LayerNorm has no global Lipschitz
+bound and dropout would make the branch random. Dropout (model.dropout_rate)
+is applied to the embeddings only, outside the invertible part; the final
+LayerNorm and the tied output embedding also sit outside it.
+
+Same call signature as `performer_jax.models.Transformer`:
+  __call__(inputs_BL int32, *, key_mask_BL=None, deterministic=True)
+    -> logits_BLV float32
+and built from the same `model` config section by `make_invertible_model`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from performer_jax.lipschitz import bounds
+from performer_jax.lipschitz import contractive
+from performer_jax.lipschitz import invertible
+from performer_jax.models import config as config_lib
+from performer_jax.models import embeddings
+
+
+@dataclasses.dataclass(frozen=True)
+class InvertibleConfig:
+  """Static hyperparameters of `InvertibleL2Transformer`.
+
+  c and norm: every residual branch has Lip_norm <= c < 1.
+  """
+  vocab_size: int
+  causal: bool
+  num_layers: int
+  num_heads: int
+  emb_dim: int
+  mlp_dim: int
+  max_len: int
+  dropout_rate: float = 0.0
+  posemb: str = "learned"
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  c: float = 0.9
+  norm: str = "inf"
+  stop_gradient_bound: bool = False
+
+
+class InvertibleL2Transformer(nn.Module):
+  """Byte/token LM whose hidden stack is invertible (contractive L2 blocks).
+
+  Params: token_embed, pos_embed, blocks_{2i} (attention of layer i),
+  blocks_{2i+1} (MLP of layer i), ln_final. Each block holds its branch under
+  "branch".
+  """
+  config: InvertibleConfig
+
+  def setup(self):
+    cfg = self.config
+    self.token_embed = embeddings.TiedEmbedding(
+        cfg.vocab_size, cfg.emb_dim, dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype)
+    self.pos_embed = embeddings.PositionEmbedding(
+        cfg.max_len, cfg.emb_dim, posemb=cfg.posemb,
+        param_dtype=cfg.param_dtype)
+    blocks = []
+    for _ in range(cfg.num_layers):
+      blocks.append(invertible.InvertibleResidual(
+          contractive.ContractiveL2Attention(
+              num_heads=cfg.num_heads, c=cfg.c, norm=cfg.norm,
+              causal=cfg.causal, stop_gradient_bound=cfg.stop_gradient_bound,
+              dtype=cfg.dtype, param_dtype=cfg.param_dtype)))
+      blocks.append(invertible.InvertibleResidual(
+          contractive.ContractiveMlp(
+              hidden_dim=cfg.mlp_dim, c=cfg.c, norm=cfg.norm,
+              stop_gradient_norm=cfg.stop_gradient_bound,
+              dtype=cfg.dtype, param_dtype=cfg.param_dtype)))
+    self.blocks = blocks
+    self.ln_final = nn.LayerNorm(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+
+  def _block_kwargs(self, index: int, key_mask_BL):
+    return {"key_mask": key_mask_BL} if index % 2 == 0 else {}
+
+  def embed(self, inputs_BL: jax.Array, *,
+            deterministic: bool = True) -> jax.Array:
+    """int [B, L] -> [B, L, D]: token + position embedding (+ dropout)."""
+    if inputs_BL.ndim != 2 or not jnp.issubdtype(inputs_BL.dtype,
+                                                  jnp.integer):
+      raise ValueError(f"inputs must be integer token ids of shape [B, L], "
+                       f"got {inputs_BL.dtype} {inputs_BL.shape}")
+    x_BLD = self.pos_embed(self.token_embed(inputs_BL))
+    return self.dropout(x_BLD, deterministic=deterministic)
+
+  def hidden(self, x_BLD: jax.Array, *,
+             key_mask_BL: jax.Array | None = None) -> jax.Array:
+    """The invertible stack: [B, L, D] embeddings -> [B, L, D] features."""
+    for i, block in enumerate(self.blocks):
+      x_BLD = block(x_BLD, **self._block_kwargs(i, key_mask_BL))
+    return x_BLD
+
+  def branch(self, x_BLD: jax.Array, index: int, *,
+             key_mask_BL: jax.Array | None = None) -> jax.Array:
+    """g of residual block `index` (0 .. 2 * num_layers - 1)."""
+    block = self.blocks[index]
+    return block.branch(x_BLD, **self._block_kwargs(index, key_mask_BL))
+
+  def __call__(self, inputs_BL: jax.Array, *,
+               key_mask_BL: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
+    """Token ids -> float32 [B, L, vocab_size] logits.
+
+    Args:
+      inputs_BL: int32 [B, L] token ids, L <= max_len.
+      key_mask_BL: optional bool [B, L], True at real tokens.
+      deterministic: False enables embedding dropout ("dropout" rng).
+    """
+    if key_mask_BL is not None:
+      if key_mask_BL.shape != inputs_BL.shape:
+        raise ValueError(f"key_mask shape {key_mask_BL.shape} must equal the "
+                         f"inputs shape {inputs_BL.shape}")
+      key_mask_BL = key_mask_BL.astype(jnp.bool_)
+    x_BLD = self.embed(inputs_BL, deterministic=deterministic)
+    x_BLD = self.hidden(x_BLD, key_mask_BL=key_mask_BL)
+    return self.token_embed.attend(self.ln_final(x_BLD))
+
+
+def invert_hidden(model: InvertibleL2Transformer, variables, h_BLD: jax.Array,
+                  *, key_mask_BL: jax.Array | None = None,
+                  max_iters: int = 100, atol: float = 1e-6,
+                  rtol: float = 1e-6
+                  ) -> tuple[jax.Array, list[invertible.InverseInfo]]:
+  """Inverts `model.hidden`: features [B, L, D] -> embeddings [B, L, D].
+
+  Undoes the residual blocks last to first, each by fixed-point iteration.
+
+  Returns:
+    (x_BLD, infos): infos[i] is the InverseInfo of block i (forward order).
+  """
+  infos = [None] * (2 * model.config.num_layers)
+  x_BLD = h_BLD
+  for index in reversed(range(len(infos))):
+    g = lambda x, index=index: model.apply(
+        variables, x, index, key_mask_BL=key_mask_BL,
+        method=InvertibleL2Transformer.branch)
+    x_BLD, infos[index] = invertible.fixed_point_inverse(
+        g, x_BLD, max_iters=max_iters, atol=atol, rtol=rtol)
+  return x_BLD, infos
+
+
+def make_invertible_model(model_config: ml_collections.ConfigDict, *,
+                          vocab_size: int, causal: bool, c: float = 0.9,
+                          norm: str = "inf",
+                          stop_gradient_bound: bool = False
+                          ) -> InvertibleL2Transformer:
+  """Builds an `InvertibleL2Transformer` from a `model` config section.
+
+  Uses num_layers, num_heads, emb_dim, mlp_dim, max_len, dropout_rate (on the
+  embeddings only), posemb, dtype and param_dtype. attention.kind must be
+  "l2"; the other attention keys (FAVOR+ settings) do not apply. remat is
+  ignored; scan_layers=True is not supported.
+
+  Args:
+    model_config: a section accepted by `validate_model_config`.
+    vocab_size: number of token ids.
+    causal: causal (decoder) or bidirectional model.
+    c: Lipschitz constant of every residual branch, in (0, 1).
+    norm: "inf" or "2", the norm the contraction is guaranteed in.
+    stop_gradient_bound: stop gradients through the normalizers.
+
+  Raises:
+    ValueError: naming the bad key or argument.
+  """
+  config_lib.validate_model_config(model_config)
+  if model_config.attention.kind != "l2":
+    raise ValueError("make_invertible_model builds contractive L2 attention; "
+                     "set model.attention.kind = 'l2' (got "
+                     f"{model_config.attention.kind!r})")
+  if model_config.scan_layers:
+    raise ValueError("model.scan_layers=True is not supported by the "
+                     "invertible model; set it to False")
+  if (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)
+      or vocab_size < 1):
+    raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+  if not 0.0 < c < 1.0:
+    raise ValueError(f"c must be in (0, 1), got {c}")
+  if norm not in bounds.NORMS:
+    raise ValueError(f"norm must be one of {bounds.NORMS}, got {norm!r}")
+  return InvertibleL2Transformer(InvertibleConfig(
+      vocab_size=vocab_size, causal=bool(causal),
+      num_layers=model_config.num_layers, num_heads=model_config.num_heads,
+      emb_dim=model_config.emb_dim, mlp_dim=model_config.mlp_dim,
+      max_len=model_config.max_len,
+      dropout_rate=float(model_config.dropout_rate),
+      posemb=model_config.posemb,
+      dtype=config_lib.DTYPES[model_config.dtype],
+      param_dtype=config_lib.DTYPES[model_config.param_dtype],
+      c=float(c), norm=norm, stop_gradient_bound=stop_gradient_bound))
