@@ -1,0 +1,1 @@
+"""Approximation error of FAVOR+ vs exact softmax attention (Lemma 2)."""

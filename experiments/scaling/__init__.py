@@ -1,0 +1,1 @@
+"""Speed and memory of attention vs sequence length; shared timing code."""

@@ -1,0 +1,1 @@
+"""SLiM: sub-linear memory causal Performer training."""

@@ -1,0 +1,225 @@
+"""Benchmark fwd+bwd time and peak memory of the attention functions on CPU.
+
+Measures exact softmax (bidirectional and causal), FAVOR+ (bidirectional and
+causal, for each chunk size; "slim_causal" is the same causal function with
+the recomputing backward of performer_jax/attention/slim.py) and exact L2
+attention at batch 2, 4 heads,
+head_dim 64, 256 features; prints a table with ratios to exact attention and
+the achieved GFLOP/s against a plain matmul measured in the same run, then
+PASS/FAIL for the performance targets:
+
+  T1  causal FAVOR+ at L=4096 takes <= 1.5x the bidirectional time;
+  T2  causal FAVOR+ beats exact causal attention at every L >= 1024;
+  T3  FAVOR+ time(16k) / time(4k) <= 4.5, and L=65536 fits in memory;
+  T4  bidirectional FAVOR+ at L=4096 reaches >= 0.5x the matmul GFLOP/s.
+
+Targets use FAVOR's default chunk size when it is among `--chunk-sizes`
+(else the first one); T1 and T3 are also reported for "slim_causal". Peak
+memory is XLA's compiled memory analysis (temp + arguments + outputs; see
+experiments/scaling/timing.py); `--rss` adds the process RSS peak of each
+configuration measured in a fresh subprocess.
+Exact attention is skipped, never allocated, where it would exceed the memory
+budget (60% of available memory, at most 16 GiB).
+
+  python scripts/bench_attention.py --lengths 1024,4096 --chunk-sizes 32,64,128
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments.scaling import timing
+from performer_jax.attention import favor
+
+MIB = 2.0 ** 20
+
+
+def _parse_ints(text: str) -> list[int]:
+  try:
+    values = [int(x) for x in text.split(",") if x.strip()]
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f"expected comma-separated integers like 1024,4096, got {text!r}")
+  if not values or min(values) <= 0:
+    raise argparse.ArgumentTypeError(f"expected positive integers: {text!r}")
+  return values
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--lengths", type=_parse_ints,
+                 default=[1024, 4096, 16384, 65536])
+  p.add_argument("--chunk-sizes", type=_parse_ints,
+                 default=[favor.DEFAULT_CHUNK_SIZE])
+  p.add_argument("--methods", default=",".join(timing.METHODS),
+                 help=f"comma-separated subset of {list(timing.METHODS)}")
+  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--max-seconds", type=float, default=30.0,
+                 help="stop repeating a configuration after this long")
+  p.add_argument("--budget-gib", type=float, default=None,
+                 help="memory budget per configuration (default: 60%% of "
+                 "available memory, at most 16)")
+  p.add_argument("--rss", action="store_true",
+                 help="also measure peak RSS per configuration in a "
+                 "subprocess")
+  p.add_argument("--csv", default=None, help="write all rows to this CSV")
+  args = p.parse_args(argv)
+  methods = [m for m in args.methods.split(",") if m]
+  unknown = sorted(set(methods) - set(timing.METHODS))
+  if unknown:
+    p.error(f"unknown --methods {unknown}; choose from {list(timing.METHODS)}")
+  args.methods = methods
+  if args.budget_gib is not None:
+    args.budget_gib = min(args.budget_gib, timing.MAX_BUDGET_BYTES / 2 ** 30)
+  return args
+
+
+def run(args) -> tuple[list[dict], float]:
+  """Measures every configuration; returns rows and the matmul GFLOP/s."""
+  shape = timing.Shape()
+  budget = (timing.default_budget_bytes() if args.budget_gib is None
+            else args.budget_gib * 2 ** 30)
+  mm = timing.matmul_gflops()
+  print(f"matmul 1024^3 float32: {mm:.1f} GFLOP/s; memory budget "
+        f"{budget / 2 ** 30:.1f} GiB")
+  rows = []
+  for length in args.lengths:
+    for method in args.methods:
+      chunks = args.chunk_sizes if method in timing.CHUNKED else [0]
+      for chunk in chunks:
+        row = timing.measure(method, length, shape, chunk_size=chunk,
+                             repeats=args.repeats, budget_bytes=budget,
+                             max_seconds=args.max_seconds)
+        if args.rss and row["status"] == "ok":
+          row["rss_bytes"] = timing.peak_rss_subprocess(method, length, shape,
+                                                        chunk)
+        rows.append(row)
+        print(f"  {method:13s} L={length:6d} C={row['chunk_size']:4d} "
+              f"{row['seconds']:9.4f}s {row['peak_bytes'] / MIB:10.1f} MiB "
+              f"{row['status']}", flush=True)
+  return rows, mm
+
+
+def _lookup(rows, method, length, chunk=None):
+  for r in rows:
+    if r["method"] == method and r["length"] == length and (
+        chunk is None or r["chunk_size"] == chunk):
+      return r
+  return None
+
+
+def print_table(rows, mm_gflops):
+  """One line per configuration with ratios to the matching exact method."""
+  print(f"\n{'method':13s} {'L':>6s} {'C':>4s} {'sec':>9s} {'x exact':>8s} "
+        f"{'MiB':>9s} {'mem x ex':>8s} {'GFLOP/s':>8s} {'% mm':>6s}")
+  for r in rows:
+    ref_name = "exact_causal" if timing.METHODS[r["method"]][1] else "exact"
+    ref = _lookup(rows, ref_name, r["length"])
+    t_ratio = m_ratio = math.nan
+    if ref is not None and ref["status"] == "ok":
+      t_ratio = r["seconds"] / ref["seconds"]
+      m_ratio = r["peak_bytes"] / ref["peak_bytes"]
+    status = "" if r["status"] == "ok" else "  " + r["status"]
+    print(f"{r['method']:13s} {r['length']:6d} {r['chunk_size']:4d} "
+          f"{r['seconds']:9.4f} {t_ratio:8.3f} {r['peak_bytes'] / MIB:9.1f} "
+          f"{m_ratio:8.3f} {r['gflops']:8.1f} "
+          f"{100 * r['gflops'] / mm_gflops:6.1f}{status}")
+
+
+def check_targets(rows, mm_gflops, chunk) -> dict[str, str]:
+  """PASS / FAIL / n/a (with the numbers) for targets T1-T4."""
+  def ok(r):
+    return r is not None and r["status"] == "ok"
+  res = {}
+  bi = _lookup(rows, "favor", 4096)
+  for causal in timing.CHUNKED:
+    name = f"T1 {causal}/favor at 4k <= 1.5"
+    ca = _lookup(rows, causal, 4096, chunk)
+    if ok(bi) and ok(ca):
+      ratio = ca["seconds"] / bi["seconds"]
+      res[name] = f"{'PASS' if ratio <= 1.5 else 'FAIL'} ({ratio:.2f})"
+    elif causal == "favor_causal":
+      res[name] = "n/a (needs favor, favor_causal, L=4096)"
+  verdicts = []
+  for r in rows:
+    if r["method"] == "favor_causal" and r["chunk_size"] == chunk and (
+        r["length"] >= 1024):
+      ex = _lookup(rows, "exact_causal", r["length"])
+      if ok(ex) and ok(r):
+        verdicts.append((r["length"], r["seconds"] / ex["seconds"]))
+  if verdicts:
+    worst = max(v for _, v in verdicts)
+    detail = ", ".join(f"L={l}: {v:.2f}x" for l, v in verdicts)
+    res["T2 causal favor < exact causal"] = (
+        f"{'PASS' if worst < 1 else 'FAIL'} ({detail})")
+  else:
+    res["T2 causal favor < exact causal"] = "n/a (needs exact_causal, L>=1024)"
+  for method in ("favor",) + timing.CHUNKED:
+    c = chunk if method in timing.CHUNKED else None
+    r4, r16 = _lookup(rows, method, 4096, c), _lookup(rows, method, 16384, c)
+    r64 = _lookup(rows, method, 65536, c)
+    parts, passed = [], True
+    if ok(r4) and ok(r16):
+      ratio = r16["seconds"] / r4["seconds"]
+      passed &= ratio <= 4.5
+      parts.append(f"16k/4k {ratio:.2f}")
+    else:
+      parts.append("16k/4k n/a")
+    if r64 is not None:
+      passed &= ok(r64)
+      parts.append(f"64k {r64['status']}, "
+                   f"{r64['peak_bytes'] / MIB:.0f} MiB")
+    else:
+      parts.append("64k n/a")
+    measured = ok(r4) and ok(r16) or r64 is not None
+    if not measured and method == "slim_causal":
+      continue
+    verdict = ("PASS" if passed else "FAIL") if measured else "n/a"
+    res[f"T3 {method} scaling"] = f"{verdict} ({'; '.join(parts)})"
+  if ok(bi):
+    frac = bi["gflops"] / mm_gflops
+    res["T4 bidir favor 4k >= 0.5 matmul GFLOP/s"] = (
+        f"{'PASS' if frac >= 0.5 else 'FAIL'} ({bi['gflops']:.1f} vs "
+        f"{mm_gflops:.1f} GFLOP/s = {frac:.2f})")
+  else:
+    res["T4 bidir favor 4k >= 0.5 matmul GFLOP/s"] = "n/a (needs favor, L=4096)"
+  return res
+
+
+def write_csv(path, rows, mm_gflops):
+  keys = ["method", "length", "chunk_size", "seconds", "repeats",
+          "peak_bytes", "gflops", "status", "rss_bytes"]
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=keys + ["matmul_gflops"])
+    w.writeheader()
+    for r in rows:
+      w.writerow({**{k: r.get(k, "") for k in keys},
+                  "matmul_gflops": mm_gflops})
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  rows, mm = run(args)
+  print_table(rows, mm)
+  chunk = (favor.DEFAULT_CHUNK_SIZE
+           if favor.DEFAULT_CHUNK_SIZE in args.chunk_sizes
+           else args.chunk_sizes[0])
+  print(f"\ntargets (favor_causal chunk size {chunk}):")
+  for name, verdict in check_targets(rows, mm, chunk).items():
+    print(f"  {name:44s} {verdict}")
+  if args.csv:
+    write_csv(args.csv, rows, mm)
+    print(f"wrote {args.csv}")
+
+
+if __name__ == "__main__":
+  main()
