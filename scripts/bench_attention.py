@@ -1,9 +1,9 @@
 """Benchmark fwd+bwd time and peak memory of the attention functions on CPU.
 
 Measures exact softmax (bidirectional and causal), FAVOR+ (bidirectional and
-causal, for each chunk size; "slim_causal" is the same causal function with
-the recomputing backward of performer_jax/attention/slim.py) and exact L2
-attention at batch 2, 4 heads,
+causal, for each chunk size: "favor_causal" is the shipped default with the
+recomputing (SLiM) backward, "favor_causal_autodiff" the same function under
+plain autodiff) and exact L2 attention at batch 2, 4 heads,
 head_dim 64, 256 features; prints a table with ratios to exact attention and
 the achieved GFLOP/s against a plain matmul measured in the same run, then
 PASS/FAIL for the performance targets:
@@ -14,7 +14,7 @@ PASS/FAIL for the performance targets:
   T4  bidirectional FAVOR+ at L=4096 reaches >= 0.5x the matmul GFLOP/s.
 
 Targets use FAVOR's default chunk size when it is among `--chunk-sizes`
-(else the first one); T1 and T3 are also reported for "slim_causal". Peak
+(else the first one); T1 and T3 are also reported for the autodiff path. Peak
 memory is XLA's compiled memory analysis (temp + arguments + outputs; see
 experiments/scaling/timing.py); `--rss` adds the process RSS peak of each
 configuration measured in a fresh subprocess.
@@ -102,7 +102,7 @@ def run(args) -> tuple[list[dict], float]:
           row["rss_bytes"] = timing.peak_rss_subprocess(method, length, shape,
                                                         chunk)
         rows.append(row)
-        print(f"  {method:13s} L={length:6d} C={row['chunk_size']:4d} "
+        print(f"  {method:22s} L={length:6d} C={row['chunk_size']:4d} "
               f"{row['seconds']:9.4f}s {row['peak_bytes'] / MIB:10.1f} MiB "
               f"{row['status']}", flush=True)
   return rows, mm
@@ -118,7 +118,7 @@ def _lookup(rows, method, length, chunk=None):
 
 def print_table(rows, mm_gflops):
   """One line per configuration with ratios to the matching exact method."""
-  print(f"\n{'method':13s} {'L':>6s} {'C':>4s} {'sec':>9s} {'x exact':>8s} "
+  print(f"\n{'method':22s} {'L':>6s} {'C':>4s} {'sec':>9s} {'x exact':>8s} "
         f"{'MiB':>9s} {'mem x ex':>8s} {'GFLOP/s':>8s} {'% mm':>6s}")
   for r in rows:
     ref_name = "exact_causal" if timing.METHODS[r["method"]][1] else "exact"
@@ -128,7 +128,7 @@ def print_table(rows, mm_gflops):
       t_ratio = r["seconds"] / ref["seconds"]
       m_ratio = r["peak_bytes"] / ref["peak_bytes"]
     status = "" if r["status"] == "ok" else "  " + r["status"]
-    print(f"{r['method']:13s} {r['length']:6d} {r['chunk_size']:4d} "
+    print(f"{r['method']:22s} {r['length']:6d} {r['chunk_size']:4d} "
           f"{r['seconds']:9.4f} {t_ratio:8.3f} {r['peak_bytes'] / MIB:9.1f} "
           f"{m_ratio:8.3f} {r['gflops']:8.1f} "
           f"{100 * r['gflops'] / mm_gflops:6.1f}{status}")
@@ -180,7 +180,7 @@ def check_targets(rows, mm_gflops, chunk) -> dict[str, str]:
     else:
       parts.append("64k n/a")
     measured = ok(r4) and ok(r16) or r64 is not None
-    if not measured and method == "slim_causal":
+    if not measured and method == "favor_causal_autodiff":
       continue
     verdict = ("PASS" if passed else "FAIL") if measured else "n/a"
     res[f"T3 {method} scaling"] = f"{verdict} ({'; '.join(parts)})"

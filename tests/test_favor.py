@@ -15,7 +15,8 @@ from performer_jax.attention import softmax_attention
 from tests import reference
 
 favor = jax.jit(favor_attention,
-                static_argnames=("kernel", "causal", "chunk_size"))
+                static_argnames=("kernel", "causal", "chunk_size",
+                                 "implementation"))
 
 
 def square_features(x, projection):
@@ -57,16 +58,17 @@ STABILIZED = ["softmax", "softmax_hyperbolic", "softmax_trig"]
 
 
 @pytest.mark.parametrize("kernel,with_proj", KERNEL_CASES)
-@pytest.mark.parametrize("causal,chunk", [(False, 64), (True, 5),
-                                          (True, 64)])
+@pytest.mark.parametrize("causal,chunk,implementation", [
+    (False, 64, "slim"), (True, 5, "slim"), (True, 64, "slim"),
+    (True, 5, "autodiff")])
 @pytest.mark.parametrize("masked", [False, True])
 def test_equals_brute_force_with_same_features(kernel, with_proj, causal,
-                                               chunk, masked):
+                                               chunk, implementation, masked):
   q, k, v, mask, proj = _inputs()
   proj = proj if with_proj else None
   key_mask = mask if masked else None
   out = favor(q, k, v, proj, kernel=kernel, causal=causal, key_mask=key_mask,
-              chunk_size=chunk)
+              chunk_size=chunk, implementation=implementation)
   name = kernel if isinstance(kernel, str) else "square"
   ref = reference.favor_from_features(
       _np_features(name, q, proj), _np_features(name, k, proj), v, causal,
@@ -110,14 +112,16 @@ def test_converges_to_softmax_and_orthogonal_helps():
 
 @pytest.mark.parametrize("kernel", STABILIZED + ["relu"])
 @pytest.mark.parametrize("chunk", [4, 64])
-def test_no_future_leak_through_stabilizer(kernel, chunk):
+@pytest.mark.parametrize("implementation", ["slim", "autodiff"])
+def test_no_future_leak_through_stabilizer(kernel, chunk, implementation):
   """Scaling the last key (the official code's leak: up to 0.96) must not
   move any earlier output, not even through the max stabilizer."""
   q, k, v, _, proj = _inputs(length=20, scale=2.0)
-  base = favor(q, k, v, proj, kernel=kernel, causal=True, chunk_size=chunk)
+  run = lambda k: favor(q, k, v, proj, kernel=kernel, causal=True,
+                        chunk_size=chunk, implementation=implementation)
+  base = run(k)
   for factor in (3.0, 30.0):
-    k2 = k.at[:, -1].multiply(factor)
-    out = favor(q, k2, v, proj, kernel=kernel, causal=True, chunk_size=chunk)
+    out = run(k.at[:, -1].multiply(factor))
     np.testing.assert_allclose(out[:, :-1], base[:, :-1], atol=1e-6,
                                rtol=1e-6)
     assert not np.allclose(out[:, -1], base[:, -1], atol=1e-3)
@@ -142,13 +146,14 @@ def test_a_global_key_max_would_leak():
 
 
 @pytest.mark.parametrize("kernel", ["softmax", "relu"])
-def test_gradients_are_causal(kernel):
+@pytest.mark.parametrize("implementation", ["slim", "autodiff"])
+def test_gradients_are_causal(kernel, implementation):
   q, k, v, _, proj = _inputs(b=1, length=12, scale=1.5)
   t = 6
 
   def early_sum(q, k, v):
     out = favor_attention(q, k, v, proj, kernel=kernel, causal=True,
-                          chunk_size=4)
+                          chunk_size=4, implementation=implementation)
     return jnp.sum(out[:, :t] ** 2)
 
   grads = jax.jit(jax.grad(early_sum, argnums=(0, 1, 2)))(q, k, v)
@@ -232,3 +237,5 @@ def test_batch_dims_and_errors():
     favor_attention(q, k, v, proj, kernel="cosine")
   with pytest.raises(ValueError, match="needs a projection"):
     favor_attention(q, k, v, None, kernel="softmax")
+  with pytest.raises(ValueError, match="implementation must be one of"):
+    favor_attention(q, k, v, proj, causal=True, implementation="scan")

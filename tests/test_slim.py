@@ -46,7 +46,8 @@ def test_outputs_and_gradients_match_chunked_favor(case):
   q, k, v, proj, g = _inputs()
   proj = proj if use_proj else None
   ref = lambda q, k, v, p: attention.favor_attention(
-      q, k, v, p, kernel=kernel, causal=True, key_mask=mask, chunk_size=CHUNK)
+      q, k, v, p, kernel=kernel, causal=True, key_mask=mask, chunk_size=CHUNK,
+      implementation="autodiff")
   slim = lambda q, k, v, p: slim_favor_attention(
       q, k, v, p, kernel=kernel, key_mask=mask, chunk_size=CHUNK)
   (out_want, want), (out_got, got) = (_out_and_grads(f)(q, k, v, proj, g)

@@ -322,6 +322,8 @@ BAD_CONFIGS = [
     (lambda c: setattr(c.attention, "kernel", "gauss"), "kernel"),
     (lambda c: setattr(c.attention, "scaling", "unit"), "scaling"),
     (lambda c: setattr(c.attention, "chunk_size", 0), "chunk_size"),
+    (lambda c: setattr(c.attention, "implementation", "scan"),
+     "implementation"),
     (lambda c: setattr(c.attention, "num_features", 0), "num_features"),
     (lambda c: setattr(c.attention, "window", 4), "window"),
 ]

@@ -28,7 +28,7 @@ from performer_jax.attention import favor
 MACHINE_BYTES = 24 * timing.GIB
 # Speedup panel: FAVOR method -> the exact method it replaces.
 BASELINES = {"favor": "exact", "favor_causal": "exact_causal",
-             "slim_causal": "exact_causal"}
+             "favor_causal_autodiff": "exact_causal"}
 
 
 def parse_args(argv=None):

@@ -33,7 +33,6 @@ import jax
 import jax.numpy as jnp
 
 from performer_jax import attention
-from performer_jax.attention import slim
 
 GIB = 2.0 ** 30
 # Hard cap: never allocate more than this whatever memory looks available.
@@ -50,18 +49,20 @@ METHODS: dict[str, tuple[Callable, bool]] = {
         True),
     "favor": (lambda q, k, v, p, c: attention.favor_attention(q, k, v, p),
               False),
+    # Causal FAVOR+ as shipped: the recomputing (SLiM) backward pass.
     "favor_causal": (
         lambda q, k, v, p, c: attention.favor_attention(
             q, k, v, p, causal=True, chunk_size=c),
         True),
     "l2": (lambda q, k, v, p, c: attention.l2_attention(q, k, v), False),
-    # Causal FAVOR+ with the recomputing (SLiM) backward pass.
-    "slim_causal": (
-        lambda q, k, v, p, c: slim.slim_favor_attention(
-            q, k, v, p, causal=True, chunk_size=c),
+    # The same function differentiated by plain autodiff (stores every
+    # chunk's features and scores).
+    "favor_causal_autodiff": (
+        lambda q, k, v, p, c: attention.favor_attention(
+            q, k, v, p, causal=True, chunk_size=c, implementation="autodiff"),
         True),
 }
-CHUNKED = ("favor_causal", "slim_causal")
+CHUNKED = ("favor_causal", "favor_causal_autodiff")
 QUADRATIC = ("exact", "exact_causal", "l2")
 
 

@@ -36,7 +36,8 @@ from performer_jax.attention.slim import slim_favor_attention
 
 IMPLEMENTATIONS = {
     "autodiff": lambda q, k, v, p, kernel, c: attention.favor_attention(
-        q, k, v, p, kernel=kernel, causal=True, chunk_size=c),
+        q, k, v, p, kernel=kernel, causal=True, chunk_size=c,
+        implementation="autodiff"),
     "slim": lambda q, k, v, p, kernel, c: slim_favor_attention(
         q, k, v, p, kernel=kernel, causal=True, chunk_size=c),
 }

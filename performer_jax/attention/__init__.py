@@ -6,11 +6,13 @@ from performer_jax.attention.favor import favor_attention
 from performer_jax.attention.feature_maps import KERNELS
 from performer_jax.attention.random_features import (
     gaussian_orthogonal_random_matrix)
+from performer_jax.attention.slim import slim_favor_attention
 
 __all__ = [
     "KERNELS",
     "favor_attention",
     "gaussian_orthogonal_random_matrix",
     "l2_attention",
+    "slim_favor_attention",
     "softmax_attention",
 ]

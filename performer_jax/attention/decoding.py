@@ -12,7 +12,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from performer_jax.attention import favor
 from performer_jax.attention import feature_maps
 
 
@@ -59,6 +58,6 @@ def favor_decode_step(query_BHD: jax.Array, key_BHD: jax.Array,
     max_amp = new_max
   sums = sums + jnp.einsum("bhf,bhe->bhfe", kf_BHF, v_BHE)
   out_BHE = jnp.einsum("bhf,bhfe->bhe", qf_BHF, sums)
-  out_BHD = favor.normalize(out_BHE[..., :-1], out_BHE[..., -1:],
+  out_BHD = feature_maps.normalize(out_BHE[..., :-1], out_BHE[..., -1:],
                             signed_features=kernel == "softmax_trig")
   return out_BHD.astype(query_BHD.dtype), {"sums": sums, "max_amp": max_amp}

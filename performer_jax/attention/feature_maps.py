@@ -98,3 +98,30 @@ def resolve(kernel: str | FeatureFn, projection_MD: jax.Array | None):
                      "head_dim]; draw one with "
                      "gaussian_orthogonal_random_matrix.")
   return lambda x: KERNELS[kernel](x, projection_MD)
+
+
+# Guards for the normalizer D. Non-negative features make D >= 0 and the
+# output a convex combination of values, so D only needs keeping off exact
+# zero (a query that sees no key); the floor is far below any D that carries
+# information yet keeps num / D^2 in the backward pass finite in float32.
+# Trigonometric features can make D cross zero: there the official additive
+# guard `D + 2 eps [|D| <= eps]` (eps = 1e-6) is used.
+POSITIVE_FLOOR = 1e-30
+SIGNED_EPS = 1e-6
+
+
+def normalize(num: jax.Array, den: jax.Array,
+               signed_features: bool) -> jax.Array:
+  """num / den with den guarded; both are first divided by a stop-gradient
+  copy of |den|, which changes nothing in exact arithmetic but keeps the
+  backward pass from forming den**2 (it underflows for den ~ 1e-20, which
+  large-norm inputs reach, and turns the gradients into NaN)."""
+  if signed_features:
+    den = den + 2.0 * SIGNED_EPS * (jnp.abs(den) <= SIGNED_EPS).astype(
+        den.dtype)
+    scale = jnp.maximum(jnp.abs(den), SIGNED_EPS)
+  else:
+    den = jnp.maximum(den, POSITIVE_FLOOR)
+    scale = den
+  scale = jax.lax.stop_gradient(scale)
+  return (num / scale) / (den / scale)

@@ -35,9 +35,10 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from performer_jax.attention import favor
 from performer_jax.attention import feature_maps
 from performer_jax.attention import shapes
+
+DEFAULT_CHUNK_SIZE = 64
 
 
 def _finite_or_zero(x):
@@ -85,7 +86,7 @@ def _chunk(kernel, signed, s_BHFE, m_BH, q_BHCD, k_BHCD, v_BHCE, mask_BC,
     s_out = s_BHFE * decay_BH[..., None, None] + jnp.einsum(
         "bhjf,bhje->bhfe", kf * to_end[..., None], v_BHCE)
   num = jnp.einsum("bhij,bhje->bhie", scores, v_BHCE) + inter
-  out = favor.normalize(num[..., :-1], num[..., -1:], signed_features=signed)
+  out = feature_maps.normalize(num[..., :-1], num[..., -1:], signed_features=signed)
   return s_out, m_out, out
 
 
@@ -146,62 +147,44 @@ def _slim_bwd(kernel, signed, residuals, g_NBHCD):
 _slim_core.defvjp(_slim_fwd, _slim_bwd)
 
 
-@functools.partial(jax.named_call, name="slim_favor_attention")
 def slim_favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                          projection: jax.Array | None, *,
                          kernel: str | feature_maps.FeatureFn = "softmax",
                          causal: bool = True,
                          key_mask: jax.Array | None = None,
-                         chunk_size: int = favor.DEFAULT_CHUNK_SIZE
+                         chunk_size: int = DEFAULT_CHUNK_SIZE
                          ) -> jax.Array:
-  """`favor_attention` with a sub-linear-memory backward pass (causal).
+  """`favor_attention(..., implementation="slim")`, causal by default.
 
   Same arguments, shapes, dtypes and results as `favor.favor_attention`;
   only the memory/time trade-off of the backward pass differs. With
-  `causal=False` it simply calls `favor_attention` (the bidirectional path
-  keeps no per-chunk state, so there is nothing to save).
+  `causal=False` it is the bidirectional path (which keeps no per-chunk
+  state, so there is nothing to save). Backward memory beyond q, k, v is
+  about `(L / C) * H * M * (Dv + 1) + H * C^2` floats per batch element.
+  """
+  from performer_jax.attention import favor  # favor imports this module.
+  return favor.favor_attention(query, key, value, projection, kernel=kernel,
+                               causal=causal, key_mask=key_mask,
+                               chunk_size=chunk_size, implementation="slim")
+
+
+@functools.partial(jax.named_call, name="slim_causal")
+def slim_causal(q_BLHD: jax.Array, k_BLHD: jax.Array, v_BLHD: jax.Array,
+                km_BL: jax.Array | None, proj: jax.Array | None, *,
+                kernel, chunk_size: int) -> jax.Array:
+  """Causal FAVOR+ with the SLiM backward on validated, flattened inputs.
 
   Args:
-    query: `[batch..., L, H, D]`.
-    key: `[batch..., L, H, D]`.
-    value: `[batch..., L, H, Dv]`.
-    projection: `[M, D]` or None (see favor_attention).
-    kernel: as favor_attention ("softmax", "softmax_hyperbolic",
-      "softmax_trig", "relu" or a feature function).
-    causal: query i sees keys j <= i only.
-    key_mask: bool `[batch..., L]`, True = attend.
-    chunk_size: C. Backward memory beyond q, k, v is about
-      `(L / C) * H * M * (Dv + 1) + H * C^2` floats per batch element.
+    q_BLHD, k_BLHD: `[B, L, H, D]` (padded keys already zeroed).
+    v_BLHD: `[B, L, H, Dv]`.
+    km_BL: bool `[B, L]` or None.
+    proj: float32 `[M, D]` or None.
+    kernel: as favor_attention.
+    chunk_size: C.
 
   Returns:
-    `[batch..., L, H, Dv]` in the inputs' dtype.
+    float32 `[B, L, H, Dv]`.
   """
-  if not causal:
-    return favor.favor_attention(query, key, value, projection, kernel=kernel,
-                                 causal=False, key_mask=key_mask)
-  shapes.check_qkv(query, key, value, key_mask, name="slim_favor_attention")
-  if query.shape[-3] != key.shape[-3]:
-    raise ValueError(
-        "slim_favor_attention: causal mode needs q_len == kv_len, got query "
-        f"{query.shape} and key {key.shape}.")
-  if projection is not None and (projection.ndim != 2 or
-                                 projection.shape[-1] != query.shape[-1]):
-    raise ValueError(
-        "slim_favor_attention: projection must be [num_features, head_dim="
-        f"{query.shape[-1]}], got {projection.shape}.")
-  if int(chunk_size) <= 0:
-    raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
-  proj = None if projection is None else jax.lax.stop_gradient(
-      projection.astype(jnp.float32))
-  feature_maps.resolve(kernel, proj)  # Validates kernel name / projection.
-  out_dtype = shapes.output_dtype(query, value)
-  q_BLHD, batch_shape = shapes.flatten_batch(query, 3)
-  k_BLHD, _ = shapes.flatten_batch(key, 3)
-  v_BLHD, _ = shapes.flatten_batch(value, 3)
-  km_BL = None if key_mask is None else shapes.flatten_batch(key_mask, 1)[0]
-  k_BLHD = shapes.sanitize_padding(k_BLHD, km_BL)
-  v_BLHD = shapes.sanitize_padding(v_BLHD, km_BL)
-
   b, length, h, d = q_BLHD.shape
   c = min(int(chunk_size), length)
   n = -(-length // c)
@@ -229,5 +212,4 @@ def slim_favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   out_NBHCD = _slim_core(kernel, kernel == "softmax_trig", to_chunks(q),
                          to_chunks(k), to_chunks(v), mask_NBC, proj)
   out_BLHD = jnp.moveaxis(out_NBHCD, 0, 2).reshape(b, h, n * c, -1)
-  out_BLHD = out_BLHD[:, :, :length].transpose(0, 2, 1, 3)
-  return out_BLHD.reshape(batch_shape + out_BLHD.shape[1:]).astype(out_dtype)
+  return out_BLHD[:, :, :length].transpose(0, 2, 1, 3)

@@ -22,7 +22,8 @@ _MODEL_KEYS = ("num_layers", "num_heads", "emb_dim", "mlp_dim", "dropout_rate",
                "max_len", "posemb", "dtype", "param_dtype", "remat",
                "scan_layers", "attention")
 _ATTENTION_KEYS = ("kind", "kernel", "num_features", "orthogonal", "scaling",
-                   "chunk_size", "redraw_every")
+                   "chunk_size", "implementation", "redraw_every")
+IMPLEMENTATIONS = ("slim", "autodiff")
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -49,6 +50,9 @@ def default_model_config() -> ml_collections.ConfigDict:
   cfg.attention.orthogonal = True
   cfg.attention.scaling = "chi"
   cfg.attention.chunk_size = 128
+  # Causal FAVOR+ backward: "slim" recomputes inside each chunk (less memory,
+  # and faster on CPU), "autodiff" stores every chunk's intermediates.
+  cfg.attention.implementation = "slim"
   cfg.attention.redraw_every = 1000
   return cfg
 
@@ -117,4 +121,6 @@ def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
   _check_bool(att.orthogonal, "model.attention.orthogonal")
   _check_choice(att.scaling, "model.attention.scaling", SCALINGS)
   _check_int(att.chunk_size, "model.attention.chunk_size", 1)
+  _check_choice(att.implementation, "model.attention.implementation",
+                IMPLEMENTATIONS)
   _check_int(att.redraw_every, "model.attention.redraw_every", 0)

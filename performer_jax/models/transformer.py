@@ -72,6 +72,7 @@ class TransformerConfig:
   orthogonal: bool = True
   scaling: str = "chi"
   chunk_size: int = 128
+  implementation: str = "slim"
   decode: bool = False
 
 
@@ -120,7 +121,8 @@ class TransformerBlock(nn.Module):
     h_BLD = MultiHeadAttention(
         num_heads=cfg.num_heads, attention=cfg.attention, kernel=cfg.kernel,
         num_features=cfg.num_features, orthogonal=cfg.orthogonal,
-        scaling=cfg.scaling, chunk_size=cfg.chunk_size, causal=cfg.causal,
+        scaling=cfg.scaling, chunk_size=cfg.chunk_size,
+        implementation=cfg.implementation, causal=cfg.causal,
         dropout_rate=0.0, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
         decode=cfg.decode, name="attention")(
             h_BLD, key_mask=key_mask_BL, deterministic=deterministic)
@@ -248,4 +250,5 @@ def make_model(model_config: ml_collections.ConfigDict, *, vocab_size: int,
       orthogonal=att.orthogonal,
       scaling=att.scaling,
       chunk_size=att.chunk_size,
+      implementation=att.implementation,
       decode=bool(decode)))

@@ -75,6 +75,8 @@ class MultiHeadAttention(nn.Module):
     orthogonal, scaling: how the projection is drawn (see
       `gaussian_orthogonal_random_matrix`).
     chunk_size: causal FAVOR+ chunk length.
+    implementation: causal FAVOR+ backward pass, "slim" (recompute inside
+      each chunk: sub-linear memory) or "autodiff" (see `favor_attention`).
     causal: autoregressive masking.
     dropout_rate: dropout on the concatenated head outputs (FAVOR+ has no
       attention matrix to drop from, so every kind uses the same place).
@@ -91,6 +93,7 @@ class MultiHeadAttention(nn.Module):
   orthogonal: bool = True
   scaling: str = "chi"
   chunk_size: int = favor.DEFAULT_CHUNK_SIZE
+  implementation: str = "slim"
   causal: bool = False
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
@@ -185,7 +188,8 @@ class MultiHeadAttention(nn.Module):
     elif self.attention == "favor":
       x = favor.favor_attention(q, k, v, projection, kernel=self.kernel,
                                 causal=self.causal, key_mask=key_mask,
-                                chunk_size=self.chunk_size)
+                                chunk_size=self.chunk_size,
+                                implementation=self.implementation)
     else:
       x = EXACT_FUNCTIONS[self.attention](q, k, v, causal=self.causal,
                                           key_mask=key_mask)

@@ -46,6 +46,7 @@ def make_favor_attention_fn(projection: jax.Array | None, *,
                             kernel: str | feature_maps.FeatureFn = "softmax",
                             causal: bool = False,
                             chunk_size: int = favor.DEFAULT_CHUNK_SIZE,
+                            implementation: str = "slim",
                             check_mask: bool = True):
   """Returns an `attention_fn` running FAVOR+ with a fixed projection.
 
@@ -57,6 +58,7 @@ def make_favor_attention_fn(projection: jax.Array | None, *,
     kernel: as `favor_attention`.
     causal: build causal FAVOR+; a causal Flax mask is then accepted.
     chunk_size: causal chunk length.
+    implementation: causal backward, "slim" or "autodiff".
     check_mask: verify that a given mask has a representable form.
   """
 
@@ -95,7 +97,8 @@ def make_favor_attention_fn(projection: jax.Array | None, *,
           _raise_if(np.asarray(bad), causal)
     out = favor.favor_attention(query, key, value, projection, kernel=kernel,
                                 causal=causal, key_mask=key_mask,
-                                chunk_size=chunk_size)
+                                chunk_size=chunk_size,
+                                implementation=implementation)
     return out if dtype is None else out.astype(dtype)
 
   return attention_fn
