@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=g-import-not-at-top
 
 from configs import common  # pylint: disable=g-import-not-at-top
+from performer_jax.attention import favor  # pylint: disable=g-import-not-at-top
 from performer_jax.train import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 
 
@@ -94,7 +95,8 @@ def main():
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--layers", type=int, default=4)
   parser.add_argument("--num_features", type=int, default=256)
-  parser.add_argument("--chunk_size", type=int, default=128)
+  parser.add_argument("--chunk_size", type=int,
+                      default=favor.DEFAULT_CHUNK_SIZE)
   parser.add_argument("--causal", action=argparse.BooleanOptionalAction,
                       default=True, help="decoder (default) or encoder")
   parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
@@ -116,15 +118,27 @@ def main():
             f"{'compile s':>10}")
   print(header)
   print("-" * len(header), flush=True)
+  step_s = {}
   for seq_len in lengths:
     for kind in kinds:
       r = run_isolated(kind, seq_len, argv)
       if "error" in r:
         print(f"{kind:8} {seq_len:>6} {r['error']}", flush=True)
         continue
+      step_s[kind, seq_len] = r["step_s"]
       tokens = args.batch * seq_len / r["step_s"]
       print(f"{kind:8} {seq_len:>6} {tokens:>10.0f} {r['step_s'] * 1e3:>9.1f} "
             f"{r['compile_s']:>10.1f}", flush=True)
+  # Linear attention: step time grows like L (ratio = length ratio).
+  lo, hi = min(lengths), max(lengths)
+  for kind in kinds:
+    if (kind, lo) in step_s and (kind, hi) in step_s and hi > lo:
+      print(f"{kind}: step time x{step_s[kind, hi] / step_s[kind, lo]:.2f} "
+            f"from L={lo} to L={hi} (linear would be x{hi / lo:.0f})")
+  if ("favor", hi) in step_s and ("softmax", hi) in step_s:
+    speedup = step_s["softmax", hi] / step_s["favor", hi]
+    print(f"at L={hi} FAVOR+ is {speedup:.2f}x the speed of softmax "
+          f"({'faster' if speedup > 1 else 'slower'})")
 
 
 if __name__ == "__main__":
