@@ -46,6 +46,7 @@ def bench_config(kind, seq_len, args):
   config.model.attention.num_features = args.num_features
   config.model.attention.chunk_size = args.chunk_size
   config.model.attention.redraw_every = 0
+  config.model.remat = args.remat
   config.optimizer.warmup_steps = 1
   config.trainer.steps = args.steps + 1
   config.trainer.progress = "log"
@@ -99,6 +100,10 @@ def main():
                       default=favor.DEFAULT_CHUNK_SIZE)
   parser.add_argument("--causal", action=argparse.BooleanOptionalAction,
                       default=True, help="decoder (default) or encoder")
+  parser.add_argument("--remat", action=argparse.BooleanOptionalAction,
+                      default=False,
+                      help="rematerialize each block (exact attention needs "
+                      "it to fit L=4096 in 24 GiB)")
   parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.one:  # worker mode: one setting, result as a JSON line
@@ -113,6 +118,7 @@ def main():
         f"mlp 1024, vocab 256, "
         f"{'causal' if args.causal else 'bidirectional'}, favor features "
         f"{args.num_features}, chunk {args.chunk_size}, "
+        f"{'remat, ' if args.remat else ''}"
         f"{os.cpu_count()} CPU cores")
   header = (f"{'kind':8} {'L':>6} {'tokens/s':>10} {'ms/step':>9} "
             f"{'compile s':>10}")
