@@ -17,6 +17,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   """Returns the base config with the Performer paper's training defaults."""
   config = ml_collections.ConfigDict()
   config.task = "copy"
+  # "transformer" or "invertible_l2" (performer_jax/train/config.py).
+  config.model_builder = "transformer"
 
   # Keys every task reads; tasks add their own keys (paths, vocab, ...).
   config.data = ml_collections.ConfigDict()

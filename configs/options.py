@@ -4,7 +4,8 @@ Variants: "smoke" (seconds, used by the tests), "cpu" (a demo that learns
 visibly on a 2-core CPU in minutes), "paper" (the paper's architecture, for
 TPU/GPU). Attention overrides: "softmax" (exact), "favor" (FAVOR+ with
 positive softmax features), "favor_relu" (FAVOR+ generalized ReLU attention)
-and "l2" (tied L2 attention).
+"l2" (tied L2 attention) and "l2_invertible" (Kim et al.'s invertible
+Transformer: contractive L2 attention and MLP in invertible residual blocks).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from configs import common
 from performer_jax.tasks import DATA_CONFIGS
 
 VARIANTS = ("smoke", "cpu", "paper")
-ATTENTION = ("softmax", "favor", "favor_relu", "l2")
+ATTENTION = ("softmax", "favor", "favor_relu", "l2", "l2_invertible")
 
 
 def parse(arg: str, task: str,
@@ -41,7 +42,8 @@ def set_attention(model: ml_collections.ConfigDict, kind: str) -> None:
   """Points `model.attention` at one of ATTENTION."""
   if kind not in ATTENTION:
     raise ValueError(f"attention must be one of {ATTENTION}, got {kind!r}")
-  model.attention.kind = "favor" if kind.startswith("favor") else kind
+  model.attention.kind = ("favor" if kind.startswith("favor") else
+                          "l2" if kind.startswith("l2") else kind)
   model.attention.kernel = "relu" if kind == "favor_relu" else "softmax"
 
 
@@ -97,4 +99,7 @@ def build(task: str, arg: str, *, paper_model: dict,
     t.steps, t.log_every, t.eval_every, t.checkpoint_every = (
         paper_steps, 100, 5000, 5000)
   set_attention(config.model, attention)
+  if attention == "l2_invertible":
+    config.model_builder = "invertible_l2"
+    config.model.scan_layers = False
   return config

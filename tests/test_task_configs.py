@@ -24,7 +24,8 @@ UNITS = {"protein_mlm": "token", "protein_lm": "token", "text_lm": "byte",
 
 @pytest.mark.parametrize("task,attention", [
     ("protein_mlm", "favor_relu"), ("protein_lm", "favor"),
-    ("text_lm", "l2"), ("pixel_lm", "softmax")])
+    ("text_lm", "l2"), ("text_lm", "l2_invertible"),
+    ("pixel_lm", "softmax")])
 def test_smoke_config_trains(task, attention, tmp_path):
   config = CONFIGS[task].get_config(f"smoke,{attention}")
   config.trainer.progress = "log"
@@ -41,10 +42,13 @@ def test_smoke_config_trains(task, attention, tmp_path):
   assert os.listdir(tmp_path / "checkpoints")
   saved = json.load(open(tmp_path / "config.json"))
   assert saved["model"]["attention"]["kind"] == (
-      "favor" if attention.startswith("favor") else attention)
+      "favor" if attention.startswith("favor") else
+      "l2" if attention.startswith("l2") else attention)
+  assert saved["model_builder"] == (
+      "invertible_l2" if attention == "l2_invertible" else "transformer")
 
 
-def test_attention_overrides_set_the_model():
+def test_attention_overrides_set_the_model(tmp_path):
   for name, kind, kernel in [("softmax", "softmax", "softmax"),
                              ("favor", "favor", "softmax"),
                              ("favor_relu", "favor", "relu"),
@@ -58,6 +62,14 @@ def test_attention_overrides_set_the_model():
     protein_mlm.get_config("cpu,relu")
   with pytest.raises(ValueError, match="at most one variant"):
     options.parse("cpu,smoke", "text_lm")
+  bad = text_lm.get_config("smoke,favor")
+  bad.model_builder = "invertible_l2"
+  with pytest.raises(ValueError, match="needs config.model.attention.kind"):
+    train_and_evaluate(bad, str(tmp_path / "never"))
+  bad.model_builder = "resnet"
+  with pytest.raises(ValueError, match="model_builder"):
+    train_and_evaluate(bad, str(tmp_path / "never"))
+  assert not (tmp_path / "never").exists()
 
 
 def test_pixel_sampler_writes_images(tmp_path):

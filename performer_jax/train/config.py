@@ -9,17 +9,28 @@ meaning, and keys added by hand in a config file.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Mapping
 
 import ml_collections
 
+from performer_jax import models
 from performer_jax import tasks as tasks_lib
+from performer_jax.lipschitz import model as invertible_model
 from performer_jax.models import config as model_config_lib
 from performer_jax.train import synthetic_task
 
-SECTIONS = ("task", "data", "model", "optimizer", "trainer", "mesh",
-            "distributed")
+SECTIONS = ("task", "model_builder", "data", "model", "optimizer", "trainer",
+            "mesh", "distributed")
+# config.model_builder -> make(model_config, *, vocab_size, causal).
+MODEL_BUILDERS = {
+    "transformer": models.make_model,
+    # Kim et al.'s invertible L2 Transformer: contractive (c = 0.9 in the
+    # 2-norm) L2 attention and MLP branches in x + g(x) residual blocks.
+    "invertible_l2": functools.partial(invertible_model.make_invertible_model,
+                                       c=0.9, norm="2"),
+}
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("cosine", "rsqrt", "constant")
 PROGRESS = ("auto", "tqdm", "log")
@@ -96,6 +107,12 @@ def parse_initialize(value: Any) -> bool | str:
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Checks every section; needs no devices. Raises ConfigError."""
   _keys(config, SECTIONS, "(top level)")
+  _choice(config.model_builder, "model_builder", tuple(MODEL_BUILDERS))
+  if (config.model_builder == "invertible_l2"
+      and config.model.attention.kind != "l2"):
+    raise ConfigError("config.model_builder='invertible_l2' needs "
+                      "config.model.attention.kind='l2', got "
+                      f"{config.model.attention.kind!r}")
   tasks = all_tasks()
   if config.task not in tasks:
     raise ConfigError(f"config.task={config.task!r} is not a known task; "

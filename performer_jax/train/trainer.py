@@ -76,11 +76,12 @@ class Trainer:
   """
 
   def __init__(self, config: ml_collections.ConfigDict, *,
-               make_model: Callable[..., nn.Module] = models.make_model):
+               make_model: Callable[..., nn.Module] | None = None):
     """Args: config; make_model(model_config, *, vocab_size, causal) builds
-    the model (default: the Transformer of performer_jax.models; the
-    Lipschitz experiments pass the invertible L2 model)."""
+    the model (default: config_lib.MODEL_BUILDERS[config.model_builder])."""
     config_lib.validate_config(config)
+    if make_model is None:
+      make_model = config_lib.MODEL_BUILDERS[config.model_builder]
     self.config = config
     distributed.maybe_initialize(config.distributed)
     self.mesh = distributed.make_mesh(config)
@@ -336,8 +337,11 @@ class _Run:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       make_model: Callable[..., nn.Module] = models.make_model
+                       make_model: Callable[..., nn.Module] | None = None
                        ) -> TrainResult:
-  """Validates `config`, trains and evaluates, writing into `workdir`."""
+  """Validates `config`, trains and evaluates, writing into `workdir`.
+
+  A bad config fails before anything is compiled or written."""
+  trainer = Trainer(config, make_model=make_model)
   os.makedirs(workdir, exist_ok=True)
-  return Trainer(config, make_model=make_model).run(workdir)
+  return trainer.run(workdir)
