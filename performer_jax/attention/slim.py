@@ -36,7 +36,6 @@ import jax
 import jax.numpy as jnp
 
 from performer_jax.attention import feature_maps
-from performer_jax.attention import shapes
 
 DEFAULT_CHUNK_SIZE = 64
 

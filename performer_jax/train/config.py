@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
+from performer_jax import config_checks
 from performer_jax import models
 from performer_jax import tasks as tasks_lib
 from performer_jax.lipschitz import model as invertible_model
@@ -56,23 +57,11 @@ def all_tasks() -> dict[str, Callable[..., Any]]:
 
 
 def _keys(section: Any, expected: tuple[str, ...], where: str) -> None:
-  if not isinstance(section, (Mapping, ml_collections.ConfigDict)):
-    raise ConfigError(f"config.{where} must be a ConfigDict with keys "
-                      f"{list(expected)}, got {type(section).__name__}")
-  unknown = sorted(set(section.keys()) - set(expected))
-  missing = [k for k in expected if k not in section]
-  if unknown:
-    raise ConfigError(f"unknown key(s) {unknown} in config.{where}; allowed "
-                      f"keys are {list(expected)}")
-  if missing:
-    raise ConfigError(f"missing key(s) {missing} in config.{where}; required "
-                      f"keys are {list(expected)}")
+  config_checks.check_keys(section, expected, f"config.{where}", ConfigError)
 
 
 def _int(value: Any, name: str, minimum: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ConfigError(f"config.{name} must be an int >= {minimum}, got "
-                      f"{value!r}")
+  config_checks.check_int(value, f"config.{name}", minimum, ConfigError)
 
 
 def _float(value: Any, name: str, low: float, high: float = math.inf,
@@ -89,9 +78,7 @@ def _float(value: Any, name: str, low: float, high: float = math.inf,
 
 
 def _choice(value: Any, name: str, allowed: tuple[str, ...]) -> None:
-  if value not in allowed:
-    raise ConfigError(f"config.{name} must be one of {list(allowed)}, got "
-                      f"{value!r}")
+  config_checks.check_choice(value, f"config.{name}", allowed, ConfigError)
 
 
 def parse_initialize(value: Any) -> bool | str:
