@@ -108,6 +108,16 @@ def _check_weights(w_q_DHK, w_v_DHK, w_o_HKO):
         f"{w_o_HKO.shape}")
 
 
+def _per_head(w_q_DHK, w_v_DHK, w_o_HKO):
+  """Checked weights as (head_dim, W_Q,h [H, D, K], W_V,h [H, D, K],
+  W_O [(H K), O]): the per-head matrices of Theorem 3.2."""
+  _check_weights(w_q_DHK, w_v_DHK, w_o_HKO)
+  num_heads, head_dim = w_q_DHK.shape[1:]
+  return (head_dim, jnp.transpose(w_q_DHK, (1, 0, 2)),
+          jnp.transpose(w_v_DHK, (1, 0, 2)),
+          w_o_HKO.reshape(num_heads * head_dim, -1))
+
+
 def _check_n(num_tokens):
   if int(num_tokens) < 1:
     raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
@@ -140,11 +150,7 @@ def l2_mha_bound_inf(w_q_DHK, w_v_DHK, w_o_HKO, *, num_tokens: int):
   Returns:
     float scalar, differentiable in the weights.
   """
-  _check_weights(w_q_DHK, w_v_DHK, w_o_HKO)
-  num_heads, head_dim = w_q_DHK.shape[1:]
-  w_q_HDK = jnp.transpose(w_q_DHK, (1, 0, 2))
-  w_v_HDK = jnp.transpose(w_v_DHK, (1, 0, 2))
-  w_o_MO = w_o_HKO.reshape(num_heads * head_dim, -1)
+  head_dim, w_q_HDK, w_v_HDK, w_o_MO = _per_head(w_q_DHK, w_v_DHK, w_o_HKO)
   q_term = jnp.max(_inf_norm(w_q_HDK) * _inf_norm(jnp.swapaxes(w_q_HDK, 1, 2)))
   v_term = jnp.max(_inf_norm(jnp.swapaxes(w_v_HDK, 1, 2)))
   o_term = _inf_norm(w_o_MO.T)
@@ -169,11 +175,7 @@ def l2_mha_bound_2(w_q_DHK, w_v_DHK, w_o_HKO, *, num_tokens: int,
   Returns:
     float scalar, differentiable in the weights.
   """
-  _check_weights(w_q_DHK, w_v_DHK, w_o_HKO)
-  num_heads, head_dim = w_q_DHK.shape[1:]
-  w_q_HDK = jnp.transpose(w_q_DHK, (1, 0, 2))
-  w_v_HDK = jnp.transpose(w_v_DHK, (1, 0, 2))
-  w_o_MO = w_o_HKO.reshape(num_heads * head_dim, -1)
+  head_dim, w_q_HDK, w_v_HDK, w_o_MO = _per_head(w_q_DHK, w_v_DHK, w_o_HKO)
   spectral = _spectral_norm if exact_spectral else spectral_norm_upper_bound
   qv_term = jnp.sqrt(jnp.sum(spectral(w_q_HDK) ** 2 * spectral(w_v_HDK) ** 2))
   weights = qv_term * spectral(w_o_MO)
