@@ -104,6 +104,8 @@ def main():
                       default=False,
                       help="rematerialize each block (exact attention needs "
                       "it to fit L=4096 in 24 GiB)")
+  parser.add_argument("--no-tcmalloc", action="store_true",
+                      help="keep the system malloc (see allocator.py)")
   parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.one:  # worker mode: one setting, result as a JSON line
@@ -148,4 +150,8 @@ def main():
 
 
 if __name__ == "__main__":
+  if "--no-tcmalloc" not in sys.argv:
+    from performer_jax import allocator  # pylint: disable=g-import-not-at-top
+    allocator.reexec_under_tcmalloc([os.path.abspath(__file__),
+                                     *sys.argv[1:]])
   main()

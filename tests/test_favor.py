@@ -59,8 +59,8 @@ STABILIZED = ["softmax", "softmax_hyperbolic", "softmax_trig"]
 
 @pytest.mark.parametrize("kernel,with_proj", KERNEL_CASES)
 @pytest.mark.parametrize("causal,chunk,implementation", [
-    (False, 64, "slim"), (True, 5, "slim"), (True, 64, "slim"),
-    (True, 5, "autodiff")])
+    (False, 64, "slim"), (False, 64, "autodiff"), (True, 5, "slim"),
+    (True, 64, "slim"), (True, 5, "autodiff")])
 @pytest.mark.parametrize("masked", [False, True])
 def test_equals_brute_force_with_same_features(kernel, with_proj, causal,
                                                chunk, implementation, masked):

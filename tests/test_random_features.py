@@ -86,3 +86,17 @@ def test_bad_arguments():
                                       scaling="unit")
   with pytest.raises(ValueError, match="positive"):
     gaussian_orthogonal_random_matrix(jax.random.PRNGKey(0), 0, 4)
+
+
+def test_matches_sign_corrected_qr():
+  """Gram-Schmidt gives the QR whose R has a positive diagonal (Haar)."""
+  from performer_jax.attention import random_features
+  rng = jax.random.PRNGKey(3)
+  q_NDD = random_features.haar_orthogonal(rng, 3, 16)
+  gaussian = jax.random.normal(rng, (3, 16, 16), jnp.float32)
+  q, r = jnp.linalg.qr(jnp.swapaxes(gaussian, 1, 2))
+  q = q * jnp.sign(jnp.diagonal(r, axis1=1, axis2=2))[:, None, :]
+  np.testing.assert_allclose(q_NDD, jnp.swapaxes(q, 1, 2), atol=1e-5)
+  np.testing.assert_allclose(jnp.einsum("nij,nkj->nik", q_NDD, q_NDD),
+                             np.broadcast_to(np.eye(16), (3, 16, 16)),
+                             atol=1e-5)

@@ -28,12 +28,15 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from performer_jax.attention import bidirectional
 from performer_jax.attention import feature_maps
 from performer_jax.attention import shapes
 from performer_jax.attention import slim
 
 DEFAULT_CHUNK_SIZE = slim.DEFAULT_CHUNK_SIZE
 IMPLEMENTATIONS = ("slim", "autodiff")
+# Kernels whose bidirectional "slim" path is bidirectional.fused_favor.
+FUSED_BIDIRECTIONAL = ("softmax", "softmax_hyperbolic")
 normalize = feature_maps.normalize  # Re-exported for callers of favor.
 
 def _append_ones(v_BLHE: jax.Array) -> jax.Array:
@@ -171,12 +174,14 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
       the numerator and the normalizer whatever they contain.
     chunk_size: C, tokens per chunk in causal mode. Work per token grows with
       C (the intra-chunk product), per-chunk overhead shrinks with it.
-    implementation: causal mode only. "slim" (default): a custom VJP that
-      stores only the state entering each chunk and recomputes inside the
-      chunk on the way back (the SLiM paper's trade-off; on CPU it is also
-      ~2x faster than autodiff). "autodiff": plain autodiff of the chunked
-      form, which stores every chunk's features and scores. Both compute the
-      same function with the same causal-safe stabilizer.
+    implementation: "slim" (default): custom VJPs. In causal mode the state
+      entering each chunk is stored and features are recomputed on the way
+      back (the SLiM paper's trade-off; ~2x faster than autodiff on CPU); in
+      bidirectional mode, for the "softmax" and
+      "softmax_hyperbolic" kernels, `bidirectional.fused_favor` stores
+      only the features and runs a hand-written backward pass.
+      "autodiff": plain autodiff of the same function (every kernel), which
+      stores every feature tensor. Both give the same values and gradients.
 
   Returns:
     `[batch..., L, H, Dv]` in the inputs' dtype. Features, exp, normalizer and
@@ -212,6 +217,13 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   if causal and implementation == "slim":
     out_BLHD = slim.slim_causal(q_BLHD, k_BSHD, v_BSHD, km_BS, proj,
                                 kernel=kernel, chunk_size=int(chunk_size))
+    return out_BLHD.reshape(batch_shape + out_BLHD.shape[1:]).astype(
+        out_dtype)
+  if (not causal and implementation == "slim" and
+      kernel in FUSED_BIDIRECTIONAL):
+    proj = jnp.concatenate([proj, -proj]) if kernel == (
+        "softmax_hyperbolic") else proj
+    out_BLHD = bidirectional.fused_favor(q_BLHD, k_BSHD, v_BSHD, km_BS, proj)
     return out_BLHD.reshape(batch_shape + out_BLHD.shape[1:]).astype(
         out_dtype)
   data_normalizer = query.shape[-1] ** -0.25

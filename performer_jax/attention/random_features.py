@@ -4,8 +4,16 @@ Orthogonal random features (Choromanski et al. 2021, Sec. 2.4) stack
 `ceil(m / d)` independent `d x d` orthogonal blocks. Each block must be
 *Haar*-distributed: a plain QR of a Gaussian matrix is not (its Q has a sign
 pattern tied to R), and the resulting estimator is biased along some
-directions. `jax.random.orthogonal` applies the `sign(diag R)` correction, so
-its output is Haar.
+directions. Gram-Schmidt of a Gaussian matrix yields exactly the Q whose R
+has a positive diagonal, i.e. the `sign(diag R)`-corrected QR, so its output
+is Haar.
+
+Why not `jnp.linalg.qr` / `jax.random.orthogonal`: on a 2-core CPU, jaxlib
+0.10's batched LAPACK kernels (`ParallelBatchMap`) can deadlock when XLA runs
+two of them concurrently on its thread pool, which a model with one projection
+per layer does at init and at every redraw inside the jitted train step. The
+matmul-only Gram-Schmidt below never calls LAPACK, costs O(d^3) per block
+(nothing at d <= 128) and runs on any backend.
 """
 
 from __future__ import annotations
@@ -16,6 +24,35 @@ import jax
 import jax.numpy as jnp
 
 SCALINGS = ("chi", "sqrt_d")
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _gram_schmidt(a_NDD: jax.Array) -> jax.Array:
+  """Rows of `a` orthonormalized in order (classical Gram-Schmidt, applied
+  twice per row, which is as accurate as Householder for full-rank input).
+
+  Row i is `a_i` minus its projection on rows `< i`, normalized: the
+  Q^T of `a^T = Q R` with `diag(R) > 0`.
+  """
+  n, d, _ = a_NDD.shape
+
+  def body(i, q_NDD):
+    v_ND = a_NDD[:, i]
+    for _ in range(2):  # Reorthogonalize: one pass loses orthogonality.
+      v_ND = v_ND - jnp.einsum("nkd,nk->nd", q_NDD,
+                               jnp.einsum("nkd,nd->nk", q_NDD, v_ND,
+                                          precision=_HIGHEST),
+                               precision=_HIGHEST)
+    v_ND = v_ND / jnp.linalg.norm(v_ND, axis=-1, keepdims=True)
+    return q_NDD.at[:, i].set(v_ND)
+
+  return jax.lax.fori_loop(0, d, body, jnp.zeros((n, d, d), a_NDD.dtype))
+
+
+def haar_orthogonal(rng: jax.Array, num: int, dim: int) -> jax.Array:
+  """`[num, dim, dim]` independent Haar-random orthogonal matrices (float32)."""
+  gaussian = jax.random.normal(rng, (num, dim, dim), jnp.float32)
+  return _gram_schmidt(gaussian)
 
 
 def gaussian_orthogonal_random_matrix(rng: jax.Array, num_features: int,
@@ -47,8 +84,7 @@ def gaussian_orthogonal_random_matrix(rng: jax.Array, num_features: int,
   block_rng, norm_rng = jax.random.split(rng)
   if orthogonal:
     num_blocks = math.ceil(num_features / dim)
-    blocks_NDD = jax.random.orthogonal(block_rng, dim, shape=(num_blocks,),
-                                       dtype=jnp.float32)
+    blocks_NDD = haar_orthogonal(block_rng, num_blocks, dim)
     directions_MD = blocks_NDD.reshape(num_blocks * dim, dim)[:num_features]
   else:
     gaussian_MD = jax.random.normal(block_rng, (num_features, dim),
