@@ -22,7 +22,7 @@ Expected results (eval on the 500 held-out sequences; see README "Results"
 for the full table measured on a 2-core CPU with this file):
   cpu:   2 layers, width 128, L=256, batch 16, 1000 steps (~2.5 min on a
          2-core CPU), measured: softmax 18.34% / perplexity 14.66, favor
-         18.49% / 14.70, favor_relu 18.44% / 14.65, l2 18.12% / 15.15,
+         18.39% / 14.69, favor_relu 18.44% / 14.65, l2 18.12% / 15.15,
          against the unigram baseline's 9.57% / 18.13 (4.18 bits/residue).
   paper: TrEMBL at L=1024: Transformer 33.32% / perplexity 9.22,
          Performer-ReLU 36.09% / 8.36, Performer-softmax 33.00% / 9.24
