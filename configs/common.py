@@ -48,6 +48,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.trainer.eval_batches = 0  # 0: the whole eval source (or 50 if endless)
   config.trainer.checkpoint_every = 1000  # 0: only the final checkpoint
   config.trainer.keep_checkpoints = 3
+  # Sequential slices per step with accumulated gradients: same update,
+  # 1/microbatches of the activation memory (and a cache-sized working set).
+  config.trainer.microbatches = 1
   config.trainer.seed = 0
   config.trainer.progress = "auto"  # "auto" (tqdm on a terminal), "tqdm", "log"
 

@@ -47,6 +47,11 @@ def bench_config(kind, seq_len, args):
   config.model.attention.chunk_size = args.chunk_size
   config.model.attention.redraw_every = 0
   config.model.remat = args.remat
+  if args.microbatch_tokens:
+    # Same batch and update; sequential slices of a fixed token count, so
+    # the working set (and cache behaviour) does not grow with L.
+    config.trainer.microbatches = max(
+        1, args.batch * seq_len // args.microbatch_tokens)
   config.optimizer.warmup_steps = 1
   config.trainer.steps = args.steps + 1
   config.trainer.progress = "log"
@@ -104,6 +109,9 @@ def main():
                       default=False,
                       help="rematerialize each block (exact attention needs "
                       "it to fit L=4096 in 24 GiB)")
+  parser.add_argument("--microbatch_tokens", type=int, default=0,
+                      help="split each batch into sequential microbatches of "
+                      "this many tokens (gradient accumulation; 0: off)")
   parser.add_argument("--no-tcmalloc", action="store_true",
                       help="keep the system malloc (see allocator.py)")
   parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
@@ -121,6 +129,7 @@ def main():
         f"{'causal' if args.causal else 'bidirectional'}, favor features "
         f"{args.num_features}, chunk {args.chunk_size}, "
         f"{'remat, ' if args.remat else ''}"
+        f"{f'microbatches of {args.microbatch_tokens} tokens, ' if args.microbatch_tokens else ''}"
         f"{os.cpu_count()} CPU cores")
   header = (f"{'kind':8} {'L':>6} {'tokens/s':>10} {'ms/step':>9} "
             f"{'compile s':>10}")

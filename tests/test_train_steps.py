@@ -40,6 +40,7 @@ def test_summarize():
 
 class ToyModel(nn.Module):
   """Embedding -> logits, plus a random_features collection."""
+  dropout_rate: float = 0.5
 
   @nn.compact
   def __call__(self, inputs_BL, *, key_mask_BL=None, deterministic=True):
@@ -48,7 +49,7 @@ class ToyModel(nn.Module):
                   lambda: jax.random.normal(self.make_rng("random_features"),
                                             (3, 2)))
     x = nn.Embed(5, 4)(inputs_BL)
-    x = nn.Dropout(0.5)(x, deterministic=deterministic)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
     return nn.Dense(5)(x)
 
 
@@ -112,3 +113,44 @@ def test_state_shardings_follow_logical_rules():
   assert adam_state.nu["kernel"].spec == spec
   assert adam_state.count.spec == jax.sharding.PartitionSpec()
   assert state_lib.axis_rules({"a": "data"}) == (("a", "data"),)
+
+
+@pytest.mark.parametrize("microbatches", [2, 4])
+def test_microbatches_give_the_full_batch_update(microbatches):
+  model = ToyModel(dropout_rate=0.0)
+  tx = optax.adam(0.1)
+  schedule = optax.constant_schedule(0.1)
+  init = jax.jit(state_lib.make_init_fn(model, tx, 4, 3))
+  r = jax.random.split(jax.random.PRNGKey(1), 2)
+  # Uneven weights per microbatch: each slice's loss must be normalized by
+  # the whole batch's weight, not its own.
+  batch = {"inputs": jax.random.randint(r[0], (4, 3), 0, 5),
+           "targets": jax.random.randint(r[1], (4, 3), 0, 5),
+           "weights": jnp.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 0, 1]],
+                                jnp.float32),
+           "key_mask": jnp.ones((4, 3), jnp.bool_)}
+  full = jax.jit(steps_lib.make_train_step(model, tx, schedule))
+  split = jax.jit(steps_lib.make_train_step(model, tx, schedule,
+                                            microbatches=microbatches))
+  state = init(jax.random.PRNGKey(0))
+  for _ in range(2):  # twice: the second step sees different Adam moments
+    state_full, metrics_full = full(state, batch)
+    state_split, metrics_split = split(state, batch)
+    for a, b in zip(jax.tree.leaves(state_full.params),
+                    jax.tree.leaves(state_split.params)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for key in ("loss_sum", "weight_sum", "correct_sum", "grad_norm"):
+      np.testing.assert_allclose(metrics_full[key], metrics_split[key],
+                                 rtol=1e-5)
+    assert not np.allclose(jax.tree.leaves(state.params)[0],
+                           jax.tree.leaves(state_full.params)[0])
+    state = state_full
+
+
+def test_split_microbatches_interleaves_and_checks():
+  batch = {"x": jnp.arange(12).reshape(6, 2)}
+  parts = steps_lib.split_microbatches(batch, 3)["x"]
+  assert parts.shape == (3, 2, 2)
+  np.testing.assert_array_equal(parts[1], [[2, 3], [8, 9]])  # rows 1 and 4
+  with pytest.raises(ValueError, match="multiple of config.trainer"):
+    steps_lib.split_microbatches(batch, 4)

@@ -39,7 +39,8 @@ _OPTIMIZER_KEYS = ("name", "learning_rate", "b1", "b2", "eps", "weight_decay",
                    "grad_clip_norm", "schedule", "warmup_steps",
                    "final_lr_fraction")
 _TRAINER_KEYS = ("steps", "log_every", "eval_every", "eval_batches",
-                 "checkpoint_every", "keep_checkpoints", "seed", "progress")
+                 "checkpoint_every", "keep_checkpoints", "seed", "progress",
+                 "microbatches")
 _MESH_KEYS = ("data", "model")
 _DISTRIBUTED_KEYS = ("initialize", "coordinator_address", "num_processes",
                      "process_id")
@@ -142,6 +143,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for key in ("eval_every", "eval_batches", "checkpoint_every", "seed"):
     _int(tr[key], f"trainer.{key}", 0)
   _int(tr.keep_checkpoints, "trainer.keep_checkpoints", 1)
+  _int(tr.microbatches, "trainer.microbatches", 1)
+  if config.data.batch_size % tr.microbatches:
+    raise ConfigError(
+        f"config.data.batch_size ({config.data.batch_size}) must be a "
+        f"multiple of config.trainer.microbatches ({tr.microbatches})")
   _choice(tr.progress, "trainer.progress", PROGRESS)
   if opt.schedule == "cosine" and opt.warmup_steps >= tr.steps:
     raise ConfigError(f"config.optimizer.warmup_steps ({opt.warmup_steps}) "

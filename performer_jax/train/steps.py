@@ -42,12 +42,39 @@ def weighted_sums(logits_BLV: jax.Array, targets_BL: jax.Array,
           "correct_sum": jnp.sum(correct_BL * weights_BL)}
 
 
+def split_microbatches(batch: Batch, microbatches: int) -> Batch:
+  """`[B, ...]` -> `[microbatches, B / microbatches, ...]`, interleaved.
+
+  Microbatch i takes rows i, i + M, i + 2M, ...: a batch sharded in
+  contiguous blocks over the `data` axis then keeps every microbatch spread
+  evenly over the same devices (each block splits locally, no communication),
+  as long as each device's rows divide by M.
+  """
+  def split(x):
+    b = x.shape[0]
+    if b % microbatches:
+      raise ValueError(f"batch of {b} rows does not split into "
+                       f"{microbatches} microbatches; make "
+                       "config.data.batch_size a multiple of "
+                       "config.trainer.microbatches.")
+    return jnp.swapaxes(
+        x.reshape((b // microbatches, microbatches) + x.shape[1:]), 0, 1)
+  return jax.tree.map(split, batch)
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, *, redraw_every: int = 0,
-                    redraw_fn: RedrawFn | None = None
+                    redraw_fn: RedrawFn | None = None, microbatches: int = 1
                     ) -> Callable[[TrainState, Batch],
                                   tuple[TrainState, dict[str, jax.Array]]]:
   """Returns train_step(state, batch) -> (new state, metric sums).
+
+  With `microbatches > 1` the batch is processed in that many sequential
+  slices (a `lax.scan`) whose gradients are accumulated: the same update as
+  one pass (the loss is normalized by the whole batch's weight before
+  differentiating), with activation memory and working set divided by
+  `microbatches`. Microbatch i draws dropout from `fold_in(dropout_rng, i)`,
+  so only dropout masks differ from the single-pass step.
 
   With `redraw_every > 0` the random features are redrawn (by
   `redraw_fn(variables, rng)`) before every step t > 0 with
@@ -69,18 +96,36 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
           lambda f: f,
           features)
 
-    def loss_fn(params):
+    # Normalized by the whole batch's weight, so microbatch gradients add up
+    # to the full-batch gradient exactly.
+    total_weight = jnp.maximum(
+        jnp.sum(batch["weights"].astype(jnp.float32)), 1.0)
+
+    def loss_fn(params, part, rng):
       variables = {"params": params}
       if features:
         variables["random_features"] = features
       logits_BLV = model.apply(
-          variables, batch["inputs"], key_mask_BL=batch["key_mask"],
-          deterministic=False, rngs={"dropout": dropout_rng})
-      sums = weighted_sums(logits_BLV, batch["targets"], batch["weights"])
-      loss = sums["loss_sum"] / jnp.maximum(sums["weight_sum"], 1.0)
-      return loss, sums
+          variables, part["inputs"], key_mask_BL=part["key_mask"],
+          deterministic=False, rngs={"dropout": rng})
+      sums = weighted_sums(logits_BLV, part["targets"], part["weights"])
+      return sums["loss_sum"] / total_weight, sums
 
-    grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+    if microbatches == 1:
+      grads, sums = grad_fn(state.params, batch, dropout_rng)
+    else:
+      def accumulate(carry, xs):
+        i, part = xs
+        grads_i, sums_i = grad_fn(state.params, part,
+                                  jax.random.fold_in(dropout_rng, i))
+        return jax.tree.map(jnp.add, carry, (grads_i, sums_i)), None
+      zeros = (jax.tree.map(jnp.zeros_like, state.params),
+               {k: jnp.zeros((), jnp.float32)
+                for k in ("loss_sum", "weight_sum", "correct_sum")})
+      (grads, sums), _ = jax.lax.scan(
+          accumulate, zeros,
+          (jnp.arange(microbatches), split_microbatches(batch, microbatches)))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(sums, grad_norm=optax.tree.norm(grads),

@@ -112,7 +112,8 @@ class Trainer:
     self.train_step = jax.jit(
         steps_lib.make_train_step(self.model, self.tx, self.schedule,
                                   redraw_every=redraw_every,
-                                  redraw_fn=redraw),
+                                  redraw_fn=redraw,
+                                  microbatches=config.trainer.microbatches),
         in_shardings=(self.shardings, self.batch_sharding),
         out_shardings=(self.shardings, replicated), donate_argnums=0)
     self.eval_step = jax.jit(
