@@ -19,20 +19,10 @@ fi
 # performer_jax/allocator.py). Best effort: without root or apt, skip it.
 if ! "${PYTHON}" -c "import sys; from performer_jax import allocator; \
 sys.exit(allocator.find_tcmalloc() is None)" 2>/dev/null; then
-  SUDO=()
-  if [[ "$(id -u)" != 0 ]] && command -v sudo >/dev/null \
-      && sudo -n true 2>/dev/null; then
-    SUDO=(sudo -n)
-  fi
-  if command -v apt-get >/dev/null && { [[ "$(id -u)" == 0 ]] \
-      || [[ ${#SUDO[@]} -gt 0 ]]; }; then
+  source scripts/apt_lib.sh
+  if (( CAN_INSTALL )) && command -v apt-get >/dev/null; then
     echo "[setup] apt-get install libtcmalloc-minimal4"
-    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -q \
-      --no-install-recommends libtcmalloc-minimal4 >/dev/null 2>&1 \
-      || { "${SUDO[@]}" apt-get update -q >/dev/null 2>&1 \
-           && DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install \
-              -y -q --no-install-recommends libtcmalloc-minimal4 \
-              >/dev/null 2>&1; } \
+    apt_install libtcmalloc-minimal4 >/dev/null 2>&1 \
       || echo "[setup] tcmalloc not installed (optional; runs are slower)"
   else
     echo "[setup] no apt/root: tcmalloc not installed (optional)"

@@ -34,6 +34,8 @@ PIXEL_FILES=(/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
              /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz)
 
 log() { echo "[setup_data] $*"; }
+# SUDO, CAN_INSTALL and apt_install.
+source "$(dirname "$0")/apt_lib.sh"
 
 all_present() {
   local f
@@ -50,16 +52,6 @@ files_present() {
   all_present "${unpacked[@]}"
 }
 
-apt_install() {
-  # Installs Debian packages; refreshes the package lists only when needed.
-  export DEBIAN_FRONTEND=noninteractive
-  if ! "${SUDO[@]}" apt-get install -y -q --no-install-recommends "$@"; then
-    log "install failed; running apt-get update once and retrying"
-    "${SUDO[@]}" apt-get update -q
-    "${SUDO[@]}" apt-get install -y -q --no-install-recommends "$@"
-  fi
-}
-
 unpack_debs() {
   # Fallback without root, or when dpkg drops /usr/share/doc: unpack the
   # packages (no dependencies needed: they only hold data) into UNPACK_DIR.
@@ -71,16 +63,6 @@ unpack_debs() {
   for deb in "${tmp_debs}"/*.deb; do dpkg -x "${deb}" "${UNPACK_DIR}"; done
   rm -rf "${tmp_debs}"
 }
-
-SUDO=()
-CAN_INSTALL=1
-if [[ "$(id -u)" != 0 ]]; then
-  if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-    SUDO=(sudo -n)
-  else
-    CAN_INSTALL=0
-  fi
-fi
 
 packages=()
 if files_present "${PROTEIN_FILES[@]}"; then

@@ -76,7 +76,11 @@ def test_padded_keys_get_zero_gradient():
 
 def test_fused_path_is_taken_and_shapes():
   q, k, v, mask, proj = _inputs()
-  out = bidirectional.fused_favor(q, k, v, mask, proj)
+  heads_major = lambda x: jnp.swapaxes(x, 1, 2)
+  scale = q.shape[-1] ** -0.25
+  out = heads_major(bidirectional.fused_favor(
+      heads_major(q) * scale, heads_major(k) * scale, heads_major(v), mask,
+      proj))
   assert out.shape == (2, 11, 3, 5) and out.dtype == jnp.float32
   ref = favor_attention(q, k, v, proj, key_mask=mask,
                         implementation="autodiff")

@@ -105,33 +105,31 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
 @functools.partial(jax.named_call, name="favor_bidirectional_fused")
-def fused_favor(q_BLHD: jax.Array, k_BSHD: jax.Array, v_BSHE: jax.Array,
+def fused_favor(x_q_BHLD: jax.Array, x_k_BHSD: jax.Array, v_BHSE: jax.Array,
                 key_mask_BS: jax.Array | None,
                 projection_FD: jax.Array) -> jax.Array:
   """Bidirectional positive-feature FAVOR+ with a hand-written VJP.
 
   Args:
-    q_BLHD, k_BSHD, v_BSHE: any float dtype; computed in float32.
+    x_q_BHLD, x_k_BHSD: float32 queries and keys, heads-major and already
+      multiplied by the data normalizer `D^(-1/4)` (as `favor_attention`
+      prepares them).
+    v_BHSE: float32 values, heads-major.
     key_mask_BS: bool or None; padded keys must already hold finite values
       (`shapes.sanitize_padding`).
     projection_FD: float32 `[F, D]`, no gradient (use `[W; -W]` for the
       hyperbolic kernel).
 
   Returns:
-    float32 `[B, L, H, E]`, normalized.
+    float32 `[B, H, L, E]`, normalized.
   """
-  b, length, h, d = q_BLHD.shape
-  s_len, e = k_BSHD.shape[1], v_BSHE.shape[-1]
-  scale = d ** -0.25
-
-  def heads_major(x_BTHX):
-    x = jnp.swapaxes(x_BTHX.astype(jnp.float32), 1, 2)
-    return x.reshape((b * h,) + x.shape[2:])
-
+  b, h, length, _ = x_q_BHLD.shape
+  s_len = x_k_BHSD.shape[2]
+  # (batch, head) pairs flattened into one batch axis G: a free reshape.
+  flat = lambda x: x.reshape((b * h,) + x.shape[2:])
   mask_GS = None
   if key_mask_BS is not None:
-    mask_GS = jnp.broadcast_to(key_mask_BS[:, None], (b, h, s_len)).reshape(
-        b * h, s_len)
-  out_GLE = _fused(heads_major(q_BLHD) * scale, heads_major(k_BSHD) * scale,
-                   heads_major(v_BSHE), mask_GS, projection_FD)
-  return jnp.swapaxes(out_GLE.reshape(b, h, length, e), 1, 2)
+    mask_GS = flat(jnp.broadcast_to(key_mask_BS[:, None], (b, h, s_len)))
+  out_GLE = _fused(flat(x_q_BHLD), flat(x_k_BHSD), flat(v_BHSE), mask_GS,
+                   projection_FD)
+  return out_GLE.reshape(b, h, length, -1)

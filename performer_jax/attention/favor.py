@@ -214,22 +214,24 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   proj = None if projection is None else jax.lax.stop_gradient(
       projection.astype(jnp.float32))
   feature_fn = feature_maps.resolve(kernel, proj)
+  finish = lambda out_BLHD: out_BLHD.reshape(
+      batch_shape + out_BLHD.shape[1:]).astype(out_dtype)
   if causal and implementation == "slim":
-    out_BLHD = slim.slim_causal(q_BLHD, k_BSHD, v_BSHD, km_BS, proj,
-                                kernel=kernel, chunk_size=int(chunk_size))
-    return out_BLHD.reshape(batch_shape + out_BLHD.shape[1:]).astype(
-        out_dtype)
+    return finish(slim.slim_causal(q_BLHD, k_BSHD, v_BSHD, km_BS, proj,
+                                   kernel=kernel, chunk_size=int(chunk_size)))
+  data_normalizer = query.shape[-1] ** -0.25
+  heads_major = lambda x: jnp.swapaxes(x.astype(jnp.float32), 1, 2)
+  x_q_BHLD = heads_major(q_BLHD) * data_normalizer
+  x_k_BHSD = heads_major(k_BSHD) * data_normalizer
   if (not causal and implementation == "slim" and
       kernel in FUSED_BIDIRECTIONAL):
     proj = jnp.concatenate([proj, -proj]) if kernel == (
         "softmax_hyperbolic") else proj
-    out_BLHD = bidirectional.fused_favor(q_BLHD, k_BSHD, v_BSHD, km_BS, proj)
-    return out_BLHD.reshape(batch_shape + out_BLHD.shape[1:]).astype(
-        out_dtype)
-  data_normalizer = query.shape[-1] ** -0.25
-  heads_major = lambda x: jnp.swapaxes(x.astype(jnp.float32), 1, 2)
-  qf_BHLF, _ = feature_fn(heads_major(q_BLHD) * data_normalizer)
-  kf_BHSF, k_amp_BHS = feature_fn(heads_major(k_BSHD) * data_normalizer)
+    out_BHLD = bidirectional.fused_favor(x_q_BHLD, x_k_BHSD,
+                                         heads_major(v_BSHD), km_BS, proj)
+    return finish(jnp.swapaxes(out_BHLD, 1, 2))
+  qf_BHLF, _ = feature_fn(x_q_BHLD)
+  kf_BHSF, k_amp_BHS = feature_fn(x_k_BHSD)
   v_BHSE = _append_ones(heads_major(v_BSHD))
   if causal:
     out_BHLE = _causal(qf_BHLF, kf_BHSF, k_amp_BHS, v_BHSE, km_BS,
@@ -238,5 +240,4 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     out_BHLE = _bidirectional(qf_BHLF, kf_BHSF, k_amp_BHS, v_BHSE, km_BS)
   out_BHLD = normalize(out_BHLE[..., :-1], out_BHLE[..., -1:],
                        signed_features=kernel == "softmax_trig")
-  out_BLHD = jnp.swapaxes(out_BHLD, 1, 2)
-  return out_BLHD.reshape(batch_shape + out_BLHD.shape[1:]).astype(out_dtype)
+  return finish(jnp.swapaxes(out_BHLD, 1, 2))

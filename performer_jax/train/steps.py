@@ -120,12 +120,14 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         grads_i, sums_i = grad_fn(state.params, part,
                                   jax.random.fold_in(dropout_rng, i))
         return jax.tree.map(jnp.add, carry, (grads_i, sums_i)), None
-      zeros = (jax.tree.map(jnp.zeros_like, state.params),
-               {k: jnp.zeros((), jnp.float32)
-                for k in ("loss_sum", "weight_sum", "correct_sum")})
+      parts = split_microbatches(batch, microbatches)
+      # The accumulators take the shapes of one microbatch's (grads, sums).
+      zeros = jax.tree.map(
+          lambda s: jnp.zeros(s.shape, s.dtype),
+          jax.eval_shape(grad_fn, state.params,
+                         jax.tree.map(lambda x: x[0], parts), dropout_rng))
       (grads, sums), _ = jax.lax.scan(
-          accumulate, zeros,
-          (jnp.arange(microbatches), split_microbatches(batch, microbatches)))
+          accumulate, zeros, (jnp.arange(microbatches), parts))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(sums, grad_norm=optax.tree.norm(grads),
