@@ -112,6 +112,8 @@ def main(argv=None):
   p.add_argument("--no-tcmalloc", action="store_true",
                  help="keep the system malloc (see performer_jax/allocator.py)")
   args = p.parse_args(argv)
+  if args.length <= 0 or args.chunk_size <= 0:
+    p.error("--length and --chunk-size must be positive.")
   if args.length % args.chunk_size:
     p.error(f"--length {args.length} must be a multiple of --chunk-size "
             f"{args.chunk_size}.")
