@@ -29,12 +29,13 @@ import jax
 import jax.numpy as jnp
 
 from performer_jax.attention import bidirectional
+from performer_jax.attention import causal_cpu
 from performer_jax.attention import feature_maps
 from performer_jax.attention import shapes
 from performer_jax.attention import slim
 
 DEFAULT_CHUNK_SIZE = slim.DEFAULT_CHUNK_SIZE
-IMPLEMENTATIONS = ("slim", "autodiff")
+IMPLEMENTATIONS = ("auto", "slim", "autodiff", "kernel")
 # Kernels whose bidirectional "slim" path is bidirectional.fused_favor.
 FUSED_BIDIRECTIONAL = ("softmax", "softmax_hyperbolic")
 normalize = feature_maps.normalize  # Re-exported for callers of favor.
@@ -147,6 +148,20 @@ def _causal(qf_BHLF, kf_BHLF, k_amp_BHL, v_BHLE, key_mask_BL, chunk_size):
   return out[:, :, :length]
 
 
+def resolve_implementation(implementation: str, kernel, causal: bool) -> str:
+  """Maps "auto" to the implementation that runs: "kernel" for causal
+  attention on the CPU backend when the kernel is built and serves `kernel`,
+  else "slim". Other names pass through."""
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got "
+                     f"{implementation!r}.")
+  if implementation == "auto":
+    use_kernel = (causal and causal_cpu.supports(kernel) and
+                  jax.default_backend() == "cpu" and causal_cpu.built())
+    return "kernel" if use_kernel else "slim"
+  return implementation
+
+
 @functools.partial(jax.named_call, name="favor_attention")
 def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                     projection: jax.Array | None, *,
@@ -154,7 +169,7 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                     causal: bool = False,
                     key_mask: jax.Array | None = None,
                     chunk_size: int = DEFAULT_CHUNK_SIZE,
-                    implementation: str = "slim") -> jax.Array:
+                    implementation: str = "auto") -> jax.Array:
   """FAVOR+ approximation of `softmax_attention(query, key, value)`.
 
   Args:
@@ -174,7 +189,10 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
       the numerator and the normalizer whatever they contain.
     chunk_size: C, tokens per chunk in causal mode. Work per token grows with
       C (the intra-chunk product), per-chunk overhead shrinks with it.
-    implementation: "slim" (default): custom VJPs. In causal mode the state
+    implementation: "auto" (default): "kernel" for causal attention on the
+      CPU backend when the kernel is built and supports `kernel`, else
+      "slim". "kernel": the compiled XLA:CPU causal kernel (causal_cpu.py;
+      bidirectional mode runs as "slim"). "slim": custom VJPs. In causal mode the state
       entering each chunk is stored and features are recomputed on the way
       back (the SLiM paper's trade-off; ~2x faster than autodiff on CPU); in
       bidirectional mode, for the "softmax" and
@@ -200,9 +218,7 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
         f"{query.shape[-1]}], got {projection.shape}.")
   if int(chunk_size) <= 0:
     raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got "
-                     f"{implementation!r}.")
+  implementation = resolve_implementation(implementation, kernel, causal)
   out_dtype = shapes.output_dtype(query, value)
   q_BLHD, batch_shape = shapes.flatten_batch(query, 3)
   k_BSHD, _ = shapes.flatten_batch(key, 3)
@@ -223,7 +239,13 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   heads_major = lambda x: jnp.swapaxes(x.astype(jnp.float32), 1, 2)
   x_q_BHLD = heads_major(q_BLHD) * data_normalizer
   x_k_BHSD = heads_major(k_BSHD) * data_normalizer
-  if (not causal and implementation == "slim" and
+  if causal and implementation == "kernel":
+    out_BHLD = causal_cpu.kernel_causal(x_q_BHLD, x_k_BHSD,
+                                        heads_major(v_BSHD), km_BS, proj,
+                                        kernel=kernel,
+                                        chunk_size=int(chunk_size))
+    return finish(jnp.swapaxes(out_BHLD, 1, 2))
+  if (not causal and implementation in ("slim", "kernel") and
       kernel in FUSED_BIDIRECTIONAL):
     proj = jnp.concatenate([proj, -proj]) if kernel == (
         "softmax_hyperbolic") else proj

@@ -1,0 +1,144 @@
+"""Causal FAVOR+ through the compiled XLA:CPU kernel (`implementation="kernel"`).
+
+XLA computes the features (projection, exp, stabilizer, mask) and their
+gradients; the C++ kernel (`performer_jax/kernels/causal_favor_cpu.cc`)
+computes the causal product, its normalizer and their backward pass, walking
+each (batch, head) sequence chunk by chunk with the running state in cache.
+On XLA:CPU that takes the causal pass from ~3x the bidirectional time to about
+1x (`python scripts/bench_attention.py`), with the SLiM memory profile: the
+backward pass stores only the output and normalizer and recomputes the state.
+
+Same semantics as the other implementations, tested against them: key
+log-amplitudes are measured against the running max over keys j <= i, so no
+future key reaches a past output; padded keys are zeroed before the kernel,
+so they drop out of numerator and normalizer alike. Gradients are exact: the
+stabilizer cancels in exact arithmetic, so it is a constant to the backward.
+
+The kernel serves the non-negative feature maps ("softmax",
+"softmax_hyperbolic", "relu", user functions); "softmax_trig" (signed
+features, another normalizer guard) stays on the SLiM path. It exists for the
+CPU backend only and must be built first (`python -m
+performer_jax.kernels.build`, which scripts/setup.sh runs).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from performer_jax.attention import feature_maps
+from performer_jax.kernels import build
+
+_FWD = "performer_causal_favor_fwd"
+_BWD = "performer_causal_favor_bwd"
+UNSUPPORTED_KERNELS = ("softmax_trig",)
+
+
+def built() -> bool:
+  """True if the kernel library for this source, jaxlib and CPU exists."""
+  try:
+    return build.library_path().exists()
+  except OSError:
+    return False
+
+
+def supports(kernel) -> bool:
+  return callable(kernel) or kernel not in UNSUPPORTED_KERNELS
+
+
+@functools.cache
+def _register() -> None:
+  path = build.library_path()
+  if not path.exists():
+    raise RuntimeError(
+        f"favor_attention(implementation='kernel'): the CPU kernel is not "
+        f"built (expected {path}). Build it with `python -m "
+        "performer_jax.kernels.build` (needs g++ and libeigen3-dev; "
+        "scripts/setup.sh installs both), or use implementation='slim'.")
+  lib = ctypes.cdll.LoadLibrary(str(path))
+  for name, symbol in ((_FWD, lib.PerformerCausalFavorFwd),
+                       (_BWD, lib.PerformerCausalFavorBwd)):
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol),
+                                platform="cpu")
+    # Leading axes are independent sequences: under jit with sharded inputs
+    # each device runs its own shard instead of gathering the batch.
+    jax.ffi.register_ffi_target_as_batch_partitionable(name)
+
+
+def _call(name, results, *args, chunk):
+  return jax.ffi.ffi_call(name, results, vmap_method="broadcast_all")(
+      *args, chunk=np.int64(chunk))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _core(qf, kf, run, v, chunk):
+  return _forward(qf, kf, run, v, chunk)[0]
+
+
+def _forward(qf, kf, run, v, chunk):
+  out = jax.ShapeDtypeStruct(v.shape, jnp.float32)
+  den = jax.ShapeDtypeStruct(run.shape, jnp.float32)
+  return _call(_FWD, (out, den), qf, kf, run, v, chunk=chunk)
+
+
+def _core_fwd(qf, kf, run, v, chunk):
+  out, den = _forward(qf, kf, run, v, chunk)
+  return out, (qf, kf, run, v, out, den)
+
+
+def _core_bwd(chunk, res, g):
+  qf, kf, run, v, out, den = res
+  shapes = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32)
+                 for x in (qf, kf, v))
+  dq, dk, dv = _call(_BWD, shapes, qf, kf, run, v, out, den, g, chunk=chunk)
+  return dq, dk, jnp.zeros_like(run), dv
+
+
+_core.defvjp(_core_fwd, _core_bwd)
+
+
+@functools.partial(jax.named_call, name="favor_causal_kernel")
+def kernel_causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array,
+                  v_BHLE: jax.Array, key_mask_BL: jax.Array | None,
+                  projection: jax.Array | None, *, kernel,
+                  chunk_size: int) -> jax.Array:
+  """Causal FAVOR+ on prepared inputs, normalized.
+
+  Args:
+    x_q_BHLD, x_k_BHLD: float32, heads-major, already multiplied by the data
+      normalizer `D^(-1/4)` (as `favor_attention` prepares them).
+    v_BHLE: float32 values, heads-major.
+    key_mask_BL: bool `[B, L]` or None; padded keys must hold finite values.
+    projection: float32 `[M, D]` or None (as the kernel needs).
+    kernel: a feature map name or function with non-negative features.
+    chunk_size: C, tokens per chunk inside the kernel.
+
+  Returns:
+    float32 `[B, H, L, E]`.
+  """
+  if not supports(kernel):
+    raise ValueError(f"implementation='kernel' does not support kernel "
+                     f"{kernel!r} (signed features); use implementation="
+                     "'slim'.")
+  _register()
+  feature_fn = feature_maps.resolve(kernel, projection)
+  qf_BHLF, _ = feature_fn(x_q_BHLD)
+  kf_BHLF, amp_BHL = feature_fn(x_k_BHLD)
+  mask_B1L1 = None if key_mask_BL is None else key_mask_BL[:, None, :, None]
+  if amp_BHL is None:
+    run_BHL = jnp.zeros(kf_BHLF.shape[:-1], jnp.float32)
+  else:
+    if mask_B1L1 is not None:
+      amp_BHL = jnp.where(mask_B1L1[..., 0], amp_BHL, -jnp.inf)
+    # Running max over the keys seen so far: no future key enters it.
+    run_BHL = jax.lax.stop_gradient(jax.lax.cummax(amp_BHL, axis=2))
+    run_BHL = jnp.where(jnp.isfinite(run_BHL), run_BHL, 0.0)
+    kf_BHLF = kf_BHLF * jnp.exp(jnp.minimum(amp_BHL - run_BHL, 0.0))[
+        ..., None]
+  if mask_B1L1 is not None:
+    kf_BHLF = jnp.where(mask_B1L1, kf_BHLF, 0.0)
+  return _core(qf_BHLF, kf_BHLF, run_BHL, v_BHLE, int(chunk_size))

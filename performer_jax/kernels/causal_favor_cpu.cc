@@ -1,0 +1,335 @@
+// Causal FAVOR+ core for XLA:CPU, forward and backward, as XLA FFI handlers.
+//
+// Why a kernel: on XLA:CPU the chunked causal algorithm runs as hundreds of
+// small batched dots and elementwise passes over [L/C, F, E] chunk states
+// that never stay in cache (scripts/causal_breakdown.py). Here one thread
+// walks one (batch, head) sequence chunk by chunk and keeps the running
+// state S = sum_j phi(k_j) v_j^T ([F, E], 64 KiB at F=256, E=64) in L2, so
+// the causal pass costs about what the bidirectional one does.
+//
+// Inputs (float32, row-major, G = batch * heads flattened, leading):
+//   qf  [G, L, F]  query features (any positive per-query factor cancels)
+//   kf  [G, L, F]  key features relative to the running max M_j (<= 1 for
+//                  the exponential kernels), zero for padded keys
+//   m   [G, L]     M_j: running max of key log-amplitudes over keys <= j
+//                  (all zeros for kernels without amplitudes)
+//   v   [G, L, E]  values
+// Math for query i (pair weights w_ij = exp(min(M_j - M_i, 0)) <= 1):
+//   num_i = sum_{j<=i} w_ij (qf_i . kf_j) v_j,  den_i = sum_{j<=i} w_ij qf_i . kf_j
+//   out_i = num_i / max(den_i, floor)
+// No future key enters position i: M_i looks only at keys <= i, and every
+// product above runs over j <= i.
+// Chunks of C tokens: inside a chunk the masked C x C product; across chunks
+// the carried state S_n (relative to E_n = M at the end of chunk n), decayed
+// by exp(min(E_{n-1} - E_n, 0)) and read by query i with exp(min(E_{n-1} - M_i, 0)).
+//
+// Backward (r_i = g_i / den_i, rd_i = -(g_i . out_i) / den_i, 0 when floored):
+//   sweep 1, forward order, recomputes S: dqf_i = f_i (S r_i + z rd_i)
+//   sweep 2, reverse order, carries U = sum_{later i} (weight) qf_i r_i^T
+//     ([F, E]) and u ([F]) and adds the intra-chunk terms
+//     B = W .* (R V^T + rd 1^T):  dqf += B K, dkf = B^T Q + t (V U^T + 1 u^T),
+//     dv = (W .* Q K^T)^T R + t K U,  t_j = exp(min(M_j - E_n, 0)).
+// Nothing but out and den is stored between the passes (the SLiM trade-off).
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+
+#include <Eigen/Core>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic,
+                             Eigen::RowMajor>;
+using CMap = Eigen::Map<const RowMat>;
+using MMap = Eigen::Map<RowMat>;
+using Vec = Eigen::VectorXf;
+using CVecMap = Eigen::Map<const Vec>;
+using VecMap = Eigen::Map<Vec>;
+
+// Same floor as feature_maps.POSITIVE_FLOOR.
+constexpr float kFloor = 1e-30f;
+
+struct Dims {
+  int64_t g, l, f, e, c;
+};
+
+inline float Weight(float from, float to) {
+  return std::exp(std::min(from - to, 0.0f));
+}
+
+// W_ij = exp(min(M_j - M_i, 0)) for j <= i, else 0, into the c x c corner.
+void PairWeights(const float* m, int64_t c, RowMat& w) {
+  for (int64_t i = 0; i < c; ++i) {
+    for (int64_t j = 0; j <= i; ++j) w(i, j) = Weight(m[j], m[i]);
+    for (int64_t j = i + 1; j < c; ++j) w(i, j) = 0.0f;
+  }
+}
+
+void ForwardOne(const float* q, const float* k, const float* m, const float* v,
+                float* out, float* den, const Dims& d) {
+  RowMat s = RowMat::Zero(d.f, d.e);
+  Vec z = Vec::Zero(d.f);
+  RowMat a(d.c, d.c), w(d.c, d.c), num(d.c, d.e), vt(d.c, d.e);
+  Vec from_prev(d.c), t(d.c), dn(d.c);
+  float e_prev = 0.0f;
+  for (int64_t start = 0; start < d.l; start += d.c) {
+    const int64_t c = std::min(d.c, d.l - start);
+    CMap qc(q + start * d.f, c, d.f), kc(k + start * d.f, c, d.f);
+    CMap vc(v + start * d.e, c, d.e);
+    const float* mc = m + start;
+    const float e_end = mc[c - 1];
+    auto ac = a.topLeftCorner(c, c);
+    auto wc = w.topLeftCorner(c, c);
+    PairWeights(mc, c, w);
+    ac.noalias() = qc * kc.transpose();
+    ac.array() *= wc.array();
+    for (int64_t i = 0; i < c; ++i) from_prev(i) = Weight(e_prev, mc[i]);
+    auto nc = num.topRows(c);
+    nc.noalias() = ac * vc;
+    nc.noalias() += from_prev.head(c).asDiagonal() * (qc * s);
+    dn.head(c) = ac.rowwise().sum();
+    dn.head(c).array() += from_prev.head(c).array() * (qc * z).array();
+    MMap oc(out + start * d.e, c, d.e);
+    for (int64_t i = 0; i < c; ++i) {
+      den[start + i] = dn(i);
+      oc.row(i) = nc.row(i) / std::max(dn(i), kFloor);
+    }
+    for (int64_t j = 0; j < c; ++j) t(j) = Weight(mc[j], e_end);
+    const float decay = Weight(e_prev, e_end);
+    vt.topRows(c) = t.head(c).asDiagonal() * vc;
+    s *= decay;
+    s.noalias() += kc.transpose() * vt.topRows(c);
+    z = decay * z + kc.transpose() * t.head(c);
+    e_prev = e_end;
+  }
+}
+
+// r = g / den and rd = -(g . out) / den (0 where den was floored).
+void Cotangents(const float* g, const float* out, const float* den,
+                int64_t c, int64_t e, RowMat& r, Vec& rd) {
+  CMap gc(g, c, e), oc(out, c, e);
+  for (int64_t i = 0; i < c; ++i) {
+    const float dv = std::max(den[i], kFloor);
+    r.row(i) = gc.row(i) / dv;
+    rd(i) = den[i] > kFloor ? -gc.row(i).dot(oc.row(i)) / dv : 0.0f;
+  }
+}
+
+void BackwardOne(const float* q, const float* k, const float* m,
+                 const float* v, const float* out, const float* den,
+                 const float* g, float* dq, float* dk, float* dv,
+                 const Dims& d) {
+  RowMat r(d.c, d.e), vt(d.c, d.e), tmp(d.c, d.f);
+  RowMat a(d.c, d.c), w(d.c, d.c), b(d.c, d.c);
+  Vec rd(d.c), fp(d.c), t(d.c);
+  const int64_t n_chunks = (d.l + d.c - 1) / d.c;
+  // Sweep 1: the inter-chunk part of dqf, with S and z recomputed.
+  {
+    RowMat s = RowMat::Zero(d.f, d.e);
+    Vec z = Vec::Zero(d.f);
+    float e_prev = 0.0f;
+    for (int64_t start = 0; start < d.l; start += d.c) {
+      const int64_t c = std::min(d.c, d.l - start);
+      CMap kc(k + start * d.f, c, d.f), vc(v + start * d.e, c, d.e);
+      const float* mc = m + start;
+      const float e_end = mc[c - 1];
+      Cotangents(g + start * d.e, out + start * d.e, den + start, c, d.e, r,
+                 rd);
+      for (int64_t i = 0; i < c; ++i) fp(i) = Weight(e_prev, mc[i]);
+      MMap dqc(dq + start * d.f, c, d.f);
+      dqc.noalias() = r.topRows(c) * s.transpose();
+      dqc += rd.head(c) * z.transpose();
+      dqc = fp.head(c).asDiagonal() * dqc;
+      for (int64_t j = 0; j < c; ++j) t(j) = Weight(mc[j], e_end);
+      const float decay = Weight(e_prev, e_end);
+      vt.topRows(c) = t.head(c).asDiagonal() * vc;
+      s *= decay;
+      s.noalias() += kc.transpose() * vt.topRows(c);
+      z = decay * z + kc.transpose() * t.head(c);
+      e_prev = e_end;
+    }
+  }
+  // Sweep 2: reverse order; U, u hold the later chunks' queries.
+  RowMat u_mat = RowMat::Zero(d.f, d.e);
+  Vec u_vec = Vec::Zero(d.f);
+  for (int64_t n = n_chunks - 1; n >= 0; --n) {
+    const int64_t start = n * d.c;
+    const int64_t c = std::min(d.c, d.l - start);
+    CMap qc(q + start * d.f, c, d.f), kc(k + start * d.f, c, d.f);
+    CMap vc(v + start * d.e, c, d.e);
+    const float* mc = m + start;
+    const float e_end = mc[c - 1];
+    const float e_prev = n > 0 ? m[start - 1] : 0.0f;
+    Cotangents(g + start * d.e, out + start * d.e, den + start, c, d.e, r,
+               rd);
+    auto rc = r.topRows(c);
+    auto wc = w.topLeftCorner(c, c);
+    auto ac = a.topLeftCorner(c, c);
+    auto bc = b.topLeftCorner(c, c);
+    PairWeights(mc, c, w);
+    ac.noalias() = qc * kc.transpose();
+    ac.array() *= wc.array();
+    bc.noalias() = rc * vc.transpose();
+    bc.colwise() += rd.head(c);
+    bc.array() *= wc.array();
+    MMap dqc(dq + start * d.f, c, d.f), dkc(dk + start * d.f, c, d.f);
+    MMap dvc(dv + start * d.e, c, d.e);
+    dqc.noalias() += bc * kc;
+    for (int64_t j = 0; j < c; ++j) t(j) = Weight(mc[j], e_end);
+    // Inter terms first, scaled by t_j, then the intra terms added.
+    tmp.topRows(c).noalias() = vc * u_mat.transpose();
+    tmp.topRows(c).rowwise() += u_vec.transpose();
+    dkc = t.head(c).asDiagonal() * tmp.topRows(c);
+    dkc.noalias() += bc.transpose() * qc;
+    dvc.noalias() = kc * u_mat;
+    dvc = t.head(c).asDiagonal() * dvc;
+    dvc.noalias() += ac.transpose() * rc;
+    for (int64_t i = 0; i < c; ++i) fp(i) = Weight(e_prev, mc[i]);
+    const float decay = Weight(e_prev, e_end);
+    vt.topRows(c) = fp.head(c).asDiagonal() * rc;
+    u_mat *= decay;
+    u_mat.noalias() += qc.transpose() * vt.topRows(c);
+    u_vec = decay * u_vec +
+            qc.transpose() * (fp.head(c).array() * rd.head(c).array()).matrix();
+  }
+}
+
+// Runs fn(0..n-1) on the caller and XLA's intra-op pool. Items are claimed
+// from a shared counter, so the caller finishes everything itself if the pool
+// is busy; the state is shared_ptr-owned because a late pool task may start
+// after the caller has returned.
+template <typename Fn>
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, Fn fn) {
+  struct State {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+    std::mutex mu;
+    std::condition_variable cv;
+  };
+  auto state = std::make_shared<State>();
+  auto work = [state, n, fn]() {
+    int64_t i;
+    while ((i = state->next.fetch_add(1)) < n) {
+      fn(i);
+      if (state->done.fetch_add(1) + 1 == n) {
+        std::lock_guard<std::mutex> lock(state->mu);
+        state->cv.notify_all();
+      }
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n - 1);
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule(decltype(work)(work));
+  work();
+  std::unique_lock<std::mutex> lock(state->mu);
+  state->cv.wait(lock, [&] { return state->done.load() == n; });
+}
+
+// Leading dimensions (batch, heads, vmapped axes) are flattened into G.
+ffi::Error CheckShapes(const ffi::Buffer<ffi::F32>& q,
+                       const ffi::Buffer<ffi::F32>& k,
+                       const ffi::Buffer<ffi::F32>& m,
+                       const ffi::Buffer<ffi::F32>& v, int64_t chunk,
+                       Dims* d) {
+  auto qd = q.dimensions();
+  auto kd = k.dimensions();
+  auto md = m.dimensions();
+  auto vd = v.dimensions();
+  const size_t rank = qd.size();
+  bool ok = rank >= 3 && kd.size() == rank && vd.size() == rank &&
+            md.size() == rank - 1;
+  int64_t g = 1;
+  for (size_t i = 0; ok && i + 1 < rank; ++i) {
+    ok = kd[i] == qd[i] && vd[i] == qd[i] && md[i] == qd[i];
+    if (i + 2 < rank) g *= qd[i];
+  }
+  if (!ok || kd[rank - 1] != qd[rank - 1]) {
+    return ffi::Error::InvalidArgument(
+        "causal_favor_cpu: expected qf, kf [..., L, F], m [..., L] and "
+        "v [..., L, E] with the same leading dimensions");
+  }
+  if (chunk <= 0) {
+    return ffi::Error::InvalidArgument("causal_favor_cpu: chunk must be > 0");
+  }
+  const int64_t l = qd[rank - 2];
+  *d = Dims{g, l, qd[rank - 1], vd[rank - 1], std::min<int64_t>(chunk, l)};
+  return ffi::Error::Success();
+}
+
+ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
+                       ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> m,
+                       ffi::Buffer<ffi::F32> v, int64_t chunk,
+                       ffi::ResultBuffer<ffi::F32> out,
+                       ffi::ResultBuffer<ffi::F32> den) {
+  Dims d;
+  if (auto err = CheckShapes(q, k, m, v, chunk, &d); err.failure()) return err;
+  if (d.l == 0 || d.g == 0) return ffi::Error::Success();
+  const float *qp = q.typed_data(), *kp = k.typed_data();
+  const float *mp = m.typed_data(), *vp = v.typed_data();
+  float *op = out->typed_data(), *dp = den->typed_data();
+  ParallelFor(pool, d.g, [=](int64_t g) {
+    ForwardOne(qp + g * d.l * d.f, kp + g * d.l * d.f, mp + g * d.l,
+               vp + g * d.l * d.e, op + g * d.l * d.e, dp + g * d.l, d);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
+                        ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> m,
+                        ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> out,
+                        ffi::Buffer<ffi::F32> den, ffi::Buffer<ffi::F32> g,
+                        int64_t chunk, ffi::ResultBuffer<ffi::F32> dq,
+                        ffi::ResultBuffer<ffi::F32> dk,
+                        ffi::ResultBuffer<ffi::F32> dv) {
+  Dims d;
+  if (auto err = CheckShapes(q, k, m, v, chunk, &d); err.failure()) return err;
+  if (d.l == 0 || d.g == 0) return ffi::Error::Success();
+  const float *qp = q.typed_data(), *kp = k.typed_data();
+  const float *mp = m.typed_data(), *vp = v.typed_data();
+  const float *op = out.typed_data(), *np = den.typed_data();
+  const float* gp = g.typed_data();
+  float *dqp = dq->typed_data(), *dkp = dk->typed_data();
+  float* dvp = dv->typed_data();
+  ParallelFor(pool, d.g, [=](int64_t i) {
+    const int64_t lf = i * d.l * d.f, le = i * d.l * d.e, l1 = i * d.l;
+    BackwardOne(qp + lf, kp + lf, mp + l1, vp + le, op + le, np + l1, gp + le,
+                dqp + lf, dkp + lf, dvp + le, d);
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PerformerCausalFavorFwd, ForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("chunk")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PerformerCausalFavorBwd, BackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("chunk")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
