@@ -53,10 +53,16 @@ METHODS: dict[str, tuple[Callable, bool]] = {
     # hand-written VJP of attention/bidirectional.py).
     "favor_autodiff": (lambda q, k, v, p, c: attention.favor_attention(
         q, k, v, p, implementation="autodiff"), False),
-    # Causal FAVOR+ as shipped: the recomputing (SLiM) backward pass.
+    # Causal FAVOR+ as shipped (implementation="auto"): the compiled CPU
+    # kernel when it is built, else the recomputing (SLiM) XLA path.
     "favor_causal": (
         lambda q, k, v, p, c: attention.favor_attention(
             q, k, v, p, causal=True, chunk_size=c),
+        True),
+    # The XLA path with the SLiM backward, whatever "auto" picks.
+    "favor_causal_slim": (
+        lambda q, k, v, p, c: attention.favor_attention(
+            q, k, v, p, causal=True, chunk_size=c, implementation="slim"),
         True),
     "l2": (lambda q, k, v, p, c: attention.l2_attention(q, k, v), False),
     # The same function differentiated by plain autodiff (stores every
@@ -66,7 +72,7 @@ METHODS: dict[str, tuple[Callable, bool]] = {
             q, k, v, p, causal=True, chunk_size=c, implementation="autodiff"),
         True),
 }
-CHUNKED = ("favor_causal", "favor_causal_autodiff")
+CHUNKED = ("favor_causal", "favor_causal_slim", "favor_causal_autodiff")
 QUADRATIC = ("exact", "exact_causal", "l2")
 
 

@@ -39,28 +39,48 @@ from performer_jax.attention import feature_maps
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def _query_features(x_GLD, w_FD):
+def query_features(x_GLD, w_FD):
+  """`exp(x W^T - max_f)`: the per-query factor cancels in the output."""
   p_GLF = jnp.einsum("gld,fd->glf", x_GLD, w_FD, precision=_HIGHEST)
   return jnp.exp(p_GLF - jnp.max(p_GLF, axis=-1, keepdims=True))
 
 
-def _key_features(x_GSD, w_FD, mask_GS):
+def key_features(x_GSD, w_FD, mask_GS, causal=False):
+  """`exp(x W^T - |x|^2/2 - M)`, zero for padded keys, and M.
+
+  M is the max key log-amplitude over the unpadded keys (`[G, 1]`), or in
+  causal mode the running max over keys <= j (`[G, S]`), which no later key
+  can change. It is 0 where no unpadded key has been seen yet.
+  """
   p_GSF = jnp.einsum("gsd,fd->gsf", x_GSD, w_FD, precision=_HIGHEST)
   half_sq_GS = 0.5 * jnp.sum(x_GSD * x_GSD, axis=-1)
   top_GS = jnp.max(p_GSF, axis=-1) - half_sq_GS
   if mask_GS is not None:
     top_GS = jnp.where(mask_GS, top_GS, -jnp.inf)
-  m_G1 = jnp.max(top_GS, axis=-1, keepdims=True)
-  m_G1 = jnp.where(jnp.isfinite(m_G1), m_G1, 0.0)  # all keys padded
-  k_GSF = jnp.exp(p_GSF - (half_sq_GS + m_G1)[..., None])
+  if causal:
+    m_GS = jax.lax.cummax(top_GS, axis=1)
+  else:
+    m_GS = jnp.max(top_GS, axis=-1, keepdims=True)
+  m_GS = jnp.where(jnp.isfinite(m_GS), m_GS, 0.0)  # no unpadded key yet
+  k_GSF = jnp.exp(p_GSF - (half_sq_GS + m_GS)[..., None])
   if mask_GS is not None:
     k_GSF = jnp.where(mask_GS[..., None], k_GSF, 0.0)
-  return k_GSF
+  return k_GSF, m_GS
+
+
+def feature_input_grads(x_k, w_FD, gp_q_GLF, gp_k_GSF):
+  """dx_q, dx_k from `gp = dLoss/dfeatures * features` (see the module
+  docstring: the query's own shifts contribute 0, the key's |x|^2/2 gives
+  the second term)."""
+  g_xq = jnp.einsum("glf,fd->gld", gp_q_GLF, w_FD, precision=_HIGHEST)
+  g_xk = (jnp.einsum("gsf,fd->gsd", gp_k_GSF, w_FD, precision=_HIGHEST) -
+          x_k * jnp.sum(gp_k_GSF, axis=-1, keepdims=True))
+  return g_xq, g_xk
 
 
 def _forward(x_q, x_k, v_GSE, mask_GS, w_FD):
-  qf_GLF = _query_features(x_q, w_FD)
-  kf_GSF = _key_features(x_k, w_FD, mask_GS)
+  qf_GLF = query_features(x_q, w_FD)
+  kf_GSF, _ = key_features(x_k, w_FD, mask_GS)
   s_GEF = jnp.einsum("gse,gsf->gef", v_GSE, kf_GSF)
   z_GF = jnp.sum(kf_GSF, axis=1)
   num_GLE = jnp.einsum("glf,gef->gle", qf_GLF, s_GEF)
@@ -80,9 +100,7 @@ def _backward(x_q, x_k, v_GSE, w_FD, qf_GLF, kf_GSF, s_GEF, z_GF, den_GL1,
   gp_k_GSF = (jnp.einsum("gse,gef->gsf", v_GSE, g_s_GEF) +
               g_z_GF[:, None, :]) * kf_GSF
   g_v_GSE = jnp.einsum("gsf,gef->gse", kf_GSF, g_s_GEF)
-  g_xq = jnp.einsum("glf,fd->gld", gp_q_GLF, w_FD, precision=_HIGHEST)
-  g_xk = (jnp.einsum("gsf,fd->gsd", gp_k_GSF, w_FD, precision=_HIGHEST) -
-          x_k * jnp.sum(gp_k_GSF, axis=-1, keepdims=True))
+  g_xq, g_xk = feature_input_grads(x_k, w_FD, gp_q_GLF, gp_k_GSF)
   return g_xq, g_xk, g_v_GSE
 
 

@@ -30,12 +30,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from performer_jax.attention import bidirectional
 from performer_jax.attention import feature_maps
 from performer_jax.kernels import build
 
 _FWD = "performer_causal_favor_fwd"
+_FWD_RES = "performer_causal_favor_fwd_res"
 _BWD = "performer_causal_favor_bwd"
 UNSUPPORTED_KERNELS = ("softmax_trig",)
+# Exponential kernels whose features and feature gradients are written by
+# hand (as in bidirectional.py): one fused exp each way instead of autodiff's
+# passes over the [G, L, F] features, which cost more than the kernel itself.
+FUSED_FEATURES = ("softmax", "softmax_hyperbolic")
 
 
 def built() -> bool:
@@ -61,6 +67,7 @@ def _register() -> None:
         "scripts/setup.sh installs both), or use implementation='slim'.")
   lib = ctypes.cdll.LoadLibrary(str(path))
   for name, symbol in ((_FWD, lib.PerformerCausalFavorFwd),
+                       (_FWD_RES, lib.PerformerCausalFavorFwdRes),
                        (_BWD, lib.PerformerCausalFavorBwd)):
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol),
                                 platform="cpu")
@@ -74,31 +81,80 @@ def _call(name, results, *args, chunk):
       *args, chunk=np.int64(chunk))
 
 
+def _f32(shape):
+  return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+def _forward(qf, kf, run, v, chunk):
+  """Normalized output `[..., L, E]` and raw normalizer `[..., L]`."""
+  return _call(_FWD, (_f32(v.shape), _f32(run.shape)), qf, kf, run, v,
+               chunk=chunk)
+
+
+def _forward_with_residuals(qf, kf, run, v, chunk):
+  """The forward pass of a VJP: also keeps the state entering each chunk
+  (`[..., L/C, F, E]` and `[..., L/C, F]`, the SLiM memory trade-off) and
+  the weighted intra-chunk scores (`[..., L, C]`, a quarter of the features'
+  size at C=64), which the backward pass would otherwise recompute."""
+  *lead, length, f = qf.shape
+  c = min(chunk, max(length, 1))
+  n = -(-length // c)
+  out, den, states, zstates, scores = _call(
+      _FWD_RES, (_f32(v.shape), _f32(run.shape),
+                 _f32((*lead, n, f, v.shape[-1])), _f32((*lead, n, f)),
+                 _f32((*lead, length, c))),
+      qf, kf, run, v, chunk=chunk)
+  return out, (qf, kf, run, v, out, den, states, zstates, scores)
+
+
+def _backward(chunk, res, g):
+  """Cotangents of qf, kf and v."""
+  qf, kf, _, v = res[:4]
+  return _call(_BWD, tuple(_f32(x.shape) for x in (qf, kf, v)), *res, g,
+               chunk=chunk)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _core(qf, kf, run, v, chunk):
   return _forward(qf, kf, run, v, chunk)[0]
 
 
-def _forward(qf, kf, run, v, chunk):
-  out = jax.ShapeDtypeStruct(v.shape, jnp.float32)
-  den = jax.ShapeDtypeStruct(run.shape, jnp.float32)
-  return _call(_FWD, (out, den), qf, kf, run, v, chunk=chunk)
-
-
 def _core_fwd(qf, kf, run, v, chunk):
-  out, den = _forward(qf, kf, run, v, chunk)
-  return out, (qf, kf, run, v, out, den)
+  return _forward_with_residuals(qf, kf, run, v, chunk)
 
 
 def _core_bwd(chunk, res, g):
-  qf, kf, run, v, out, den = res
-  shapes = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32)
-                 for x in (qf, kf, v))
-  dq, dk, dv = _call(_BWD, shapes, qf, kf, run, v, out, den, g, chunk=chunk)
-  return dq, dk, jnp.zeros_like(run), dv
+  dq, dk, dv = _backward(chunk, res, g)
+  return dq, dk, jnp.zeros_like(res[2]), dv
 
 
 _core.defvjp(_core_fwd, _core_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _fused(x_q, x_k, v, mask, w_FD, chunk):
+  qf = bidirectional.query_features(x_q, w_FD)
+  kf, run = bidirectional.key_features(x_k, w_FD, mask, causal=True)
+  return _forward(qf, kf, run, v, chunk)[0]
+
+
+def _fused_fwd(x_q, x_k, v, mask, w_FD, chunk):
+  qf = bidirectional.query_features(x_q, w_FD)
+  kf, run = bidirectional.key_features(x_k, w_FD, mask, causal=True)
+  out, res = _forward_with_residuals(qf, kf, run, v, chunk)
+  return out, (x_k, w_FD, res)
+
+
+def _fused_bwd(chunk, saved, g):
+  x_k, w_FD, res = saved
+  qf, kf = res[:2]
+  dq, dk, dv = _backward(chunk, res, g)
+  g_xq, g_xk = bidirectional.feature_input_grads(x_k, w_FD, dq * qf,
+                                                 dk * kf)
+  return g_xq, g_xk, dv, None, jnp.zeros_like(w_FD)
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
 
 
 @functools.partial(jax.named_call, name="favor_causal_kernel")
@@ -125,6 +181,16 @@ def kernel_causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array,
                      f"{kernel!r} (signed features); use implementation="
                      "'slim'.")
   _register()
+  if kernel in FUSED_FEATURES and projection is not None:
+    w_FD = (jnp.concatenate([projection, -projection])
+            if kernel == "softmax_hyperbolic" else projection)
+    b, h, length, _ = x_q_BHLD.shape
+    flat = lambda x: x.reshape((b * h,) + x.shape[2:])
+    mask_GL = None if key_mask_BL is None else flat(
+        jnp.broadcast_to(key_mask_BL[:, None], (b, h, length)))
+    out_GLE = _fused(flat(x_q_BHLD), flat(x_k_BHLD), flat(v_BHLE), mask_GL,
+                     w_FD, int(chunk_size))
+    return out_GLE.reshape(b, h, length, -1)
   feature_fn = feature_maps.resolve(kernel, projection)
   qf_BHLF, _ = feature_fn(x_q_BHLD)
   kf_BHLF, amp_BHL = feature_fn(x_k_BHLD)

@@ -67,15 +67,34 @@ inline float Weight(float from, float to) {
 }
 
 // W_ij = exp(min(M_j - M_i, 0)) for j <= i, else 0, into the c x c corner.
+// M is non-decreasing along a sequence, so once the running max has settled
+// a chunk has one M and W is the plain causal mask: no exp needed.
 void PairWeights(const float* m, int64_t c, RowMat& w) {
+  auto wc = w.topLeftCorner(c, c);
+  if (*std::min_element(m, m + c) == *std::max_element(m, m + c)) {
+    wc.setZero();
+    wc.triangularView<Eigen::Lower>().setOnes();
+    return;
+  }
+  Eigen::Map<const Eigen::RowVectorXf> m_row(m, c);
   for (int64_t i = 0; i < c; ++i) {
-    for (int64_t j = 0; j <= i; ++j) w(i, j) = Weight(m[j], m[i]);
-    for (int64_t j = i + 1; j < c; ++j) w(i, j) = 0.0f;
+    wc.row(i).head(i + 1) =
+        (m_row.head(i + 1).array() - m[i]).min(0.0f).exp().matrix();
+    wc.row(i).tail(c - i - 1).setZero();
   }
 }
 
+// Residuals for the backward pass (null when not needed): states/zstates
+// [N, F, E] and [N, F], the state entering each chunk, and scores [L, C],
+// the weighted intra-chunk products W .* (Q K^T) row by row.
+struct Residuals {
+  float* states;
+  float* zstates;
+  float* scores;
+};
+
 void ForwardOne(const float* q, const float* k, const float* m, const float* v,
-                float* out, float* den, const Dims& d) {
+                float* out, float* den, Residuals res, const Dims& d) {
   RowMat s = RowMat::Zero(d.f, d.e);
   Vec z = Vec::Zero(d.f);
   RowMat a(d.c, d.c), w(d.c, d.c), num(d.c, d.e), vt(d.c, d.e);
@@ -87,11 +106,19 @@ void ForwardOne(const float* q, const float* k, const float* m, const float* v,
     CMap vc(v + start * d.e, c, d.e);
     const float* mc = m + start;
     const float e_end = mc[c - 1];
+    if (res.states != nullptr) {
+      const int64_t n = start / d.c;
+      MMap(res.states + n * d.f * d.e, d.f, d.e) = s;
+      VecMap(res.zstates + n * d.f, d.f) = z;
+    }
     auto ac = a.topLeftCorner(c, c);
     auto wc = w.topLeftCorner(c, c);
     PairWeights(mc, c, w);
     ac.noalias() = qc * kc.transpose();
     ac.array() *= wc.array();
+    if (res.scores != nullptr) {
+      MMap(res.scores + start * d.c, c, d.c).leftCols(c) = ac;
+    }
     for (int64_t i = 0; i < c; ++i) from_prev(i) = Weight(e_prev, mc[i]);
     auto nc = num.topRows(c);
     nc.noalias() = ac * vc;
@@ -126,39 +153,14 @@ void Cotangents(const float* g, const float* out, const float* den,
 
 void BackwardOne(const float* q, const float* k, const float* m,
                  const float* v, const float* out, const float* den,
-                 const float* g, float* dq, float* dk, float* dv,
+                 const float* g, const float* states, const float* zstates,
+                 const float* scores, float* dq, float* dk, float* dv,
                  const Dims& d) {
   RowMat r(d.c, d.e), vt(d.c, d.e), tmp(d.c, d.f);
-  RowMat a(d.c, d.c), w(d.c, d.c), b(d.c, d.c);
+  RowMat w(d.c, d.c), b(d.c, d.c);
   Vec rd(d.c), fp(d.c), t(d.c);
   const int64_t n_chunks = (d.l + d.c - 1) / d.c;
-  // Sweep 1: the inter-chunk part of dqf, with S and z recomputed.
-  {
-    RowMat s = RowMat::Zero(d.f, d.e);
-    Vec z = Vec::Zero(d.f);
-    float e_prev = 0.0f;
-    for (int64_t start = 0; start < d.l; start += d.c) {
-      const int64_t c = std::min(d.c, d.l - start);
-      CMap kc(k + start * d.f, c, d.f), vc(v + start * d.e, c, d.e);
-      const float* mc = m + start;
-      const float e_end = mc[c - 1];
-      Cotangents(g + start * d.e, out + start * d.e, den + start, c, d.e, r,
-                 rd);
-      for (int64_t i = 0; i < c; ++i) fp(i) = Weight(e_prev, mc[i]);
-      MMap dqc(dq + start * d.f, c, d.f);
-      dqc.noalias() = r.topRows(c) * s.transpose();
-      dqc += rd.head(c) * z.transpose();
-      dqc = fp.head(c).asDiagonal() * dqc;
-      for (int64_t j = 0; j < c; ++j) t(j) = Weight(mc[j], e_end);
-      const float decay = Weight(e_prev, e_end);
-      vt.topRows(c) = t.head(c).asDiagonal() * vc;
-      s *= decay;
-      s.noalias() += kc.transpose() * vt.topRows(c);
-      z = decay * z + kc.transpose() * t.head(c);
-      e_prev = e_end;
-    }
-  }
-  // Sweep 2: reverse order; U, u hold the later chunks' queries.
+  // One reverse sweep; U, u hold the later chunks' queries.
   RowMat u_mat = RowMat::Zero(d.f, d.e);
   Vec u_vec = Vec::Zero(d.f);
   for (int64_t n = n_chunks - 1; n >= 0; --n) {
@@ -173,16 +175,20 @@ void BackwardOne(const float* q, const float* k, const float* m,
                rd);
     auto rc = r.topRows(c);
     auto wc = w.topLeftCorner(c, c);
-    auto ac = a.topLeftCorner(c, c);
     auto bc = b.topLeftCorner(c, c);
     PairWeights(mc, c, w);
-    ac.noalias() = qc * kc.transpose();
-    ac.array() *= wc.array();
+    auto ac = CMap(scores + start * d.c, c, d.c).leftCols(c);
     bc.noalias() = rc * vc.transpose();
     bc.colwise() += rd.head(c);
     bc.array() *= wc.array();
     MMap dqc(dq + start * d.f, c, d.f), dkc(dk + start * d.f, c, d.f);
     MMap dvc(dv + start * d.e, c, d.e);
+    for (int64_t i = 0; i < c; ++i) fp(i) = Weight(e_prev, mc[i]);
+    CMap s_in(states + n * d.f * d.e, d.f, d.e);
+    CVecMap z_in(zstates + n * d.f, d.f);
+    dqc.noalias() = rc * s_in.transpose();
+    dqc += rd.head(c) * z_in.transpose();
+    dqc = fp.head(c).asDiagonal() * dqc;
     dqc.noalias() += bc * kc;
     for (int64_t j = 0; j < c; ++j) t(j) = Weight(mc[j], e_end);
     // Inter terms first, scaled by t_j, then the intra terms added.
@@ -193,7 +199,6 @@ void BackwardOne(const float* q, const float* k, const float* m,
     dvc.noalias() = kc * u_mat;
     dvc = t.head(c).asDiagonal() * dvc;
     dvc.noalias() += ac.transpose() * rc;
-    for (int64_t i = 0; i < c; ++i) fp(i) = Weight(e_prev, mc[i]);
     const float decay = Weight(e_prev, e_end);
     vt.topRows(c) = fp.head(c).asDiagonal() * rc;
     u_mat *= decay;
@@ -264,43 +269,110 @@ ffi::Error CheckShapes(const ffi::Buffer<ffi::F32>& q,
   return ffi::Error::Success();
 }
 
+// The residuals' sizes: states [..., N, F, E], zstates [..., N, F] and
+// scores [..., L, C] (the leading sizes were checked on the inputs).
+ffi::Error CheckResiduals(const Dims& d, size_t s_size, size_t z_size,
+                          size_t a_size) {
+  const int64_t n = (d.l + d.c - 1) / d.c;
+  if (s_size != static_cast<size_t>(d.g * n * d.f * d.e) ||
+      z_size != static_cast<size_t>(d.g * n * d.f) ||
+      a_size != static_cast<size_t>(d.g * d.l * d.c)) {
+    return ffi::Error::InvalidArgument(
+        "causal_favor_cpu: residuals must be [..., L/C, F, E], [..., L/C, F] "
+        "and [..., L, C]");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Forward(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& q,
+                   const ffi::Buffer<ffi::F32>& k,
+                   const ffi::Buffer<ffi::F32>& m,
+                   const ffi::Buffer<ffi::F32>& v, int64_t chunk, float* op,
+                   float* dp, Residuals res) {
+  Dims d;
+  if (auto err = CheckShapes(q, k, m, v, chunk, &d); err.failure()) return err;
+  if (d.l == 0 || d.g == 0) return ffi::Error::Success();
+  const int64_t n = (d.l + d.c - 1) / d.c;
+  const float *qp = q.typed_data(), *kp = k.typed_data();
+  const float *mp = m.typed_data(), *vp = v.typed_data();
+  ParallelFor(pool, d.g, [=](int64_t g) {
+    ForwardOne(qp + g * d.l * d.f, kp + g * d.l * d.f, mp + g * d.l,
+               vp + g * d.l * d.e, op + g * d.l * d.e, dp + g * d.l,
+               res.states == nullptr
+                   ? res
+                   : Residuals{res.states + g * n * d.f * d.e,
+                               res.zstates + g * n * d.f,
+                               res.scores + g * d.l * d.c},
+               d);
+  });
+  return ffi::Error::Success();
+}
+
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
                        ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> m,
                        ffi::Buffer<ffi::F32> v, int64_t chunk,
                        ffi::ResultBuffer<ffi::F32> out,
                        ffi::ResultBuffer<ffi::F32> den) {
+  return Forward(pool, q, k, m, v, chunk, out->typed_data(),
+                 den->typed_data(), Residuals{nullptr, nullptr, nullptr});
+}
+
+// The forward pass of a VJP: also returns the state entering every chunk.
+ffi::Error ForwardResImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
+                          ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> m,
+                          ffi::Buffer<ffi::F32> v, int64_t chunk,
+                          ffi::ResultBuffer<ffi::F32> out,
+                          ffi::ResultBuffer<ffi::F32> den,
+                          ffi::ResultBuffer<ffi::F32> states,
+                          ffi::ResultBuffer<ffi::F32> zstates,
+                          ffi::ResultBuffer<ffi::F32> scores) {
   Dims d;
   if (auto err = CheckShapes(q, k, m, v, chunk, &d); err.failure()) return err;
-  if (d.l == 0 || d.g == 0) return ffi::Error::Success();
-  const float *qp = q.typed_data(), *kp = k.typed_data();
-  const float *mp = m.typed_data(), *vp = v.typed_data();
-  float *op = out->typed_data(), *dp = den->typed_data();
-  ParallelFor(pool, d.g, [=](int64_t g) {
-    ForwardOne(qp + g * d.l * d.f, kp + g * d.l * d.f, mp + g * d.l,
-               vp + g * d.l * d.e, op + g * d.l * d.e, dp + g * d.l, d);
-  });
-  return ffi::Error::Success();
+  if (auto err = CheckResiduals(d, states->element_count(),
+                                zstates->element_count(),
+                                scores->element_count());
+      err.failure()) {
+    return err;
+  }
+  return Forward(pool, q, k, m, v, chunk, out->typed_data(),
+                 den->typed_data(),
+                 Residuals{states->typed_data(), zstates->typed_data(),
+                           scores->typed_data()});
 }
 
 ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
                         ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> m,
                         ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> out,
-                        ffi::Buffer<ffi::F32> den, ffi::Buffer<ffi::F32> g,
-                        int64_t chunk, ffi::ResultBuffer<ffi::F32> dq,
+                        ffi::Buffer<ffi::F32> den,
+                        ffi::Buffer<ffi::F32> states,
+                        ffi::Buffer<ffi::F32> zstates,
+                        ffi::Buffer<ffi::F32> scores,
+                        ffi::Buffer<ffi::F32> g, int64_t chunk,
+                        ffi::ResultBuffer<ffi::F32> dq,
                         ffi::ResultBuffer<ffi::F32> dk,
                         ffi::ResultBuffer<ffi::F32> dv) {
   Dims d;
   if (auto err = CheckShapes(q, k, m, v, chunk, &d); err.failure()) return err;
+  if (auto err = CheckResiduals(d, states.element_count(),
+                                zstates.element_count(),
+                                scores.element_count());
+      err.failure()) {
+    return err;
+  }
   if (d.l == 0 || d.g == 0) return ffi::Error::Success();
+  const int64_t n = (d.l + d.c - 1) / d.c;
   const float *qp = q.typed_data(), *kp = k.typed_data();
   const float *mp = m.typed_data(), *vp = v.typed_data();
   const float *op = out.typed_data(), *np = den.typed_data();
+  const float *sp = states.typed_data(), *zp = zstates.typed_data();
+  const float* ap = scores.typed_data();
   const float* gp = g.typed_data();
   float *dqp = dq->typed_data(), *dkp = dk->typed_data();
   float* dvp = dv->typed_data();
   ParallelFor(pool, d.g, [=](int64_t i) {
     const int64_t lf = i * d.l * d.f, le = i * d.l * d.e, l1 = i * d.l;
     BackwardOne(qp + lf, kp + lf, mp + l1, vp + le, op + le, np + l1, gp + le,
+                sp + i * n * d.f * d.e, zp + i * n * d.f, ap + l1 * d.c,
                 dqp + lf, dkp + lf, dvp + le, d);
   });
   return ffi::Error::Success();
@@ -319,9 +391,26 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PerformerCausalFavorFwd, ForwardImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PerformerCausalFavorFwdRes, ForwardResImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("chunk")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PerformerCausalFavorBwd, BackwardImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
