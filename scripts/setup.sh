@@ -28,4 +28,23 @@ sys.exit(allocator.find_tcmalloc() is None)" 2>/dev/null; then
     echo "[setup] no apt/root: tcmalloc not installed (optional)"
   fi
 fi
+# The causal FAVOR+ CPU kernel (performer_jax/kernels/): g++ and the Eigen
+# headers, then one compile (~15 s) into ~/.cache/performer_jax/kernels. Its
+# tests fail rather than skip when PERFORMER_JAX_REQUIRE_KERNEL=1 (the test
+# command sets it), so a machine where this step failed is noticed.
+if ! "${PYTHON}" -c "import sys; from performer_jax.attention import \
+causal_cpu; sys.exit(not causal_cpu.built())" 2>/dev/null; then
+  if ! command -v g++ >/dev/null || [[ ! -f /usr/include/eigen3/Eigen/Core ]]
+  then
+    source scripts/apt_lib.sh
+    if (( CAN_INSTALL )) && command -v apt-get >/dev/null; then
+      echo "[setup] apt-get install g++ libeigen3-dev"
+      apt_install g++ libeigen3-dev >/dev/null 2>&1 \
+        || echo "[setup] g++/libeigen3-dev not installed"
+    fi
+  fi
+  echo "[setup] building the causal FAVOR+ CPU kernel"
+  "${PYTHON}" -m performer_jax.kernels.build \
+    || echo "[setup] kernel not built: causal FAVOR+ uses the XLA path"
+fi
 bash scripts/setup_data.sh

@@ -115,7 +115,8 @@ def test_spectral_norm_upper_bound():
                                                    norm="2")
   cheap_bound = bounds.l2_mha_bound_from_variables(
       params, num_tokens=5, norm="2", exact_spectral=False)
-  assert exact_bound <= cheap_bound <= 1.1 * exact_bound
+  # float32: the cheap bound may meet the exact one to the last bit.
+  assert exact_bound <= cheap_bound * (1 + 1e-6) <= 1.1 * exact_bound
 
 
 def test_jacobian_convention_for_linear_maps():

@@ -40,8 +40,9 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def query_features(x_GLD, w_FD):
-  """`exp(x W^T - max_f)`: the per-query factor cancels in the output."""
-  p_GLF = jnp.einsum("gld,fd->glf", x_GLD, w_FD, precision=_HIGHEST)
+  """`exp(x W^T - max_f)`: the per-query factor cancels in the output.
+  Any leading dimensions (`G` here, or `B, H`)."""
+  p_GLF = jnp.einsum("...ld,fd->...lf", x_GLD, w_FD, precision=_HIGHEST)
   return jnp.exp(p_GLF - jnp.max(p_GLF, axis=-1, keepdims=True))
 
 
@@ -50,15 +51,16 @@ def key_features(x_GSD, w_FD, mask_GS, causal=False):
 
   M is the max key log-amplitude over the unpadded keys (`[G, 1]`), or in
   causal mode the running max over keys <= j (`[G, S]`), which no later key
-  can change. It is 0 where no unpadded key has been seen yet.
+  can change. It is 0 where no unpadded key has been seen yet. Any leading
+  dimensions; mask_GS broadcasts against `x_GSD.shape[:-1]`.
   """
-  p_GSF = jnp.einsum("gsd,fd->gsf", x_GSD, w_FD, precision=_HIGHEST)
+  p_GSF = jnp.einsum("...sd,fd->...sf", x_GSD, w_FD, precision=_HIGHEST)
   half_sq_GS = 0.5 * jnp.sum(x_GSD * x_GSD, axis=-1)
   top_GS = jnp.max(p_GSF, axis=-1) - half_sq_GS
   if mask_GS is not None:
     top_GS = jnp.where(mask_GS, top_GS, -jnp.inf)
   if causal:
-    m_GS = jax.lax.cummax(top_GS, axis=1)
+    m_GS = jax.lax.cummax(top_GS, axis=top_GS.ndim - 1)
   else:
     m_GS = jnp.max(top_GS, axis=-1, keepdims=True)
   m_GS = jnp.where(jnp.isfinite(m_GS), m_GS, 0.0)  # no unpadded key yet
@@ -72,8 +74,8 @@ def feature_input_grads(x_k, w_FD, gp_q_GLF, gp_k_GSF):
   """dx_q, dx_k from `gp = dLoss/dfeatures * features` (see the module
   docstring: the query's own shifts contribute 0, the key's |x|^2/2 gives
   the second term)."""
-  g_xq = jnp.einsum("glf,fd->gld", gp_q_GLF, w_FD, precision=_HIGHEST)
-  g_xk = (jnp.einsum("gsf,fd->gsd", gp_k_GSF, w_FD, precision=_HIGHEST) -
+  g_xq = jnp.einsum("...lf,fd->...ld", gp_q_GLF, w_FD, precision=_HIGHEST)
+  g_xk = (jnp.einsum("...sf,fd->...sd", gp_k_GSF, w_FD, precision=_HIGHEST) -
           x_k * jnp.sum(gp_k_GSF, axis=-1, keepdims=True))
   return g_xq, g_xk
 

@@ -19,6 +19,11 @@ The kernel serves the non-negative feature maps ("softmax",
 features, another normalizer guard) stays on the SLiM path. It exists for the
 CPU backend only and must be built first (`python -m
 performer_jax.kernels.build`, which scripts/setup.sh runs).
+
+Under jit on a multi-device mesh XLA gathers the kernel's inputs and every
+device computes the whole batch (correct, tested, but not sharded: the call
+carries no batch-partitioning rule yet). Multi-device CPU meshes are a test
+setting; on GPU and TPU "auto" never picks the kernel.
 """
 
 from __future__ import annotations
@@ -56,8 +61,8 @@ def supports(kernel) -> bool:
   return callable(kernel) or kernel not in UNSUPPORTED_KERNELS
 
 
-@functools.cache
-def _register() -> None:
+def load_library() -> ctypes.CDLL:
+  """Loads the built kernel library; a clear error says how to build it."""
   path = build.library_path()
   if not path.exists():
     raise RuntimeError(
@@ -65,15 +70,17 @@ def _register() -> None:
         f"built (expected {path}). Build it with `python -m "
         "performer_jax.kernels.build` (needs g++ and libeigen3-dev; "
         "scripts/setup.sh installs both), or use implementation='slim'.")
-  lib = ctypes.cdll.LoadLibrary(str(path))
+  return ctypes.cdll.LoadLibrary(str(path))
+
+
+@functools.cache
+def _register() -> None:
+  lib = load_library()
   for name, symbol in ((_FWD, lib.PerformerCausalFavorFwd),
                        (_FWD_RES, lib.PerformerCausalFavorFwdRes),
                        (_BWD, lib.PerformerCausalFavorBwd)):
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol),
                                 platform="cpu")
-    # Leading axes are independent sequences: under jit with sharded inputs
-    # each device runs its own shard instead of gathering the batch.
-    jax.ffi.register_ffi_target_as_batch_partitionable(name)
 
 
 def _call(name, results, *args, chunk):
@@ -184,13 +191,11 @@ def kernel_causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array,
   if kernel in FUSED_FEATURES and projection is not None:
     w_FD = (jnp.concatenate([projection, -projection])
             if kernel == "softmax_hyperbolic" else projection)
-    b, h, length, _ = x_q_BHLD.shape
-    flat = lambda x: x.reshape((b * h,) + x.shape[2:])
-    mask_GL = None if key_mask_BL is None else flat(
-        jnp.broadcast_to(key_mask_BL[:, None], (b, h, length)))
-    out_GLE = _fused(flat(x_q_BHLD), flat(x_k_BHLD), flat(v_BHLE), mask_GL,
-                     w_FD, int(chunk_size))
-    return out_GLE.reshape(b, h, length, -1)
+    # [B, H] stay separate leading axes (the kernel flattens them): under a
+    # mesh, batch and head shardings then pass through the kernel as they are.
+    mask_B1L = None if key_mask_BL is None else key_mask_BL[:, None]
+    return _fused(x_q_BHLD, x_k_BHLD, v_BHLE, mask_B1L, w_FD,
+                  int(chunk_size))
   feature_fn = feature_maps.resolve(kernel, projection)
   qf_BHLF, _ = feature_fn(x_q_BHLD)
   kf_BHLF, amp_BHL = feature_fn(x_k_BHLD)

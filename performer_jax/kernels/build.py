@@ -81,13 +81,13 @@ def build(force: bool = False, verbose: bool = False) -> pathlib.Path:
   if compiler is None:
     raise KernelBuildError("no C++ compiler found (g++ or $CXX); install one "
                            "with `apt-get install g++`.")
+  includes = [f"-I{jax.ffi.include_dir()}", f"-I{_eigen_include()}"]
   target.parent.mkdir(parents=True, exist_ok=True)
   # Compile to a temporary name and rename: concurrent builds (pytest-xdist
   # workers, several hosts on one home directory) never see half a file.
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
   os.close(fd)
-  cmd = [compiler, *FLAGS, f"-I{jax.ffi.include_dir()}",
-         f"-I{_eigen_include()}", str(SOURCE), "-o", tmp]
+  cmd = [compiler, *FLAGS, *includes, str(SOURCE), "-o", tmp]
   if verbose:
     print(" ".join(cmd), file=sys.stderr)
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from performer_jax import config_checks
+from performer_jax.attention import favor
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 POSEMB_KINDS = ("learned", "sinusoidal")
@@ -24,7 +25,7 @@ _MODEL_KEYS = ("num_layers", "num_heads", "emb_dim", "mlp_dim", "dropout_rate",
                "scan_layers", "attention")
 _ATTENTION_KEYS = ("kind", "kernel", "num_features", "orthogonal", "scaling",
                    "chunk_size", "implementation", "redraw_every")
-IMPLEMENTATIONS = ("slim", "autodiff")
+IMPLEMENTATIONS = favor.IMPLEMENTATIONS
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -51,9 +52,11 @@ def default_model_config() -> ml_collections.ConfigDict:
   cfg.attention.orthogonal = True
   cfg.attention.scaling = "chi"
   cfg.attention.chunk_size = 128
-  # Causal FAVOR+ backward: "slim" recomputes inside each chunk (less memory,
-  # and faster on CPU), "autodiff" stores every chunk's intermediates.
-  cfg.attention.implementation = "slim"
+  # Causal FAVOR+: "auto" runs the compiled kernel on the CPU backend when it
+  # is built (python -m performer_jax.kernels.build), else "slim", which
+  # recomputes inside each chunk; "autodiff" stores every chunk's
+  # intermediates.
+  cfg.attention.implementation = "auto"
   cfg.attention.redraw_every = 1000
   return cfg
 

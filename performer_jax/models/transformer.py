@@ -72,7 +72,7 @@ class TransformerConfig:
   orthogonal: bool = True
   scaling: str = "chi"
   chunk_size: int = 128
-  implementation: str = "slim"
+  implementation: str = "auto"
   decode: bool = False
 
 

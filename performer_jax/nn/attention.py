@@ -75,8 +75,10 @@ class MultiHeadAttention(nn.Module):
     orthogonal, scaling: how the projection is drawn (see
       `gaussian_orthogonal_random_matrix`).
     chunk_size: causal FAVOR+ chunk length.
-    implementation: causal FAVOR+ backward pass, "slim" (recompute inside
-      each chunk: sub-linear memory) or "autodiff" (see `favor_attention`).
+    implementation: causal FAVOR+ implementation, "auto" (the compiled CPU
+      kernel on the CPU backend when built, else "slim"), "kernel", "slim"
+      (recompute inside each chunk: sub-linear memory) or "autodiff" (see
+      `favor_attention`).
     causal: autoregressive masking.
     dropout_rate: dropout on the concatenated head outputs (FAVOR+ has no
       attention matrix to drop from, so every kind uses the same place).
@@ -93,7 +95,7 @@ class MultiHeadAttention(nn.Module):
   orthogonal: bool = True
   scaling: str = "chi"
   chunk_size: int = favor.DEFAULT_CHUNK_SIZE
-  implementation: str = "slim"
+  implementation: str = "auto"
   causal: bool = False
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32

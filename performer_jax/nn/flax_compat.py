@@ -46,7 +46,7 @@ def make_favor_attention_fn(projection: jax.Array | None, *,
                             kernel: str | feature_maps.FeatureFn = "softmax",
                             causal: bool = False,
                             chunk_size: int = favor.DEFAULT_CHUNK_SIZE,
-                            implementation: str = "slim",
+                            implementation: str = "auto",
                             check_mask: bool = True):
   """Returns an `attention_fn` running FAVOR+ with a fixed projection.
 
@@ -58,7 +58,8 @@ def make_favor_attention_fn(projection: jax.Array | None, *,
     kernel: as `favor_attention`.
     causal: build causal FAVOR+; a causal Flax mask is then accepted.
     chunk_size: causal chunk length.
-    implementation: causal backward, "slim" or "autodiff".
+    implementation: as `favor_attention` ("auto", "kernel", "slim" or
+      "autodiff").
     check_mask: verify that a given mask has a representable form.
   """
 
