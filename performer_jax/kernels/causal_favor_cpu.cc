@@ -24,12 +24,14 @@
 // by exp(min(E_{n-1} - E_n, 0)) and read by query i with exp(min(E_{n-1} - M_i, 0)).
 //
 // Backward (r_i = g_i / den_i, rd_i = -(g_i . out_i) / den_i, 0 when floored):
-//   sweep 1, forward order, recomputes S: dqf_i = f_i (S r_i + z rd_i)
-//   sweep 2, reverse order, carries U = sum_{later i} (weight) qf_i r_i^T
-//     ([F, E]) and u ([F]) and adds the intra-chunk terms
-//     B = W .* (R V^T + rd 1^T):  dqf += B K, dkf = B^T Q + t (V U^T + 1 u^T),
-//     dv = (W .* Q K^T)^T R + t K U,  t_j = exp(min(M_j - E_n, 0)).
-// Nothing but out and den is stored between the passes (the SLiM trade-off).
+//   one reverse sweep over chunks; from the stored state S entering the
+//   chunk, dqf_i = f_i (S r_i + z rd_i); it carries
+//   U = sum_{later i} (weight) qf_i r_i^T ([F, E]) and u ([F]) and adds the
+//   intra-chunk terms B = W .* (R V^T + rd 1^T):  dqf += B K,
+//   dkf = B^T Q + t (V U^T + 1 u^T), dv = A^T R + t K U,
+//   t_j = exp(min(M_j - E_n, 0)), A = W .* (Q K^T) the stored scores.
+// The forward pass of a VJP stores the state entering each chunk ([N, F, E],
+// [N, F]) and the scores ([L, C]) for it.
 
 #include <algorithm>
 #include <atomic>
