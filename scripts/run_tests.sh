@@ -7,4 +7,4 @@ bash scripts/setup.sh
 export JAX_PLATFORMS=cpu
 # setup.sh has built the CPU kernel: its tests must run, not skip.
 export PERFORMER_JAX_REQUIRE_KERNEL="${PERFORMER_JAX_REQUIRE_KERNEL:-1}"
-exec "${PYTHON:-python3}" -m pytest -q -n 2 --durations=15 "$@" tests
+exec "${PYTHON:-python3}" -m pytest -q -n 2 --dist loadgroup --durations=15 "$@" tests

@@ -84,4 +84,4 @@ def test_fused_path_is_taken_and_shapes():
   assert out.shape == (2, 11, 3, 5) and out.dtype == jnp.float32
   ref = favor_attention(q, k, v, proj, key_mask=mask,
                         implementation="autodiff")
-  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)

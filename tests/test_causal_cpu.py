@@ -57,12 +57,17 @@ def _value_and_grads(implementation, q, k, v, proj, **kw):
   def loss(q, k, v):
     out = favor_attention(q, k, v, proj, causal=True,
                           implementation=implementation, **kw)
-    # A non-uniform cotangent, so every output element matters.
-    return jnp.sum(jnp.sin(3.0 * out) * jnp.arange(out.shape[-1]))
+    # A non-uniform cotangent, so every output element matters; positive
+    # terms, so the sum has no cancellation and its float32 rounding stays
+    # relative to its value (see _assert_close).
+    return jnp.sum(jnp.exp(jnp.sin(3.0 * out)) *
+                   (1.0 + jnp.arange(out.shape[-1])))
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
 
 
 def _assert_close(a, b, tol):
+  """Each leaf within tol of the largest |entry| of its reference: the two
+  implementations sum in different orders, so only a relative bound holds."""
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     scale = max(float(jnp.max(jnp.abs(y))), 1e-6)
     np.testing.assert_allclose(x / scale, y / scale, atol=tol, rtol=0)
@@ -136,8 +141,10 @@ def test_bf16_in_bf16_out():
   assert out.dtype == jnp.bfloat16
   ref = favor_attention(cast(q), cast(k), cast(v), proj, causal=True,
                         implementation="autodiff")
+  # Both round a float32 result to bfloat16: they may land one bf16 ulp
+  # (2^-7 relative) apart.
   np.testing.assert_allclose(out.astype(np.float32), ref.astype(np.float32),
-                             atol=1e-2)
+                             atol=1e-2, rtol=2 ** -7)
 
 
 def test_check_grads():
@@ -152,16 +159,17 @@ def test_jit_vmap_and_batch_dims():
   fn = lambda q, k, v: favor_attention(q, k, v, proj, causal=True,
                                        chunk_size=8, implementation="kernel")
   eager = fn(q, k, v)
-  np.testing.assert_allclose(jax.jit(fn)(q, k, v), eager, atol=1e-6)
+  # jit and vmap fuse the feature maps differently: float32 reordering.
+  np.testing.assert_allclose(jax.jit(fn)(q, k, v), eager, atol=1e-5)
   stacked = [jnp.stack([x, 2 * x]) for x in (q, k, v)]
   batched = jax.vmap(fn)(*stacked)
-  np.testing.assert_allclose(batched[0], eager, atol=1e-6)
-  np.testing.assert_allclose(batched[1], fn(2 * q, 2 * k, 2 * v), atol=1e-6)
+  np.testing.assert_allclose(batched[0], eager, atol=1e-5)
+  np.testing.assert_allclose(batched[1], fn(2 * q, 2 * k, 2 * v), atol=1e-5)
   # Extra batch dimensions are flattened like the other implementations.
   multi = favor_attention(*(x.reshape(1, 2, *x.shape[1:]) for x in (q, k, v)),
                           proj, causal=True, chunk_size=8,
                           implementation="kernel")
-  np.testing.assert_allclose(multi[0], eager, atol=1e-6)
+  np.testing.assert_allclose(multi[0], eager, atol=1e-5)
 
 
 def test_sharded_mesh_matches_one_device():
@@ -183,8 +191,9 @@ def test_sharded_mesh_matches_one_device():
       print(max(float(jnp.max(jnp.abs(a - b)))
                 for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref))))
   """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
+  flags = os.environ.get("XLA_FLAGS", "")
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=4")
   proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO,
                         capture_output=True, text=True, timeout=300,
                         check=False)

@@ -117,7 +117,8 @@ def test_gradients_and_jit(kind):
   jitted = jax.jit(fn)
   check_grads(jitted, (q, k, v), order=1, modes=("rev",), atol=2e-2,
               rtol=2e-2, eps=1e-2)
-  np.testing.assert_allclose(jitted(q, k, v), fn(q, k, v), atol=1e-6)
+  # Eager runs op by op, jit fuses: the same math in another float32 order.
+  np.testing.assert_allclose(jitted(q, k, v), fn(q, k, v), atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["softmax", "l2"])

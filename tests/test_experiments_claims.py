@@ -109,7 +109,8 @@ def test_slim_training_step_matches_autodiff():
   params, tokens = _slim_model(layers=2, length=100)  # 100 % 16 != 0
   outs = {impl: slim_run.make_step(impl, "softmax", 16)(params, tokens)
           for impl in slim_run.IMPLEMENTATIONS}
-  np.testing.assert_allclose(outs["slim"][1], outs["autodiff"][1], rtol=1e-6)
+  # The losses sum the same terms in another order (float32).
+  np.testing.assert_allclose(outs["slim"][1], outs["autodiff"][1], rtol=1e-5)
   for a, b in zip(jax.tree_util.tree_leaves(outs["autodiff"][2]),
                   jax.tree_util.tree_leaves(outs["slim"][2])):
     np.testing.assert_allclose(b, a, rtol=0,

@@ -180,7 +180,8 @@ def test_key_mask_removes_padding_from_numerator_and_normalizer(causal):
   keep = np.flatnonzero(np.asarray(mask[0]))
   sub = favor(q[:1, keep], k[:1, keep], v[:1, keep], proj, causal=causal,
               chunk_size=4)
-  np.testing.assert_allclose(sub[0], base[0, keep], atol=2e-6)
+  # Another length, so other chunk boundaries and summation order.
+  np.testing.assert_allclose(sub[0], base[0, keep], atol=1e-5)
   # Masking only the values (the peers' bug) gives a different answer.
   values_only = favor(q, k, jnp.where(pad, 0.0, v), proj, causal=causal,
                       chunk_size=4)
@@ -222,8 +223,9 @@ def test_check_grads_and_jit(causal):
   call = lambda q, k, v: fn(q, k, v)
   check_grads(jax.jit(call), (q, k, v), order=1, modes=("rev",), atol=2e-2,
               rtol=2e-2, eps=1e-2)
+  # Eager runs op by op, jit fuses: the same math in another float32 order.
   np.testing.assert_allclose(jax.jit(call)(q, k, v), call(q, k, v),
-                             atol=1e-6)
+                             atol=1e-5)
 
 
 def test_batch_dims_and_errors():

@@ -20,6 +20,8 @@ import sys
 import numpy as np
 import pytest
 
+# One worker runs the whole module: its tests share compiled trainers.
+pytestmark = pytest.mark.xdist_group("multihost")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
 # Reductions run in a different order when sharded: allow round-off.
@@ -88,7 +90,8 @@ def worker(argv):
 
 def launch(args, num_devices):
   env = dict(os.environ)
-  env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={num_devices}")
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform"
+                      f"_device_count={num_devices}")
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
   env["JAX_PLATFORMS"] = "cpu"
   return subprocess.Popen([sys.executable, os.path.abspath(__file__)]

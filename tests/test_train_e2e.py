@@ -21,6 +21,8 @@ from performer_jax.train import metrics as metrics_lib
 from performer_jax.train import synthetic_task
 from performer_jax.train import trainer as trainer_lib
 
+# One worker runs the whole module: its tests share compiled trainers.
+pytestmark = pytest.mark.xdist_group("train_e2e")
 STEPS = 12
 _TRAINERS = {}
 

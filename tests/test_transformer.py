@@ -260,8 +260,9 @@ def test_remat_gives_same_values():
   _, variables, apply = built("favor_softmax", True)
   remat_model = make("favor_softmax", True, remat=True)
   x = random_tokens(8)
+  # Eager against jitted: the same math in another float32 order.
   np.testing.assert_allclose(remat_model.apply(variables, x),
-                             apply(variables, x, FULL_MASK), atol=1e-6)
+                             apply(variables, x, FULL_MASK), atol=1e-5)
 
 
 def test_dropout_only_when_not_deterministic():

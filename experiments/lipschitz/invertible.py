@@ -71,7 +71,7 @@ def _bound_iters(c, step0, tol):
 def _invert(g, y, x, args, c):
   x_rec, info = invertible.fixed_point_inverse(
       g, y, max_iters=args.max_iters, atol=args.atol, rtol=args.rtol)
-  tol = args.atol + args.rtol * float(jnp.max(jnp.abs(y)))
+  tol = float(info.tolerance)
   return {
       "iters": int(info.num_iters), "converged": bool(info.converged),
       "residual": float(info.residual),

@@ -10,6 +10,15 @@ iterations, which is experiment 3 (experiments/lipschitz/invertible.py).
 `fixed_point_inverse` is a pure function of g (a closure over its weights), so
 it works for any contractive map, e.g. `model.apply(variables, x,
 method=...)` of a Flax module.
+
+Tolerances are floored at what the dtype can resolve. Near the fixed point
+every evaluation of `y - g(x)` is rounded to the spacing of the numbers it
+produces (4.8e-7 for float32 values near 4), so a step can sit at one or two
+ulps forever: a tolerance below that would make "converged" depend on the
+CPU's rounding rather than on the map. The stopping tolerance is therefore
+`max(atol + rtol * max|y|, RESOLUTION_ULPS * eps(dtype) * max|y|)`; a tighter
+request is raised to the floor (not an error), and `InverseInfo.tolerance`
+reports the value that was used.
 """
 
 from __future__ import annotations
@@ -20,6 +29,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+# Rounding of y - g(x) near the fixed point (a few ulps of max|y| for the
+# subtraction, more for the sums inside g) with a margin: 16 ulps.
+RESOLUTION_ULPS = 16
+
 
 class InverseInfo(NamedTuple):
   """Diagnostics of a fixed-point inversion (a pytree, usable under jit).
@@ -29,14 +42,29 @@ class InverseInfo(NamedTuple):
       most atol + rtol * max|y| before max_iters ran out.
     num_iters: int32 scalar, iterations done (evaluations of g).
     residual: float32 scalar, max|x + g(x) - y| at the returned x.
+    tolerance: float32 scalar, the stopping tolerance used: the requested
+      `atol + rtol * max|y|`, or the dtype's resolution floor if larger.
   """
   converged: jax.Array
   num_iters: jax.Array
   residual: jax.Array
+  tolerance: jax.Array
 
 
 def _max_abs(a):
   return jnp.max(jnp.abs(a)).astype(jnp.float32)
+
+
+def resolution_floor(y: jax.Array) -> jax.Array:
+  """The smallest step tolerance `fixed_point_inverse` honours for `y`.
+
+  `RESOLUTION_ULPS * eps(y.dtype) * max|y|`, at least the dtype's smallest
+  normal number (so an all-zero y still gets a positive floor), as a float32
+  scalar.
+  """
+  finfo = jnp.finfo(y.dtype)
+  return jnp.maximum(jnp.float32(RESOLUTION_ULPS * float(finfo.eps))
+                     * _max_abs(y), jnp.float32(finfo.tiny))
 
 
 def fixed_point_inverse(g: Callable[[jax.Array], jax.Array], y: jax.Array, *,
@@ -53,7 +81,8 @@ def fixed_point_inverse(g: Callable[[jax.Array], jax.Array], y: jax.Array, *,
     max_iters: maximum number of iterations (>= 1).
     atol, rtol: stop when max|x_{k+1} - x_k| <= atol + rtol * max|y|. The
       step equals the residual of x_k, so the returned x_{k+1} has residual
-      at most Lip(g) times the tolerance.
+      at most Lip(g) times the tolerance. A request below the dtype's
+      resolution (`resolution_floor(y)`) is raised to it.
     x0: starting point (default: y, i.e. the first iterate is y - g(y)).
 
   Returns:
@@ -65,7 +94,8 @@ def fixed_point_inverse(g: Callable[[jax.Array], jax.Array], y: jax.Array, *,
   if atol < 0 or rtol < 0:
     raise ValueError(f"atol and rtol must be >= 0, got {atol}, {rtol}")
   x = y if x0 is None else x0
-  tol = atol + rtol * _max_abs(y)
+  tol = jnp.maximum(jnp.float32(atol) + jnp.float32(rtol) * _max_abs(y),
+                    resolution_floor(y))
 
   def cond(state):
     _, step, k = state
@@ -79,7 +109,8 @@ def fixed_point_inverse(g: Callable[[jax.Array], jax.Array], y: jax.Array, *,
   init = (x, jnp.asarray(jnp.inf, jnp.float32), jnp.asarray(0, jnp.int32))
   x, step, k = jax.lax.while_loop(cond, body, init)
   residual = _max_abs(x + g(x) - y)
-  return x, InverseInfo(converged=step <= tol, num_iters=k, residual=residual)
+  return x, InverseInfo(converged=step <= tol, num_iters=k, residual=residual,
+                       tolerance=tol)
 
 
 class InvertibleResidual(nn.Module):
