@@ -125,17 +125,22 @@ def test_cache_index_advances_and_state_size(kind):
   assert any(grows) == (kind != "favor_softmax")
 
 
-def brute_force_greedy(model, variables, prompt_BP, max_len):
-  """Greedy decoding by re-running the full causal model at every step."""
-  apply = jax.jit(model.apply)
-  tokens = np.zeros((prompt_BP.shape[0], max_len), np.int32)
-  tokens[:, :prompt_BP.shape[1]] = prompt_BP
-  for t in range(prompt_BP.shape[1] - 1, max_len - 1):
-    # Later (still zero) positions cannot affect position t: the model is
-    # causal, which test_transformer checks.
-    logits = apply(variables, jnp.asarray(tokens))
-    tokens[:, t + 1] = np.argmax(logits[:, t], axis=-1)
-  return tokens
+# Logit gap within which two tokens count as tied: the cached decode and the
+# full forward pass sum in different orders, so a near-tie may break either
+# way; anything wider is a real difference.
+TIE_TOL = 1e-4
+
+
+def assert_greedy(model, variables, tokens_BL, prompt_lengths):
+  """Every token after row b's prompt is an argmax (up to TIE_TOL) of the full
+  causal model's logits at the previous position: what greedy decoding means,
+  checked by re-running the whole model on the decoded sequence."""
+  logits = np.asarray(jax.jit(model.apply)(variables, jnp.asarray(tokens_BL)))
+  tokens_BL = np.asarray(tokens_BL)
+  for b, start in enumerate(prompt_lengths):
+    for t in range(start - 1, tokens_BL.shape[1] - 1):
+      chosen = logits[b, t, tokens_BL[b, t + 1]]
+      assert chosen >= logits[b, t].max() - TIE_TOL, (b, t)
 
 
 @pytest.mark.parametrize("kind", ["softmax", "favor_relu"])
@@ -146,28 +151,25 @@ def test_greedy_matches_brute_force_and_top1_sampling(kind):
                            jax.random.PRNGKey(0), max_len=LEN, greedy=True)
   assert greedy.shape == (BATCH, LEN) and greedy.dtype == jnp.int32
   np.testing.assert_array_equal(greedy[:, :5], prompt)
-  np.testing.assert_array_equal(
-      greedy, brute_force_greedy(model, variables, np.asarray(prompt), LEN))
+  assert_greedy(model, variables, greedy, [5] * BATCH)
   top1 = models.generate(decode_model, variables, prompt,
                          jax.random.PRNGKey(7), max_len=LEN, top_k=1,
                          temperature=0.7)
+  # Same decode path, same logits: top-1 sampling is the same argmax.
   np.testing.assert_array_equal(top1, greedy)
 
 
 def test_prompt_lengths_batch_different_prompts():
-  _, decode_model, variables = built("softmax")
+  model, decode_model, variables = built("softmax")
   prompt = random_tokens(2, (BATCH, 6))
   lengths = jnp.array([6, 3], jnp.int32)
   mixed = models.generate(decode_model, variables, prompt,
                           jax.random.PRNGKey(0), max_len=LEN, greedy=True,
                           prompt_lengths_B=lengths)
-  full = models.generate(decode_model, variables, prompt,
-                         jax.random.PRNGKey(0), max_len=LEN, greedy=True)
-  np.testing.assert_array_equal(mixed[0], full[0])
+  np.testing.assert_array_equal(mixed[0, :6], prompt[0])
   np.testing.assert_array_equal(mixed[1, :3], prompt[1, :3])
-  short = models.generate(decode_model, variables, prompt[:, :3],
-                          jax.random.PRNGKey(0), max_len=LEN, greedy=True)
-  np.testing.assert_array_equal(mixed[1], short[1])
+  # Row 1 continues from its own 3-token prompt, not from prompt[1, 3:6].
+  assert_greedy(model, variables, mixed, [6, 3])
 
 
 def test_sampling_stays_in_vocab_and_depends_on_rng():
