@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments.scaling import timing
 from performer_jax import allocator
-from performer_jax.attention import favor
+from performer_jax import attention
 
 MIB = 2.0 ** 20
 
@@ -59,7 +59,7 @@ def parse_args(argv=None):
   p.add_argument("--lengths", type=_parse_ints,
                  default=[1024, 4096, 16384, 65536])
   p.add_argument("--chunk-sizes", type=_parse_ints,
-                 default=[favor.DEFAULT_CHUNK_SIZE])
+                 default=[attention.DEFAULT_CHUNK_SIZE])
   p.add_argument("--methods", default=",".join(timing.METHODS),
                  help=f"comma-separated subset of {list(timing.METHODS)}")
   p.add_argument("--repeats", type=int, default=5)
@@ -217,8 +217,8 @@ def main(argv=None):
   # slow moment of the machine cannot flatter the GFLOP/s fraction.
   mm = max(mm, timing.matmul_gflops())
   print_table(rows, mm)
-  chunk = (favor.DEFAULT_CHUNK_SIZE
-           if favor.DEFAULT_CHUNK_SIZE in args.chunk_sizes
+  chunk = (attention.DEFAULT_CHUNK_SIZE
+           if attention.DEFAULT_CHUNK_SIZE in args.chunk_sizes
            else args.chunk_sizes[0])
   print(f"\ntargets (favor_causal chunk size {chunk}):")
   for name, verdict in check_targets(rows, mm, chunk).items():

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=g-import-not-at-top
 
 from configs import common  # pylint: disable=g-import-not-at-top
-from performer_jax.attention import favor  # pylint: disable=g-import-not-at-top
+from performer_jax import attention  # pylint: disable=g-import-not-at-top
 from performer_jax.train import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 
 
@@ -102,7 +102,7 @@ def main():
   parser.add_argument("--layers", type=int, default=4)
   parser.add_argument("--num_features", type=int, default=256)
   parser.add_argument("--chunk_size", type=int,
-                      default=favor.DEFAULT_CHUNK_SIZE)
+                      default=attention.DEFAULT_CHUNK_SIZE)
   parser.add_argument("--causal", action=argparse.BooleanOptionalAction,
                       default=True, help="decoder (default) or encoder")
   parser.add_argument("--remat", action=argparse.BooleanOptionalAction,

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 
 from experiments.scaling import timing
 from performer_jax import allocator
-from performer_jax.attention import favor
+from performer_jax import attention
 
 
 def _features(q_BLHD, k_BLHD, w_FD, chunk):
@@ -107,7 +107,7 @@ PIECES = {
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--length", type=int, default=4096)
-  p.add_argument("--chunk-size", type=int, default=favor.DEFAULT_CHUNK_SIZE)
+  p.add_argument("--chunk-size", type=int, default=attention.DEFAULT_CHUNK_SIZE)
   p.add_argument("--rounds", type=int, default=6)
   p.add_argument("--no-tcmalloc", action="store_true",
                  help="keep the system malloc (see performer_jax/allocator.py)")

@@ -33,7 +33,7 @@ fi
 # tests fail rather than skip when PERFORMER_JAX_REQUIRE_KERNEL=1 (the test
 # command sets it), so a machine where this step failed is noticed.
 if ! "${PYTHON}" -c "import sys; from performer_jax.attention import \
-causal_cpu; sys.exit(not causal_cpu.built())" 2>/dev/null; then
+cpu_kernel; sys.exit(not cpu_kernel.built())" 2>/dev/null; then
   if ! command -v g++ >/dev/null || [[ ! -f /usr/include/eigen3/Eigen/Core ]]
   then
     source scripts/apt_lib.sh

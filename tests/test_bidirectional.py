@@ -1,4 +1,4 @@
-"""Tests for the fused bidirectional FAVOR+ VJP (attention/bidirectional.py):
+"""Tests for the fused bidirectional FAVOR+ VJP (attention/fused.py):
 its values and hand-written gradients against autodiff of the plain path."""
 
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from performer_jax.attention import bidirectional
+from performer_jax.attention import fused
 from performer_jax.attention import favor_attention
 from performer_jax.attention import gaussian_orthogonal_random_matrix
 
@@ -37,10 +37,10 @@ def _value_and_grads(implementation, kernel, q, k, v, mask, proj):
 def test_fused_equals_autodiff(kernel, masked, scale):
   q, k, v, mask, proj = _inputs(scale=scale)
   mask = mask if masked else None
-  fused = _value_and_grads("slim", kernel, q, k, v, mask, proj)
+  got = _value_and_grads("slim", kernel, q, k, v, mask, proj)
   plain = _value_and_grads("autodiff", kernel, q, k, v, mask, proj)
-  np.testing.assert_allclose(fused[0], plain[0], rtol=1e-5, atol=1e-5)
-  for g_fused, g_plain in zip(fused[1], plain[1]):
+  np.testing.assert_allclose(got[0], plain[0], rtol=1e-5, atol=1e-5)
+  for g_fused, g_plain in zip(got[1], plain[1]):
     assert np.isfinite(g_fused).all()
     scale_g = np.abs(g_plain).max()
     np.testing.assert_allclose(g_fused, g_plain, atol=2e-4 * scale_g)
@@ -78,9 +78,9 @@ def test_fused_path_is_taken_and_shapes():
   q, k, v, mask, proj = _inputs()
   heads_major = lambda x: jnp.swapaxes(x, 1, 2)
   scale = q.shape[-1] ** -0.25
-  out = heads_major(bidirectional.fused_favor(
+  out = heads_major(fused.bidirectional(
       heads_major(q) * scale, heads_major(k) * scale, heads_major(v), mask,
-      proj))
+      proj, kernel="softmax"))
   assert out.shape == (2, 11, 3, 5) and out.dtype == jnp.float32
   ref = favor_attention(q, k, v, proj, key_mask=mask,
                         implementation="autodiff")

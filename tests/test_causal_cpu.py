@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from performer_jax.attention import causal_cpu
-from performer_jax.attention import favor
+from performer_jax.attention import api
+from performer_jax.attention import cpu_kernel
 from performer_jax.attention import favor_attention
 from performer_jax.attention import gaussian_orthogonal_random_matrix
 from performer_jax.kernels import build
@@ -29,7 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(autouse=True)
 def _needs_kernel(request):
-  if "no_kernel_needed" in request.keywords or causal_cpu.built():
+  if "no_kernel_needed" in request.keywords or cpu_kernel.built():
     return
   message = ("causal FAVOR+ CPU kernel not built: run `python -m "
              "performer_jax.kernels.build`")
@@ -203,14 +203,14 @@ def test_sharded_mesh_matches_one_device():
 
 @pytest.mark.no_kernel_needed
 def test_auto_choice(monkeypatch):
-  monkeypatch.setattr(causal_cpu, "built", lambda: True)
-  resolve = favor.resolve_implementation
+  monkeypatch.setattr(cpu_kernel, "built", lambda: True)
+  resolve = api.resolve_implementation
   assert resolve("auto", "softmax", True) == "kernel"
   assert resolve("auto", square_features, True) == "kernel"
   assert resolve("auto", "softmax_trig", True) == "slim"
   assert resolve("auto", "softmax", False) == "slim"
   assert resolve("autodiff", "softmax", True) == "autodiff"
-  monkeypatch.setattr(causal_cpu, "built", lambda: False)
+  monkeypatch.setattr(cpu_kernel, "built", lambda: False)
   assert resolve("auto", "softmax", True) == "slim"
   with pytest.raises(ValueError, match="implementation must be one of"):
     resolve("fast", "softmax", True)
@@ -225,17 +225,17 @@ def test_signed_features_rejected():
 
 def test_kernel_rejects_mismatched_shapes():
   f32 = lambda *s: jnp.ones(s, jnp.float32)
-  causal_cpu._register()
+  cpu_kernel._register()
   with pytest.raises(Exception, match="expected qf, kf"):
-    causal_cpu._core(f32(2, 8, 4), f32(2, 9, 4), f32(2, 8), f32(2, 8, 3), 4)
+    cpu_kernel._core(f32(2, 8, 4), f32(2, 9, 4), f32(2, 8), f32(2, 8, 3), 4)
 
 
 @pytest.mark.no_kernel_needed
 def test_missing_build_names_the_fix(monkeypatch, tmp_path):
   monkeypatch.setenv("PERFORMER_JAX_KERNEL_DIR", str(tmp_path / "none"))
-  assert not causal_cpu.built()
+  assert not cpu_kernel.built()
   with pytest.raises(RuntimeError, match="performer_jax.kernels.build"):
-    causal_cpu.load_library()
+    cpu_kernel.load_library()
 
 
 @pytest.mark.no_kernel_needed

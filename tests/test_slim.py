@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from performer_jax import attention
-from performer_jax.attention.slim import slim_favor_attention
+from performer_jax.attention import slim_favor_attention
 
 B, L, H, D, M = 2, 37, 2, 8, 16
 CHUNK = 8  # L is not a multiple: exercises the padded last chunk.

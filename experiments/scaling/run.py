@@ -23,7 +23,7 @@ import os
 import time
 
 from experiments.scaling import timing
-from performer_jax.attention import favor
+from performer_jax import attention
 
 MACHINE_BYTES = 24 * timing.GIB
 # Speedup panel: FAVOR method -> the exact method it replaces.
@@ -38,7 +38,7 @@ def parse_args(argv=None):
   p.add_argument("--max-log2", type=int, default=16)
   p.add_argument("--max-quadratic-length", type=int, default=8192,
                  help="time exact/L2 attention only up to this length")
-  p.add_argument("--chunk-size", type=int, default=favor.DEFAULT_CHUNK_SIZE)
+  p.add_argument("--chunk-size", type=int, default=attention.DEFAULT_CHUNK_SIZE)
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--max-seconds", type=float, default=20.0)
   p.add_argument("--methods", default=",".join(timing.METHODS))

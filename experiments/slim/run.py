@@ -32,7 +32,7 @@ import numpy as np
 
 from experiments.scaling import timing
 from performer_jax import attention
-from performer_jax.attention.slim import slim_favor_attention
+from performer_jax.attention import slim_favor_attention
 
 IMPLEMENTATIONS = {
     "autodiff": lambda q, k, v, p, kernel, c: attention.favor_attention(

@@ -1,14 +1,22 @@
-"""Pure attention functions: exact softmax, exact L2 and FAVOR+."""
+"""Pure attention functions: exact softmax, exact L2 and FAVOR+.
 
-from performer_jax.attention.exact import l2_attention
-from performer_jax.attention.exact import softmax_attention
-from performer_jax.attention.favor import favor_attention
+`api.py` holds the public functions, their argument checks and the dispatch
+to the implementations (see its docstring for the map of this package).
+"""
+
+from performer_jax.attention.api import DEFAULT_CHUNK_SIZE
+from performer_jax.attention.api import favor_attention
+from performer_jax.attention.api import IMPLEMENTATIONS
+from performer_jax.attention.api import l2_attention
+from performer_jax.attention.api import slim_favor_attention
+from performer_jax.attention.api import softmax_attention
 from performer_jax.attention.feature_maps import KERNELS
 from performer_jax.attention.random_features import (
     gaussian_orthogonal_random_matrix)
-from performer_jax.attention.slim import slim_favor_attention
 
 __all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "IMPLEMENTATIONS",
     "KERNELS",
     "favor_attention",
     "gaussian_orthogonal_random_matrix",

@@ -2,9 +2,9 @@
 
 Causal FAVOR+ is a linear recurrence: with S = sum_j phi(k_j) [v_j, 1]^T the
 output for a new token is phi(q)^T S normalized by its last column. The state
-is kept relative to a running max of the key log-amplitudes (the same
-stabilizer as the chunked causal path in favor.py), so every factor applied to
-it is <= 1 and decoding reproduces the full forward pass.
+is kept relative to a running max of the key log-amplitudes, and each token
+is one chunk of length 1 of the chunked causal pass (chunked.chunk_terms), so
+decoding reproduces the full forward pass with the same stabilizer.
 """
 
 from __future__ import annotations
@@ -12,17 +12,17 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from performer_jax.attention import chunked
 from performer_jax.attention import feature_maps
+from performer_jax.attention import layout
 
 
 def init_favor_state(batch: int, heads: int, num_features: int,
                      value_dim: int) -> dict[str, jax.Array]:
   """Zero state: `sums [B, H, F, Dv+1]` float32, `max_amp [B, H]` (-inf)."""
-  return {
-      "sums": jnp.zeros((batch, heads, num_features, value_dim + 1),
-                        jnp.float32),
-      "max_amp": jnp.full((batch, heads), -jnp.inf, jnp.float32),
-  }
+  sums, max_amp = chunked.initial_state(batch, heads, num_features,
+                                       value_dim + 1)
+  return {"sums": sums, "max_amp": max_amp}
 
 
 def favor_decode_step(query_BHD: jax.Array, key_BHD: jax.Array,
@@ -44,20 +44,16 @@ def favor_decode_step(query_BHD: jax.Array, key_BHD: jax.Array,
   proj = None if projection is None else projection.astype(jnp.float32)
   feature_fn = feature_maps.resolve(kernel, proj)
   scale = query_BHD.shape[-1] ** -0.25
-  qf_BHF, _ = feature_fn(query_BHD.astype(jnp.float32) * scale)
-  kf_BHF, amp_BH = feature_fn(key_BHD.astype(jnp.float32) * scale)
-  v_BHE = jnp.concatenate(
-      [value_BHD.astype(jnp.float32),
-       jnp.ones(value_BHD.shape[:-1] + (1,), jnp.float32)], axis=-1)
-  sums, max_amp = state["sums"], state["max_amp"]
-  if amp_BH is not None:
-    new_max = jnp.maximum(max_amp, amp_BH)
-    # exp(-inf) = 0 drops the (all-zero) initial state on the first token.
-    sums = sums * jnp.exp(max_amp - new_max)[..., None, None]
-    kf_BHF = kf_BHF * jnp.exp(amp_BH - new_max)[..., None]
-    max_amp = new_max
-  sums = sums + jnp.einsum("bhf,bhe->bhfe", kf_BHF, v_BHE)
-  out_BHE = jnp.einsum("bhf,bhfe->bhe", qf_BHF, sums)
+  # One chunk of one token: the same step as every causal pass.
+  qf_BH1F, _ = feature_fn(query_BHD[:, :, None].astype(jnp.float32) * scale)
+  kf_BH1F, amp_BH1 = feature_fn(key_BHD[:, :, None].astype(jnp.float32)
+                                * scale)
+  v_BH1E = layout.append_ones(value_BHD[:, :, None].astype(jnp.float32))
+  terms = chunked.chunk_terms(qf_BH1F, kf_BH1F, amp_BH1, v_BH1E,
+                              jnp.ones((1, 1), bool), state["max_amp"])
+  out_BHE = chunked.attend(state["sums"], terms)[:, :, 0]
   out_BHD = feature_maps.normalize(out_BHE[..., :-1], out_BHE[..., -1:],
-                            signed_features=kernel == "softmax_trig")
-  return out_BHD.astype(query_BHD.dtype), {"sums": sums, "max_amp": max_amp}
+                                   signed_features=kernel == "softmax_trig")
+  new_state = {"sums": chunked.carry(state["sums"], terms),
+               "max_amp": terms.m_out}
+  return out_BHD.astype(query_BHD.dtype), new_state

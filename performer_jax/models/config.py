@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from performer_jax import config_checks
-from performer_jax.attention import favor
+from performer_jax.attention import api
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 POSEMB_KINDS = ("learned", "sinusoidal")
@@ -25,7 +25,7 @@ _MODEL_KEYS = ("num_layers", "num_heads", "emb_dim", "mlp_dim", "dropout_rate",
                "scan_layers", "attention")
 _ATTENTION_KEYS = ("kind", "kernel", "num_features", "orthogonal", "scaling",
                    "chunk_size", "implementation", "redraw_every")
-IMPLEMENTATIONS = favor.IMPLEMENTATIONS
+IMPLEMENTATIONS = api.IMPLEMENTATIONS
 
 
 def default_model_config() -> ml_collections.ConfigDict:

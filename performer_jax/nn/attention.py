@@ -27,15 +27,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from performer_jax.attention import api
 from performer_jax.attention import decoding
-from performer_jax.attention import exact
-from performer_jax.attention import favor
 from performer_jax.attention import feature_maps
 from performer_jax.attention import random_features
 
 ATTENTION_KINDS = ("softmax", "favor", "l2")
-EXACT_FUNCTIONS = {"softmax": exact.softmax_attention,
-                   "l2": exact.l2_attention}
+EXACT_FUNCTIONS = {"softmax": api.softmax_attention,
+                   "l2": api.l2_attention}
 RF_COLLECTION = "random_features"
 QKV_AXES = ("embed", "heads", "kv")
 OUT_AXES = ("heads", "kv", "embed")
@@ -94,7 +93,7 @@ class MultiHeadAttention(nn.Module):
   num_features: int | None = 256
   orthogonal: bool = True
   scaling: str = "chi"
-  chunk_size: int = favor.DEFAULT_CHUNK_SIZE
+  chunk_size: int = api.DEFAULT_CHUNK_SIZE
   implementation: str = "auto"
   causal: bool = False
   dropout_rate: float = 0.0
@@ -188,7 +187,7 @@ class MultiHeadAttention(nn.Module):
                          "only real tokens.")
       x = self._decode_step(q, k, v, projection)
     elif self.attention == "favor":
-      x = favor.favor_attention(q, k, v, projection, kernel=self.kernel,
+      x = api.favor_attention(q, k, v, projection, kernel=self.kernel,
                                 causal=self.causal, key_mask=key_mask,
                                 chunk_size=self.chunk_size,
                                 implementation=self.implementation)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from performer_jax.attention import favor
+from performer_jax.attention import api
 from performer_jax.attention import feature_maps
 
 
@@ -45,7 +45,7 @@ def _raise_if(bad, causal):
 def make_favor_attention_fn(projection: jax.Array | None, *,
                             kernel: str | feature_maps.FeatureFn = "softmax",
                             causal: bool = False,
-                            chunk_size: int = favor.DEFAULT_CHUNK_SIZE,
+                            chunk_size: int = api.DEFAULT_CHUNK_SIZE,
                             implementation: str = "auto",
                             check_mask: bool = True):
   """Returns an `attention_fn` running FAVOR+ with a fixed projection.
@@ -96,7 +96,7 @@ def make_favor_attention_fn(projection: jax.Array | None, *,
           jax.debug.callback(_raise_if, bad, causal)
         else:
           _raise_if(np.asarray(bad), causal)
-    out = favor.favor_attention(query, key, value, projection, kernel=kernel,
+    out = api.favor_attention(query, key, value, projection, kernel=kernel,
                                 causal=causal, key_mask=key_mask,
                                 chunk_size=chunk_size,
                                 implementation=implementation)

@@ -9,7 +9,8 @@ On XLA:CPU that takes the causal pass from ~3x the bidirectional time to about
 states and in-chunk scores (about 2x SLiM's memory, still linear in L).
 
 Same semantics as the other implementations, tested against them: key
-log-amplitudes are measured against the running max over keys j <= i, so no
+log-amplitudes are measured against the running max over keys j <= i
+(`chunked.running_max`, or its fused form `fused.key_features`), so no
 future key reaches a past output; padded keys are zeroed before the kernel,
 so they drop out of numerator and normalizer alike. Gradients are exact: the
 stabilizer cancels in exact arithmetic, so it is a constant to the backward.
@@ -35,18 +36,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from performer_jax.attention import bidirectional
+from performer_jax.attention import chunked
 from performer_jax.attention import feature_maps
+from performer_jax.attention import fused
 from performer_jax.kernels import build
 
 _FWD = "performer_causal_favor_fwd"
 _FWD_RES = "performer_causal_favor_fwd_res"
 _BWD = "performer_causal_favor_bwd"
 UNSUPPORTED_KERNELS = ("softmax_trig",)
-# Exponential kernels whose features and feature gradients are written by
-# hand (as in bidirectional.py): one fused exp each way instead of autodiff's
-# passes over the [G, L, F] features, which cost more than the kernel itself.
-FUSED_FEATURES = ("softmax", "softmax_hyperbolic")
 
 
 def built() -> bool:
@@ -140,14 +138,14 @@ _core.defvjp(_core_fwd, _core_bwd)
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _fused(x_q, x_k, v, mask, w_FD, chunk):
-  qf = bidirectional.query_features(x_q, w_FD)
-  kf, run = bidirectional.key_features(x_k, w_FD, mask, causal=True)
+  qf = fused.query_features(x_q, w_FD)
+  kf, run = fused.key_features(x_k, w_FD, mask, causal=True)
   return _forward(qf, kf, run, v, chunk)[0]
 
 
 def _fused_fwd(x_q, x_k, v, mask, w_FD, chunk):
-  qf = bidirectional.query_features(x_q, w_FD)
-  kf, run = bidirectional.key_features(x_k, w_FD, mask, causal=True)
+  qf = fused.query_features(x_q, w_FD)
+  kf, run = fused.key_features(x_k, w_FD, mask, causal=True)
   out, res = _forward_with_residuals(qf, kf, run, v, chunk)
   return out, (x_k, w_FD, res)
 
@@ -156,8 +154,7 @@ def _fused_bwd(chunk, saved, g):
   x_k, w_FD, res = saved
   qf, kf = res[:2]
   dq, dk, dv = _backward(chunk, res, g)
-  g_xq, g_xk = bidirectional.feature_input_grads(x_k, w_FD, dq * qf,
-                                                 dk * kf)
+  g_xq, g_xk = fused.feature_input_grads(x_k, w_FD, dq * qf, dk * kf)
   return g_xq, g_xk, dv, None, jnp.zeros_like(w_FD)
 
 
@@ -165,10 +162,9 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
 @functools.partial(jax.named_call, name="favor_causal_kernel")
-def kernel_causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array,
-                  v_BHLE: jax.Array, key_mask_BL: jax.Array | None,
-                  projection: jax.Array | None, *, kernel,
-                  chunk_size: int) -> jax.Array:
+def causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array, v_BHLE: jax.Array,
+           key_mask_BL: jax.Array | None, projection: jax.Array | None, *,
+           kernel, chunk_size: int) -> jax.Array:
   """Causal FAVOR+ on prepared inputs, normalized.
 
   Args:
@@ -188,9 +184,11 @@ def kernel_causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array,
                      f"{kernel!r} (signed features); use implementation="
                      "'slim'.")
   _register()
-  if kernel in FUSED_FEATURES and projection is not None:
-    w_FD = (jnp.concatenate([projection, -projection])
-            if kernel == "softmax_hyperbolic" else projection)
+  if kernel in fused.FUSED_KERNELS and projection is not None:
+    # Features and feature gradients written by hand (fused.py): one fused
+    # exp each way instead of autodiff's passes over the [G, L, F] features,
+    # which cost more than the kernel itself.
+    w_FD = fused.fused_projection(kernel, projection)
     # [B, H] stay separate leading axes (the kernel flattens them): under a
     # mesh, batch and head shardings then pass through the kernel as they are.
     mask_B1L = None if key_mask_BL is None else key_mask_BL[:, None]
@@ -199,17 +197,12 @@ def kernel_causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array,
   feature_fn = feature_maps.resolve(kernel, projection)
   qf_BHLF, _ = feature_fn(x_q_BHLD)
   kf_BHLF, amp_BHL = feature_fn(x_k_BHLD)
-  mask_B1L1 = None if key_mask_BL is None else key_mask_BL[:, None, :, None]
+  mask_B1L = None if key_mask_BL is None else key_mask_BL[:, None, :]
   if amp_BHL is None:
     run_BHL = jnp.zeros(kf_BHLF.shape[:-1], jnp.float32)
   else:
-    if mask_B1L1 is not None:
-      amp_BHL = jnp.where(mask_B1L1[..., 0], amp_BHL, -jnp.inf)
-    # Running max over the keys seen so far: no future key enters it.
-    run_BHL = jax.lax.stop_gradient(jax.lax.cummax(amp_BHL, axis=2))
-    run_BHL = jnp.where(jnp.isfinite(run_BHL), run_BHL, 0.0)
-    kf_BHLF = kf_BHLF * jnp.exp(jnp.minimum(amp_BHL - run_BHL, 0.0))[
-        ..., None]
-  if mask_B1L1 is not None:
-    kf_BHLF = jnp.where(mask_B1L1, kf_BHLF, 0.0)
+    weight_BHL, run_BHL = chunked.running_max(amp_BHL, mask_B1L)
+    kf_BHLF = kf_BHLF * weight_BHL[..., None]
+  if mask_B1L is not None:
+    kf_BHLF = jnp.where(mask_B1L[..., None], kf_BHLF, 0.0)
   return _core(qf_BHLF, kf_BHLF, run_BHL, v_BHLE, int(chunk_size))

@@ -1,7 +1,7 @@
 """Bidirectional FAVOR+ with exponential features: a fused custom VJP.
 
 On a CPU the bidirectional pass is bound by memory traffic over the `[L, F]`
-feature tensors, not by its matmuls. Plain autodiff of `favor.py`'s form
+feature tensors, not by its matmuls. Plain autodiff (autodiff.py)
 keeps the stabilizers, the `den**2` path of the normalizer and a dozen
 elementwise intermediates, each a full pass over `[B, H, L, F]`. This
 version computes the features in one fused `exp` each, stores only them (plus
@@ -37,6 +37,16 @@ import jax.numpy as jnp
 from performer_jax.attention import feature_maps
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+# Kernels whose features are exp(x W^T - |x|^2/2) for some W: written by hand.
+FUSED_KERNELS = ("softmax", "softmax_hyperbolic")
+
+
+def fused_projection(kernel: str, projection_MD: jax.Array) -> jax.Array:
+  """The `[F, D]` projection W of a fused kernel: `W` for "softmax",
+  `[W; -W]` for "softmax_hyperbolic"."""
+  if kernel == "softmax_hyperbolic":
+    return jnp.concatenate([projection_MD, -projection_MD])
+  return projection_MD
 
 
 def query_features(x_GLD, w_FD):
@@ -125,20 +135,19 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
 @functools.partial(jax.named_call, name="favor_bidirectional_fused")
-def fused_favor(x_q_BHLD: jax.Array, x_k_BHSD: jax.Array, v_BHSE: jax.Array,
-                key_mask_BS: jax.Array | None,
-                projection_FD: jax.Array) -> jax.Array:
+def bidirectional(x_q_BHLD: jax.Array, x_k_BHSD: jax.Array, v_BHSE: jax.Array,
+                  key_mask_BS: jax.Array | None, projection_MD: jax.Array, *,
+                  kernel: str) -> jax.Array:
   """Bidirectional positive-feature FAVOR+ with a hand-written VJP.
 
   Args:
     x_q_BHLD, x_k_BHSD: float32 queries and keys, heads-major and already
-      multiplied by the data normalizer `D^(-1/4)` (as `favor_attention`
-      prepares them).
+      multiplied by the data normalizer `D^(-1/4)` (layout.favor_inputs).
     v_BHSE: float32 values, heads-major.
     key_mask_BS: bool or None; padded keys must already hold finite values
-      (`shapes.sanitize_padding`).
-    projection_FD: float32 `[F, D]`, no gradient (use `[W; -W]` for the
-      hyperbolic kernel).
+      (`layout.sanitize_padding`).
+    projection_MD: float32 `[M, D]`, no gradient.
+    kernel: one of FUSED_KERNELS.
 
   Returns:
     float32 `[B, H, L, E]`, normalized.
@@ -151,5 +160,5 @@ def fused_favor(x_q_BHLD: jax.Array, x_k_BHSD: jax.Array, v_BHSE: jax.Array,
   if key_mask_BS is not None:
     mask_GS = flat(jnp.broadcast_to(key_mask_BS[:, None], (b, h, s_len)))
   out_GLE = _fused(flat(x_q_BHLD), flat(x_k_BHSD), flat(v_BHSE), mask_GS,
-                   projection_FD)
+                   fused_projection(kernel, projection_MD))
   return out_GLE.reshape(b, h, length, -1)

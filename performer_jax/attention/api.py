@@ -1,0 +1,226 @@
+"""The public attention functions: argument checks and dispatch.
+
+`favor_attention` (Choromanski et al. 2021), `softmax_attention` and
+`l2_attention` (Kim et al. 2021) take Flax-layout tensors, check them here,
+prepare them once (layout.py) and dispatch to an implementation:
+
+  exact.py        softmax and L2 attention, O(L^2) memory
+  autodiff.py     FAVOR+ in plain JAX (every kernel; the reference)
+  fused.py        bidirectional FAVOR+ with a hand-written VJP
+  slim.py         causal FAVOR+ with a recomputing (SLiM) backward
+  cpu_kernel.py   causal FAVOR+ through a compiled XLA:CPU kernel
+
+All implementations give the same values and gradients (tested against each
+other and a float64 brute force); they differ in speed and memory.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from performer_jax.attention import autodiff
+from performer_jax.attention import cpu_kernel
+from performer_jax.attention import exact
+from performer_jax.attention import feature_maps
+from performer_jax.attention import fused
+from performer_jax.attention import layout
+from performer_jax.attention import slim
+
+DEFAULT_CHUNK_SIZE = 64
+IMPLEMENTATIONS = ("auto", "slim", "autodiff", "kernel")
+
+
+def check_qkv(query: jax.Array, key: jax.Array, value: jax.Array,
+              key_mask: jax.Array | None, *, name: str) -> None:
+  """Raises ValueError when the shapes or dtypes of a call are unusable."""
+  for arg_name, arr in (("query", query), ("key", key), ("value", value)):
+    if arr.ndim < 3:
+      raise ValueError(
+          f"{name}: {arg_name} must have shape [batch..., length, heads, "
+          f"head_dim], got shape {arr.shape}.")
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+      raise TypeError(
+          f"{name}: {arg_name} must be a floating-point array, got dtype "
+          f"{arr.dtype}. Attention on integer or bool inputs would be "
+          f"truncated back to that dtype; cast first, e.g. "
+          f"`{arg_name}.astype(jnp.float32)`.")
+  if query.ndim != key.ndim or key.ndim != value.ndim:
+    raise ValueError(
+        f"{name}: query, key and value must have the same rank, got shapes "
+        f"{query.shape}, {key.shape}, {value.shape}.")
+  if key.shape[:-1] != value.shape[:-1]:
+    raise ValueError(
+        f"{name}: key and value must agree on [batch..., kv_len, heads], got "
+        f"key {key.shape} and value {value.shape}.")
+  if query.shape[:-3] != key.shape[:-3] or query.shape[-2] != key.shape[-2]:
+    raise ValueError(
+        f"{name}: query and key must agree on batch dims and heads, got query "
+        f"{query.shape} and key {key.shape}.")
+  if query.shape[-1] != key.shape[-1]:
+    raise ValueError(
+        f"{name}: query and key head_dim differ: {query.shape[-1]} vs "
+        f"{key.shape[-1]}.")
+  if key_mask is not None:
+    expected = key.shape[:-2]
+    if tuple(key_mask.shape) != tuple(expected):
+      raise ValueError(
+          f"{name}: key_mask must have shape [batch..., kv_len] = {expected} "
+          f"(True = attend), got {tuple(key_mask.shape)}. For a Flax-style "
+          "[batch, heads, q_len, kv_len] mask use "
+          "performer_jax.nn.make_favor_attention_fn.")
+    if key_mask.dtype != jnp.bool_:
+      raise ValueError(
+          f"{name}: key_mask must be boolean (True = attend), got dtype "
+          f"{key_mask.dtype}. Convert with `mask.astype(bool)`.")
+
+
+def resolve_implementation(implementation: str, kernel, causal: bool) -> str:
+  """Maps "auto" to the implementation that runs: "kernel" for causal
+  attention on the CPU backend when the kernel is built and serves `kernel`,
+  else "slim". Other names pass through."""
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got "
+                     f"{implementation!r}.")
+  if implementation == "auto":
+    use_kernel = (causal and cpu_kernel.supports(kernel) and
+                  jax.default_backend() == "cpu" and cpu_kernel.built())
+    return "kernel" if use_kernel else "slim"
+  return implementation
+
+
+@functools.partial(jax.named_call, name="favor_attention")
+def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                    projection: jax.Array | None, *,
+                    kernel: str | feature_maps.FeatureFn = "softmax",
+                    causal: bool = False,
+                    key_mask: jax.Array | None = None,
+                    chunk_size: int = DEFAULT_CHUNK_SIZE,
+                    implementation: str = "auto") -> jax.Array:
+  """FAVOR+ approximation of `softmax_attention(query, key, value)`.
+
+  Args:
+    query: `[batch..., L, H, D]`, floating point.
+    key: `[batch..., S, H, D]` (S == L when causal).
+    value: `[batch..., S, H, Dv]`.
+    projection: `[M, D]` random features from
+      `gaussian_orthogonal_random_matrix`, shared by all heads; None only for
+      kernel "relu" (the deterministic `relu(x) + eps` features) or a user
+      function that needs none.
+    kernel: "softmax" (positive features, default), "softmax_hyperbolic",
+      "softmax_trig", "relu", or a function `(x [..., D], projection) ->
+      features [..., F] >= 0`. x is pre-scaled by `D^(-1/4)`. Features must
+      be non-negative except for "softmax_trig".
+    causal: query i sees keys j <= i only.
+    key_mask: bool `[batch..., S]`, True = attend. Padded keys are removed from
+      the numerator and the normalizer whatever they contain.
+    chunk_size: C, tokens per chunk in causal mode. Work per token grows with
+      C (the intra-chunk product), per-chunk overhead shrinks with it.
+    implementation: "auto" (default): "kernel" for causal attention on the
+      CPU backend when the kernel is built and supports `kernel`, else
+      "slim". "kernel": the compiled XLA:CPU causal kernel (cpu_kernel.py;
+      bidirectional mode runs as "slim"). "slim": custom VJPs; in causal mode
+      the state entering each chunk is stored and features are recomputed on
+      the way back (the SLiM paper's trade-off; ~2x faster than autodiff on
+      CPU); in bidirectional mode, for the "softmax" and "softmax_hyperbolic"
+      kernels, `fused.bidirectional` stores only the features and runs a
+      hand-written backward pass. "autodiff": plain autodiff of the same
+      function (every kernel), which stores every feature tensor.
+
+  Returns:
+    `[batch..., L, H, Dv]` in the inputs' dtype. Features, exp, normalizer and
+    all accumulation are float32.
+
+  Raises:
+    ValueError, TypeError: naming the argument and the fix.
+  """
+  check_qkv(query, key, value, key_mask, name="favor_attention")
+  if causal and query.shape[-3] != key.shape[-3]:
+    raise ValueError(
+        "favor_attention: causal mode needs q_len == kv_len (self-attention), "
+        f"got query {query.shape} and key {key.shape}. For token-by-token "
+        "decoding use performer_jax.nn.MultiHeadAttention(decode=True).")
+  if projection is not None and (projection.ndim != 2 or
+                                 projection.shape[-1] != query.shape[-1] or
+                                 projection.shape[0] < 1):
+    raise ValueError(
+        f"favor_attention: projection must be [num_features >= 1, head_dim="
+        f"{query.shape[-1]}], got {projection.shape}. Draw one with "
+        "gaussian_orthogonal_random_matrix(rng, num_features, head_dim).")
+  if int(chunk_size) <= 0:
+    raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
+  implementation = resolve_implementation(implementation, kernel, causal)
+  proj = None if projection is None else jax.lax.stop_gradient(
+      projection.astype(jnp.float32))
+  feature_maps.resolve(kernel, proj)  # Checks kernel and projection.
+  flat = layout.flatten(query, key, value, key_mask)
+  x_q_BHLD, x_k_BHSD, v_BHSD = layout.favor_inputs(flat)
+  args = (x_q_BHLD, x_k_BHSD, v_BHSD, flat.key_mask_BS, proj)
+  if causal:
+    causal_impl = {"kernel": cpu_kernel.causal, "slim": slim.causal,
+                   "autodiff": autodiff.causal}[implementation]
+    out_BHLD = causal_impl(*args, kernel=kernel, chunk_size=int(chunk_size))
+  elif implementation != "autodiff" and kernel in fused.FUSED_KERNELS:
+    out_BHLD = fused.bidirectional(*args, kernel=kernel)
+  else:
+    out_BHLD = autodiff.bidirectional(*args, kernel=kernel)
+  return layout.restore(jnp.swapaxes(out_BHLD, 1, 2), flat)
+
+
+def slim_favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                         projection: jax.Array | None, *,
+                         kernel: str | feature_maps.FeatureFn = "softmax",
+                         causal: bool = True,
+                         key_mask: jax.Array | None = None,
+                         chunk_size: int = DEFAULT_CHUNK_SIZE) -> jax.Array:
+  """`favor_attention(..., implementation="slim")`, causal by default.
+
+  Backward memory beyond q, k, v is about
+  `(L / C) * H * M * (Dv + 1) + H * C^2` floats per batch element.
+  """
+  return favor_attention(query, key, value, projection, kernel=kernel,
+                         causal=causal, key_mask=key_mask,
+                         chunk_size=chunk_size, implementation="slim")
+
+
+def softmax_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
+                      causal: bool = False,
+                      key_mask: jax.Array | None = None) -> jax.Array:
+  """Exact softmax attention with logits `q.k / sqrt(head_dim)`.
+
+  Args:
+    query: `[batch..., Lq, H, D]`, floating point.
+    key: `[batch..., Lk, H, D]`.
+    value: `[batch..., Lk, H, Dv]`.
+    causal: query i attends to keys j <= i + (Lk - Lq).
+    key_mask: bool `[batch..., Lk]`, True = attend. Padded keys are removed
+      whatever they contain; a query with no visible key outputs zeros.
+
+  Returns:
+    `[batch..., Lq, H, Dv]` in the inputs' dtype (float32 inside).
+  """
+  check_qkv(query, key, value, key_mask, name="softmax_attention")
+  flat = layout.flatten(query, key, value, key_mask)
+  return layout.restore(exact.softmax(flat, causal=causal), flat)
+
+
+def l2_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
+                 causal: bool = False,
+                 key_mask: jax.Array | None = None,
+                 keep_self: bool = True) -> jax.Array:
+  """Exact L2 attention (Kim et al. 2021): logits `-||q_i - k_j||^2 / sqrt(D)`.
+
+  A query's attention to its own position (key position i + Lk - Lq) is never
+  masked out, neither by `causal` nor by `key_mask`, as in the paper; this also
+  means no query is ever left with an empty set of keys.
+
+  Args and returns as `softmax_attention`, plus `keep_self`: set it False
+  only when the caller's key_mask already covers the query's own position
+  (token-by-token decoding against a key cache does this).
+  """
+  check_qkv(query, key, value, key_mask, name="l2_attention")
+  flat = layout.flatten(query, key, value, key_mask)
+  return layout.restore(exact.l2(flat, causal=causal, keep_self=keep_self),
+                        flat)
