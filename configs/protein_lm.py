@@ -1,11 +1,11 @@
 """Protein causal language modelling (the Performer paper's unidirectional
 TrEMBL task).
 
-Launch (from the repository root):
-  performer-train --config=configs/protein_lm.py:cpu --workdir=/tmp/plm
-  performer-train --config=configs/protein_lm.py:cpu,softmax --workdir=/tmp/plm_sm
+Launch (from any directory):
+  performer-train --config=protein_lm:cpu --workdir=/tmp/plm
+  performer-train --config=protein_lm:cpu,softmax --workdir=/tmp/plm_sm
 
-Argument: `<variant>[,<attention>]` as configs/protein_mlm.py. Each sequence
+Argument: `<variant>[,<attention>]` as protein_mlm. Each sequence
 is `[BOS, residues, EOS]`; rows are windows of L+1 tokens, predicting every
 next token (padding excluded from the loss).
 
@@ -14,13 +14,13 @@ Transformer 30.80% accuracy / perplexity 9.37, Performer-ReLU 31.58% / 9.17;
 the empirical (unigram) baseline 9.92% / 17.80.
 """
 
-from configs import options
+from performer_jax.configs import options
 
 
 def get_config(arg: str = ""):
-  # The paper's protein architecture, as configs/protein_mlm.py.
   return options.build(
       "protein_lm", arg,
-      paper_model=dict(num_layers=36, num_heads=8, emb_dim=512, mlp_dim=1024,
-                       num_features=256),
-      paper_steps=500_000, paper_warmup=10_000)
+      paper={"model.num_layers": 36, "model.num_heads": 8,
+             "model.emb_dim": 512, "model.mlp_dim": 1024,
+             "model.attention.num_features": 256,
+             "optimizer.warmup_steps": 10_000, "trainer.steps": 500_000})

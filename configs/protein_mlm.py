@@ -1,15 +1,16 @@
 """Protein masked language modelling (the Performer paper's TrEMBL task).
 
-Launch (from the repository root):
-  performer-train --config=configs/protein_mlm.py:cpu --workdir=/tmp/pmlm
-  performer-train --config=configs/protein_mlm.py:cpu,favor_relu \
+Launch (from any directory):
+  performer-train --config=protein_mlm:cpu --workdir=/tmp/pmlm
+  performer-train --config=protein_mlm:cpu,favor_relu \
       --workdir=/tmp/pmlm_relu
-  performer-train --config=configs/protein_mlm.py:paper \
+  performer-train --config=protein_mlm:paper \
       --config.data.train_path=/data/uniprot_trembl.fasta.gz \
       --config.data.eval_path=/data/heldout.fasta.gz --workdir=gs://...
 
 Argument: `<variant>[,<attention>]`, variant smoke | cpu (default) | paper,
-attention softmax | favor (default) | favor_relu | l2 (see configs/options.py).
+attention softmax | favor (default) | favor_relu | l2 | l2_invertible
+(see configs/options.py).
 
 Data: 15% of residues are selected (80% -> [MASK], 10% -> a random amino
 acid, 10% unchanged); loss and accuracy are on the selected residues only.
@@ -30,12 +31,13 @@ for the full table measured on a 2-core CPU with this file):
          layers, 8 heads, d_model 512, d_ff 1024, 256 features, bf16.
 """
 
-from configs import options
+from performer_jax.configs import options
 
 
 def get_config(arg: str = ""):
   return options.build(
       "protein_mlm", arg,
-      paper_model=dict(num_layers=36, num_heads=8, emb_dim=512, mlp_dim=1024,
-                       num_features=256),
-      paper_steps=500_000, paper_warmup=10_000)
+      paper={"model.num_layers": 36, "model.num_heads": 8,
+             "model.emb_dim": 512, "model.mlp_dim": 1024,
+             "model.attention.num_features": 256,
+             "optimizer.warmup_steps": 10_000, "trainer.steps": 500_000})

@@ -22,14 +22,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top
 
-from configs import common  # pylint: disable=g-import-not-at-top
 from performer_jax import attention  # pylint: disable=g-import-not-at-top
+from performer_jax.configs import copy as copy_config  # pylint: disable=g-import-not-at-top
 from performer_jax.train import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 
 
 def bench_config(kind, seq_len, args):
-  config = common.get_base_config()
-  config.task = "copy"
+  config = copy_config.get_config("cpu")
   config.data.batch_size = args.batch
   config.data.seq_len = seq_len
   config.data.vocab_size = 256
@@ -53,6 +52,7 @@ def bench_config(kind, seq_len, args):
     config.trainer.microbatches = max(
         1, args.batch * seq_len // args.microbatch_tokens)
   config.optimizer.warmup_steps = 1
+  config.optimizer.weight_decay = 0.1
   config.trainer.steps = args.steps + 1
   config.trainer.progress = "log"
   return config

@@ -12,5 +12,5 @@ export JAX_PLATFORMS=cpu
 WORKDIR="${1:-workdirs/protein_mlm_cpu}"
 shift || true
 "${PYTHON:-python3}" -m performer_jax.train \
-  --config=configs/protein_mlm.py:cpu --workdir="${WORKDIR}" "$@"
+  --config=protein_mlm:cpu --workdir="${WORKDIR}" "$@"
 "${PYTHON:-python3}" scripts/summarize_run.py "${WORKDIR}"

@@ -10,6 +10,7 @@ inherit the flags through the environment.
 """
 
 import os
+import pathlib
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _FAST_COMPILE = ("--xla_backend_optimization_level=0",
@@ -27,13 +28,17 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # Modules whose tests start subprocesses or train whole models: they run
 # first, so that the two xdist workers finish together instead of one idling
 # while the other works through a long tail.
-_FIRST = ("test_multihost.py", "test_train_e2e.py", "test_task_configs.py",
-          "test_experiments_claims.py", "test_config.py")
+_FIRST = ("train/test_multihost.py", "train/test_e2e.py",
+          "configs/test_task_configs.py", "test_packaging.py",
+          "experiments/test_claims.py", "config/test_experiment.py")
 
 
 def pytest_collection_modifyitems(config, items):
   del config
   def rank(item):
-    name = os.path.basename(str(item.fspath))
-    return _FIRST.index(name) if name in _FIRST else len(_FIRST)
+    path = pathlib.Path(str(item.fspath)).as_posix()
+    for i, name in enumerate(_FIRST):
+      if path.endswith("tests/" + name):
+        return i
+    return len(_FIRST)
   items.sort(key=rank)

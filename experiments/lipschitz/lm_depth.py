@@ -74,7 +74,7 @@ def parse_args(argv=None):
 
 def make_config(args, kind: str, depth: int):
   """The text_lm training config of one run."""
-  from configs import text_lm  # the repository-root config package
+  from performer_jax.configs import text_lm  # pylint: disable=g-import-not-at-top
   config = text_lm.get_config("smoke," + ("softmax" if kind == "dot"
                                           else "l2"))
   config.data.seq_len = args.seq_len

@@ -4,6 +4,7 @@
 to the implementations (see its docstring for the map of this package).
 """
 
+from performer_jax.attention.api import ATTENTION_KINDS
 from performer_jax.attention.api import DEFAULT_CHUNK_SIZE
 from performer_jax.attention.api import favor_attention
 from performer_jax.attention.api import IMPLEMENTATIONS
@@ -15,6 +16,7 @@ from performer_jax.attention.random_features import (
     gaussian_orthogonal_random_matrix)
 
 __all__ = [
+    "ATTENTION_KINDS",
     "DEFAULT_CHUNK_SIZE",
     "IMPLEMENTATIONS",
     "KERNELS",

@@ -31,6 +31,9 @@ from performer_jax.attention import slim
 
 DEFAULT_CHUNK_SIZE = 64
 IMPLEMENTATIONS = ("auto", "slim", "autodiff", "kernel")
+# The attention kinds a module or config can choose: exact softmax, FAVOR+,
+# exact L2 (Lipschitz with tied weights).
+ATTENTION_KINDS = ("softmax", "favor", "l2")
 
 
 def check_qkv(query: jax.Array, key: jax.Array, value: jax.Array,

@@ -42,7 +42,7 @@ from performer_jax.lipschitz import bounds
 from performer_jax.nn import MultiHeadAttention
 
 
-def _check_c_norm(c, norm):
+def check_c_norm(c, norm):
   if not 0.0 < c < 1.0:
     raise ValueError(f"c must be in (0, 1) for a contraction, got {c}")
   if norm not in bounds.NORMS:
@@ -78,7 +78,7 @@ class ContractiveL2Attention(nn.Module):
   def __call__(self, x_BLD: jax.Array, *, key_mask: jax.Array | None = None,
                deterministic: bool = True) -> jax.Array:
     """[B, L, D] -> [B, L, D] (dtype of the attention module)."""
-    _check_c_norm(self.c, self.norm)
+    check_c_norm(self.c, self.norm)
     attention = MultiHeadAttention(
         num_heads=self.num_heads, qkv_features=self.qkv_features,
         attention="l2", causal=self.causal, dtype=self.dtype,
@@ -172,7 +172,7 @@ class ContractiveMlp(nn.Module):
   @nn.compact
   def __call__(self, x_BLD: jax.Array) -> jax.Array:
     """[B, L, D] -> [B, L, D]."""
-    _check_c_norm(self.c, self.norm)
+    check_c_norm(self.c, self.norm)
     dense = lambda features, axes, name: NormalizedDense(
         features, norm=self.norm, stop_gradient_norm=self.stop_gradient_norm,
         kernel_axes=axes, dtype=self.dtype, param_dtype=self.param_dtype,

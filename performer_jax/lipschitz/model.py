@@ -18,41 +18,17 @@ and built from the same `model` config section by `make_invertible_model`.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from performer_jax.lipschitz import bounds
+from performer_jax.config.sections import ModelConfig
 from performer_jax.lipschitz import contractive
 from performer_jax.lipschitz import invertible
-from performer_jax.models import config as config_lib
 from performer_jax.models import embeddings
-
-
-@dataclasses.dataclass(frozen=True)
-class InvertibleConfig:
-  """Static hyperparameters of `InvertibleL2Transformer`.
-
-  c and norm: every residual branch has Lip_norm <= c < 1.
-  """
-  vocab_size: int
-  causal: bool
-  num_layers: int
-  num_heads: int
-  emb_dim: int
-  mlp_dim: int
-  max_len: int
-  dropout_rate: float = 0.0
-  posemb: str = "learned"
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  c: float = 0.9
-  norm: str = "inf"
-  stop_gradient_bound: bool = False
+from performer_jax.models import transformer
 
 
 class InvertibleL2Transformer(nn.Module):
@@ -61,31 +37,42 @@ class InvertibleL2Transformer(nn.Module):
   Params: token_embed, pos_embed, blocks_{2i} (attention of layer i),
   blocks_{2i+1} (MLP of layer i), ln_final. Each block holds its branch under
   "branch".
+
+  Attributes:
+    config: the model section (num_layers, num_heads, emb_dim, mlp_dim,
+      max_len, dropout_rate on the embeddings, posemb, dtypes).
+    vocab_size, causal: as `Transformer`.
+    c, norm: every residual branch has Lip_norm <= c < 1.
+    stop_gradient_bound: stop gradients through the normalizers.
   """
-  config: InvertibleConfig
+  config: ModelConfig
+  vocab_size: int
+  causal: bool
+  c: float = 0.9
+  norm: str = "inf"
+  stop_gradient_bound: bool = False
 
   def setup(self):
     cfg = self.config
+    dtypes = dict(dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype)
     self.token_embed = embeddings.TiedEmbedding(
-        cfg.vocab_size, cfg.emb_dim, dtype=cfg.dtype,
-        param_dtype=cfg.param_dtype)
+        self.vocab_size, cfg.emb_dim, **dtypes)
     self.pos_embed = embeddings.PositionEmbedding(
         cfg.max_len, cfg.emb_dim, posemb=cfg.posemb,
-        param_dtype=cfg.param_dtype)
+        param_dtype=cfg.storage_dtype)
     blocks = []
     for _ in range(cfg.num_layers):
       blocks.append(invertible.InvertibleResidual(
           contractive.ContractiveL2Attention(
-              num_heads=cfg.num_heads, c=cfg.c, norm=cfg.norm,
-              causal=cfg.causal, stop_gradient_bound=cfg.stop_gradient_bound,
-              dtype=cfg.dtype, param_dtype=cfg.param_dtype)))
+              num_heads=cfg.num_heads, c=self.c, norm=self.norm,
+              causal=self.causal,
+              stop_gradient_bound=self.stop_gradient_bound, **dtypes)))
       blocks.append(invertible.InvertibleResidual(
           contractive.ContractiveMlp(
-              hidden_dim=cfg.mlp_dim, c=cfg.c, norm=cfg.norm,
-              stop_gradient_norm=cfg.stop_gradient_bound,
-              dtype=cfg.dtype, param_dtype=cfg.param_dtype)))
+              hidden_dim=cfg.mlp_dim, c=self.c, norm=self.norm,
+              stop_gradient_norm=self.stop_gradient_bound, **dtypes)))
     self.blocks = blocks
-    self.ln_final = nn.LayerNorm(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    self.ln_final = nn.LayerNorm(**dtypes)
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
   def _block_kwargs(self, index: int, key_mask_BL):
@@ -157,12 +144,11 @@ def invert_hidden(model: InvertibleL2Transformer, variables, h_BLD: jax.Array,
   return x_BLD, infos
 
 
-def make_invertible_model(model_config: ml_collections.ConfigDict, *,
-                          vocab_size: int, causal: bool, c: float = 0.9,
-                          norm: str = "inf",
+def make_invertible_model(model: ModelConfig | Any, *, vocab_size: int,
+                          causal: bool, c: float = 0.9, norm: str = "inf",
                           stop_gradient_bound: bool = False
                           ) -> InvertibleL2Transformer:
-  """Builds an `InvertibleL2Transformer` from a `model` config section.
+  """Builds an `InvertibleL2Transformer` from a model section.
 
   Uses num_layers, num_heads, emb_dim, mlp_dim, max_len, dropout_rate (on the
   embeddings only), posemb, dtype and param_dtype. attention.kind must be
@@ -170,7 +156,7 @@ def make_invertible_model(model_config: ml_collections.ConfigDict, *,
   ignored; scan_layers=True is not supported.
 
   Args:
-    model_config: a section accepted by `validate_model_config`.
+    model: a ModelConfig, or a ConfigDict/mapping it is parsed from.
     vocab_size: number of token ids.
     causal: causal (decoder) or bidirectional model.
     c: Lipschitz constant of every residual branch, in (0, 1).
@@ -180,28 +166,17 @@ def make_invertible_model(model_config: ml_collections.ConfigDict, *,
   Raises:
     ValueError: naming the bad key or argument.
   """
-  config_lib.validate_model_config(model_config)
-  if model_config.attention.kind != "l2":
+  model = model if isinstance(model, ModelConfig) else ModelConfig.parse(
+      model)
+  if model.attention.kind != "l2":
     raise ValueError("make_invertible_model builds contractive L2 attention; "
                      "set model.attention.kind = 'l2' (got "
-                     f"{model_config.attention.kind!r})")
-  if model_config.scan_layers:
+                     f"{model.attention.kind!r})")
+  if model.scan_layers:
     raise ValueError("model.scan_layers=True is not supported by the "
                      "invertible model; set it to False")
-  if (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)
-      or vocab_size < 1):
-    raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
-  if not 0.0 < c < 1.0:
-    raise ValueError(f"c must be in (0, 1), got {c}")
-  if norm not in bounds.NORMS:
-    raise ValueError(f"norm must be one of {bounds.NORMS}, got {norm!r}")
-  return InvertibleL2Transformer(InvertibleConfig(
-      vocab_size=vocab_size, causal=bool(causal),
-      num_layers=model_config.num_layers, num_heads=model_config.num_heads,
-      emb_dim=model_config.emb_dim, mlp_dim=model_config.mlp_dim,
-      max_len=model_config.max_len,
-      dropout_rate=float(model_config.dropout_rate),
-      posemb=model_config.posemb,
-      dtype=config_lib.DTYPES[model_config.dtype],
-      param_dtype=config_lib.DTYPES[model_config.param_dtype],
-      c=float(c), norm=norm, stop_gradient_bound=stop_gradient_bound))
+  transformer.check_vocab_size(vocab_size)
+  contractive.check_c_norm(c, norm)
+  return InvertibleL2Transformer(model, vocab_size=vocab_size,
+                                 causal=bool(causal), c=float(c), norm=norm,
+                                 stop_gradient_bound=stop_gradient_bound)

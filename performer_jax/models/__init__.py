@@ -1,7 +1,6 @@
 """Transformer language models (encoder and decoder-only) and decoding."""
 
-from performer_jax.models.config import default_model_config
-from performer_jax.models.config import validate_model_config
+from performer_jax.config.sections import ModelConfig
 from performer_jax.models.decoding import decode_logits
 from performer_jax.models.decoding import decode_step
 from performer_jax.models.decoding import generate
@@ -10,4 +9,9 @@ from performer_jax.models.decoding import sample_logits
 from performer_jax.models.transformer import LOGICAL_AXIS_RULES
 from performer_jax.models.transformer import make_model
 from performer_jax.models.transformer import Transformer
-from performer_jax.models.transformer import TransformerConfig
+
+
+def default_model_config():
+  """The model section's defaults as a ConfigDict (a starting point to edit
+  and pass to `make_model`)."""
+  return ModelConfig.defaults()

@@ -25,7 +25,7 @@ Variables = dict[str, Any]
 
 
 def _check_decode_model(model: Transformer) -> None:
-  if not isinstance(model, Transformer) or not model.config.decode:
+  if not isinstance(model, Transformer) or not model.decode:
     raise ValueError("decoding needs a model built with make_model(..., "
                      "causal=True, decode=True)")
 
@@ -151,9 +151,9 @@ def generate(model: Transformer, variables: Variables, prompt_BP: jax.Array,
   if not 1 <= prompt_len <= max_len:
     raise ValueError(f"prompt length {prompt_len} must be in [1, max_len="
                      f"{max_len}]")
-  if not 0 <= top_k <= model.config.vocab_size:
+  if not 0 <= top_k <= model.vocab_size:
     raise ValueError(f"top_k must be in [0, vocab_size="
-                     f"{model.config.vocab_size}], got {top_k}")
+                     f"{model.vocab_size}], got {top_k}")
   if not greedy and isinstance(temperature, (int, float)) and temperature <= 0:
     raise ValueError(f"temperature must be > 0, got {temperature}; use "
                      "greedy=True for argmax decoding")

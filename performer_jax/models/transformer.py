@@ -19,15 +19,13 @@ stacked along a leading "layers" axis, so a 36-layer model compiles one block.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from performer_jax.models import config as config_lib
+from performer_jax.config.sections import ModelConfig
 from performer_jax.models import embeddings
 from performer_jax.nn import MultiHeadAttention
 
@@ -46,49 +44,20 @@ LOGICAL_AXIS_RULES = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class TransformerConfig:
-  """Static (hashable) hyperparameters of a `Transformer`.
-
-  Built from a validated `model` ConfigDict by `make_model`; see
-  config.py for the meaning and allowed values of each field.
-  """
-  vocab_size: int
-  causal: bool
-  num_layers: int
-  num_heads: int
-  emb_dim: int
-  mlp_dim: int
-  max_len: int
-  dropout_rate: float = 0.0
-  posemb: str = "learned"
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  remat: bool = False
-  scan_layers: bool = False
-  attention: str = "softmax"
-  kernel: str = "softmax"
-  num_features: int = 0
-  orthogonal: bool = True
-  scaling: str = "chi"
-  chunk_size: int = 128
-  implementation: str = "auto"
-  decode: bool = False
-
-
-def _ln(cfg: TransformerConfig, name: str) -> nn.LayerNorm:
+def _ln(cfg: ModelConfig, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(
-      dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
+      dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, name=name,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones,
                                               ("embed",)),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
                                              ("embed",)))
 
 
-def _dense(cfg: TransformerConfig, features: int, axes: tuple[str, str],
+def _dense(cfg: ModelConfig, features: int, axes: tuple[str, str],
            name: str) -> nn.Dense:
   return nn.Dense(
-      features, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
+      features, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
+      name=name,
       kernel_init=nn.with_logical_partitioning(
           nn.initializers.xavier_uniform(), axes),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
@@ -97,7 +66,7 @@ def _dense(cfg: TransformerConfig, features: int, axes: tuple[str, str],
 
 class MlpBlock(nn.Module):
   """[B, L, D] -> [B, L, D]: Dense(mlp_dim) -> gelu -> Dense(emb_dim)."""
-  config: TransformerConfig
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array) -> jax.Array:
@@ -109,7 +78,9 @@ class MlpBlock(nn.Module):
 
 class TransformerBlock(nn.Module):
   """One pre-LN block. Returns `(x, None)` so that `nn.scan` can stack it."""
-  config: TransformerConfig
+  config: ModelConfig
+  causal: bool
+  decode: bool
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, key_mask_BL: jax.Array | None,
@@ -118,13 +89,10 @@ class TransformerBlock(nn.Module):
     h_BLD = _ln(cfg, "ln_attention")(x_BLD)
     # The residual dropout below already drops the attention output, so the
     # module's own dropout (on the head outputs) stays off.
-    h_BLD = MultiHeadAttention(
-        num_heads=cfg.num_heads, attention=cfg.attention, kernel=cfg.kernel,
-        num_features=cfg.num_features, orthogonal=cfg.orthogonal,
-        scaling=cfg.scaling, chunk_size=cfg.chunk_size,
-        implementation=cfg.implementation, causal=cfg.causal,
-        dropout_rate=0.0, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-        decode=cfg.decode, name="attention")(
+    h_BLD = MultiHeadAttention.from_config(
+        cfg.attention, num_heads=cfg.num_heads, causal=self.causal,
+        dropout_rate=0.0, dtype=cfg.compute_dtype,
+        param_dtype=cfg.storage_dtype, decode=self.decode, name="attention")(
             h_BLD, key_mask=key_mask_BL, deterministic=deterministic)
     h_BLD = nn.Dropout(cfg.dropout_rate)(h_BLD, deterministic=deterministic)
     x_BLD = x_BLD + h_BLD
@@ -138,11 +106,21 @@ class TransformerBlock(nn.Module):
 class Transformer(nn.Module):
   """Encoder (`causal=False`) or decoder-only (`causal=True`) language model.
 
+  Attributes:
+    config: the model section (config.sections.ModelConfig).
+    vocab_size: number of token ids (input and output).
+    causal: decoder-only (causal LM) if True, else encoder (masked LM).
+    decode: one token per call on a "cache" (causal only); shares the
+      parameter tree of the `decode=False` model.
+
   Variables: "params"; "random_features" (FAVOR with a projection, one per
   layer, stacked along axis 0 when `scan_layers`); "cache" when `decode`.
   Init rngs: {"params", "random_features"}; training also needs "dropout".
   """
-  config: TransformerConfig
+  config: ModelConfig
+  vocab_size: int
+  causal: bool
+  decode: bool = False
 
   @nn.compact
   def __call__(self, inputs_BL: jax.Array, *,
@@ -171,14 +149,14 @@ class Transformer(nn.Module):
     if key_mask_BL is not None:
       key_mask_BL = key_mask_BL.astype(jnp.bool_)
 
-    embed = embeddings.TiedEmbedding(cfg.vocab_size, cfg.emb_dim,
-                                     dtype=cfg.dtype,
-                                     param_dtype=cfg.param_dtype,
+    embed = embeddings.TiedEmbedding(self.vocab_size, cfg.emb_dim,
+                                     dtype=cfg.compute_dtype,
+                                     param_dtype=cfg.storage_dtype,
                                      name="token_embed")
     x_BLD = embed(inputs_BL)
     x_BLD = embeddings.PositionEmbedding(
-        cfg.max_len, cfg.emb_dim, posemb=cfg.posemb, decode=cfg.decode,
-        param_dtype=cfg.param_dtype, name="pos_embed")(x_BLD)
+        cfg.max_len, cfg.emb_dim, posemb=cfg.posemb, decode=self.decode,
+        param_dtype=cfg.storage_dtype, name="pos_embed")(x_BLD)
     x_BLD = nn.Dropout(cfg.dropout_rate)(x_BLD, deterministic=deterministic)
 
     block = TransformerBlock
@@ -195,23 +173,23 @@ class Transformer(nn.Module):
           in_axes=(nn.broadcast, nn.broadcast),
           length=cfg.num_layers,
           metadata_params={nn.PARTITION_NAME: "layers"})
-      x_BLD, _ = block(cfg, name="layers")(x_BLD, key_mask_BL, deterministic)
+      x_BLD, _ = block(cfg, self.causal, self.decode, name="layers")(
+          x_BLD, key_mask_BL, deterministic)
     else:
       for i in range(cfg.num_layers):
-        x_BLD, _ = block(cfg, name=f"layer_{i}")(x_BLD, key_mask_BL,
-                                                 deterministic)
+        x_BLD, _ = block(cfg, self.causal, self.decode, name=f"layer_{i}")(
+            x_BLD, key_mask_BL, deterministic)
 
     x_BLD = _ln(cfg, "ln_final")(x_BLD)
     return embed.attend(x_BLD)
 
 
-def make_model(model_config: ml_collections.ConfigDict, *, vocab_size: int,
-               causal: bool, decode: bool = False) -> Transformer:
-  """Builds a `Transformer` from a `model` config section.
+def make_model(model: ModelConfig | Any, *, vocab_size: int, causal: bool,
+               decode: bool = False) -> Transformer:
+  """Builds a `Transformer` from a model section.
 
   Args:
-    model_config: the section described in config.py (see
-      `default_model_config`); validated here.
+    model: a ModelConfig, or a ConfigDict/mapping it is parsed from.
     vocab_size: number of token ids (input and output).
     causal: True for the decoder-only (causal LM) model, False for the
       bidirectional encoder (masked LM).
@@ -221,34 +199,17 @@ def make_model(model_config: ml_collections.ConfigDict, *, vocab_size: int,
   Raises:
     ValueError: naming the bad key or argument.
   """
-  config_lib.validate_model_config(model_config)
-  if (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)
-      or vocab_size < 1):
-    raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+  model = model if isinstance(model, ModelConfig) else ModelConfig.parse(
+      model)
+  check_vocab_size(vocab_size)
   if decode and not causal:
     raise ValueError("decode=True needs causal=True: only the decoder-only "
                      "model can generate token by token")
-  att = model_config.attention
-  num_features = att.num_features or 0
-  return Transformer(TransformerConfig(
-      vocab_size=vocab_size,
-      causal=bool(causal),
-      num_layers=model_config.num_layers,
-      num_heads=model_config.num_heads,
-      emb_dim=model_config.emb_dim,
-      mlp_dim=model_config.mlp_dim,
-      max_len=model_config.max_len,
-      dropout_rate=float(model_config.dropout_rate),
-      posemb=model_config.posemb,
-      dtype=config_lib.DTYPES[model_config.dtype],
-      param_dtype=config_lib.DTYPES[model_config.param_dtype],
-      remat=model_config.remat,
-      scan_layers=model_config.scan_layers,
-      attention=att.kind,
-      kernel=att.kernel,
-      num_features=num_features,
-      orthogonal=att.orthogonal,
-      scaling=att.scaling,
-      chunk_size=att.chunk_size,
-      implementation=att.implementation,
-      decode=bool(decode)))
+  return Transformer(model, vocab_size=vocab_size, causal=bool(causal),
+                     decode=bool(decode))
+
+
+def check_vocab_size(vocab_size: Any) -> None:
+  if (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)
+      or vocab_size < 1):
+    raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")

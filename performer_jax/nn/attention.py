@@ -31,8 +31,9 @@ from performer_jax.attention import api
 from performer_jax.attention import decoding
 from performer_jax.attention import feature_maps
 from performer_jax.attention import random_features
+from performer_jax.config.sections import AttentionConfig
 
-ATTENTION_KINDS = ("softmax", "favor", "l2")
+ATTENTION_KINDS = api.ATTENTION_KINDS
 EXACT_FUNCTIONS = {"softmax": api.softmax_attention,
                    "l2": api.l2_attention}
 RF_COLLECTION = "random_features"
@@ -103,31 +104,36 @@ class MultiHeadAttention(nn.Module):
   use_bias: bool = True
   kernel_init: Callable = nn.initializers.xavier_uniform()
 
-  def _check_fields(self):
-    if self.attention not in ATTENTION_KINDS:
-      raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got "
-                       f"{self.attention!r}.")
-    if isinstance(self.kernel, str) and self.kernel not in feature_maps.KERNELS:
-      raise ValueError(f"kernel must be one of {sorted(feature_maps.KERNELS)} "
-                       f"or a function, got {self.kernel!r}.")
+  @classmethod
+  def from_config(cls, config: AttentionConfig, **kwargs
+                  ) -> "MultiHeadAttention":
+    """The module for a `model.attention` section; `kwargs` set the other
+    attributes (num_heads, causal, dtype, ...)."""
+    return cls(attention=config.kind, kernel=config.kernel,
+               num_features=config.num_features,
+               orthogonal=config.orthogonal, scaling=config.scaling,
+               chunk_size=config.chunk_size,
+               implementation=config.implementation, **kwargs)
+
+  def attention_config(self) -> AttentionConfig:
+    """These attributes as a checked AttentionConfig (the one place their
+    values are validated, for modules and configs alike)."""
+    return _ModuleAttention(
+        kind=self.attention, kernel=self.kernel,
+        num_features=self.num_features, orthogonal=self.orthogonal,
+        scaling=self.scaling, chunk_size=self.chunk_size,
+        implementation=self.implementation)
+
+  def _check_fields(self) -> AttentionConfig:
     if self.decode and not self.causal:
       raise ValueError("decode=True needs causal=True: only autoregressive "
                        "models decode token by token.")
+    return self.attention_config()
 
-  @property
-  def uses_projection(self) -> bool:
-    if self.attention != "favor":
-      return False
-    if self.kernel == "relu" or callable(self.kernel):
-      return bool(self.num_features)
-    return True
-
-  def _projection(self, head_dim: int) -> jax.Array | None:
-    if not self.uses_projection:
+  def _projection(self, config: AttentionConfig,
+                  head_dim: int) -> jax.Array | None:
+    if not config.uses_projection:
       return None
-    if not self.num_features or self.num_features <= 0:
-      raise ValueError(f"kernel {self.kernel!r} needs num_features > 0, got "
-                       f"{self.num_features}.")
     def draw():
       # Without a dedicated rng the projection is derived from the params rng,
       # so `model.init(key, x)` still works and is reproducible by seed.
@@ -152,7 +158,7 @@ class MultiHeadAttention(nn.Module):
     Returns:
       `[B, Lq, out_features]` in `dtype`.
     """
-    self._check_fields()
+    config = self._check_fields()
     inputs_kv = inputs_q if inputs_kv is None else inputs_kv
     in_features = inputs_q.shape[-1]
     features = self.qkv_features or in_features
@@ -180,7 +186,7 @@ class MultiHeadAttention(nn.Module):
       k = dense(name="key")(inputs_kv)
       v = dense(name="value")(inputs_kv)
 
-    projection = self._projection(head_dim)
+    projection = self._projection(config, head_dim)
     if self.decode and not self.is_initializing():
       if key_mask is not None:
         raise ValueError("key_mask is not supported while decoding; decode "
@@ -261,6 +267,15 @@ class MultiHeadAttention(nn.Module):
     kwargs = {"keep_self": False} if self.attention == "l2" else {}
     return EXACT_FUNCTIONS[self.attention](
         q, cached_k.value, cached_v.value, key_mask=visible_BL, **kwargs)
+
+
+class _ModuleAttention(AttentionConfig):
+  """AttentionConfig whose messages name the module's attributes."""
+
+  @classmethod
+  def key(cls, name: str) -> str:
+    attribute = "attention" if name == "kind" else name
+    return f"MultiHeadAttention({attribute}=...)"
 
 
 def redraw_random_features(variables: dict, rng: jax.Array, *,

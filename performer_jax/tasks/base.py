@@ -19,11 +19,16 @@ with b = global_batch_size // process_count.
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
+from performer_jax.config import sections
+
 BATCH_KEYS = ("inputs", "targets", "weights", "key_mask")
+# Every task's sizes: "smoke" (seconds; the tests), "cpu" (a demo that learns
+# visibly on a 2-core CPU), "paper" (the paper's sizes, for GPU/TPU).
+VARIANTS = ("smoke", "cpu", "paper")
 
 
 class BatchSource(Protocol):
@@ -62,6 +67,32 @@ class TaskData:
   causal: bool
   loss_unit: str = "token"
   unigram_bits: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """How the trainer finds a task: every task is registered as one of these.
+
+  Attributes:
+    name: the `config.task` value.
+    data: the schema of the task's `config.data` section.
+    variant_data: variant name ("smoke", "cpu", "paper") -> the data section
+      of that variant.
+    build: `build(data, *, process_index, process_count) -> TaskData`, the
+      process's view of the task.
+  """
+
+  name: str
+  data: type[sections.DataConfig]
+  variant_data: Callable[[str], sections.DataConfig]
+  build: Callable[..., TaskData]
+
+
+def check_variant(variant: str, task: str) -> str:
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r} for task {task!r}; choose "
+                     f"from {list(VARIANTS)}")
+  return variant
 
 
 def check_batch(batch: dict[str, np.ndarray], batch_size: int,

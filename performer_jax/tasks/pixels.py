@@ -26,23 +26,22 @@ intensity histogram.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 
-import ml_collections
 import numpy as np
 
+from performer_jax.config import sections
 from performer_jax.data import cifar
 from performer_jax.data import defaults
 from performer_jax.data import files
 from performer_jax.data import idx
 from performer_jax.data import imagenet
 from performer_jax.tasks import base
-from performer_jax.tasks import config_check
 from performer_jax.tasks import sampling
 
 BOS = 256
 VOCAB_SIZE = 257
-VARIANTS = ("smoke", "cpu", "paper")
 DATASETS = ("fashion_mnist", "idx", "imagenet", "cifar10")
 
 
@@ -80,29 +79,48 @@ class ImageSource(sampling.RowSource):
     sampling.fill_causal_row(out, stream, start)
 
 
-def data_config(variant: str) -> ml_collections.ConfigDict:
-  """`config.data` for pixel_lm; variant "smoke", "cpu" or "paper".
+@dataclasses.dataclass(frozen=True)
+class PixelData(sections.DataConfig):
+  """`config.data` of pixel_lm.
 
-  "smoke" models 64-intensity windows of Fashion-MNIST, "cpu" the full
-  784-pixel images, "paper" ImageNet64 (12,288 tokens) from
-  $PERFORMER_DATA_DIR/imagenet64 (not shipped: put the npz batches there).
+  dataset: "fashion_mnist", "idx", "imagenet" or "cifar10" (see the module
+    docstring); train_path / eval_path: a glob or comma-separated list
+    ("" for fashion_mnist).
+  num_eval_batches: 0 = one pass over the eval images.
+  max_train_images: 0 = all.
   """
-  config_check.variant_choice(variant, VARIANTS, "pixel_lm")
-  cfg = ml_collections.ConfigDict()
-  cfg.dataset = "fashion_mnist"
-  cfg.train_path = ""
-  cfg.eval_path = ""
-  cfg.seq_len, cfg.batch_size, cfg.num_eval_batches = {
+  dataset: str = "fashion_mnist"
+  train_path: str = ""
+  eval_path: str = ""
+  num_eval_batches: int = 0
+  max_train_images: int = 0
+
+  def check(self) -> None:
+    super().check()
+    self._choice("dataset", DATASETS)
+    self._str("train_path")
+    self._str("eval_path")
+    self._int("num_eval_batches", 0)
+    self._int("max_train_images", 0)
+
+
+def variant_data(variant: str) -> PixelData:
+  """The data section of a variant: "smoke" models 64-intensity windows of
+  Fashion-MNIST, "cpu" the full 784-pixel images, "paper" ImageNet64 (12,288
+  tokens) from $PERFORMER_DATA_DIR/imagenet64 (not shipped: put the npz
+  batches there)."""
+  base.check_variant(variant, "pixel_lm")
+  seq_len, batch_size, num_eval_batches = {
       "smoke": (64, 8, 2), "cpu": (784, 8, 8), "paper": (64 * 64 * 3, 32, 0)
   }[variant]
-  cfg.seed = 0
-  cfg.max_train_images = 0  # 0 = all
+  sizes = dict(seq_len=seq_len, batch_size=batch_size,
+               num_eval_batches=num_eval_batches)
   if variant == "paper":
     folder = files.data_dir() / "imagenet64"
-    cfg.dataset = "imagenet"
-    cfg.train_path = str(folder / "train_data_batch_*.npz")
-    cfg.eval_path = str(folder / "val_data.npz")
-  return cfg
+    return PixelData(dataset="imagenet",
+                     train_path=str(folder / "train_data_batch_*.npz"),
+                     eval_path=str(folder / "val_data.npz"), **sizes)
+  return PixelData(**sizes)
 
 
 def _expand(spec: str, key: str) -> list[str]:
@@ -139,31 +157,26 @@ def load_images(dataset: str, spec: str, key: str) -> np.ndarray:
   return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
-def make(data_config, *, process_index: int = 0,
-         process_count: int = 1) -> base.TaskData:
-  """Builds pixel_lm from `config.data` (see `data_config`)."""
-  config_check.check_keys(data_config, _reference(), "pixel_lm")
-  dataset = config_check.choice(data_config, "dataset", DATASETS)
-  seq_len = config_check.positive(data_config, "seq_len")
-  batch_size = config_check.positive(data_config, "batch_size")
-  sampling.local_rows(batch_size, process_index, process_count)
-  requested = config_check.non_negative(data_config, "num_eval_batches")
-  max_train = config_check.non_negative(data_config, "max_train_images")
-  train = flatten(load_images(dataset, data_config.train_path, "train_path"))
-  evals = flatten(load_images(dataset, data_config.eval_path, "eval_path"))
-  if max_train:
-    train = train[:max_train]
+def build(data: PixelData, *, process_index: int = 0,
+          process_count: int = 1) -> base.TaskData:
+  """Builds pixel_lm from its data section."""
+  sampling.local_rows(data.batch_size, process_index, process_count)
+  train = flatten(load_images(data.dataset, data.train_path, "train_path"))
+  evals = flatten(load_images(data.dataset, data.eval_path, "eval_path"))
+  if data.max_train_images:
+    train = train[:data.max_train_images]
   if train.shape[1] != evals.shape[1]:
     raise ValueError(f"train images have {train.shape[1]} values, eval images "
                      f"{evals.shape[1]}; they must have the same shape")
-  if seq_len > train.shape[1]:
-    raise ValueError(f"data.seq_len={seq_len} exceeds the {train.shape[1]} "
-                     "intensities per image; use seq_len <= H*W*C")
-  num_eval = sampling.eval_num_batches(evals.shape[0], batch_size, requested,
-                                       wrap=True)
-  common = dict(global_batch_size=batch_size, seq_len=seq_len,
+  if data.seq_len > train.shape[1]:
+    raise ValueError(f"data.seq_len={data.seq_len} exceeds the "
+                     f"{train.shape[1]} intensities per image; use seq_len <= "
+                     "H*W*C")
+  num_eval = sampling.eval_num_batches(evals.shape[0], data.batch_size,
+                                       data.num_eval_batches, wrap=True)
+  common = dict(global_batch_size=data.batch_size, seq_len=data.seq_len,
                 process_index=process_index, process_count=process_count,
-                seed=data_config.seed)
+                seed=data.seed)
   counts = np.bincount(train.reshape(-1), minlength=256)
   return base.TaskData(
       train=ImageSource(train, train=True, **common),
@@ -172,5 +185,4 @@ def make(data_config, *, process_index: int = 0,
       unigram_bits=sampling.entropy_bits(counts))
 
 
-def _reference() -> ml_collections.ConfigDict:
-  return data_config("smoke")
+TASK = base.Task("pixel_lm", PixelData, variant_data, build)

@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import ml_collections
 import numpy as np
 
+from performer_jax.config import sections
 from performer_jax.data import defaults
 from performer_jax.data import fasta
 from performer_jax.tasks import base
-from performer_jax.tasks import config_check
 from performer_jax.tasks import masking
 from performer_jax.tasks import sampling
 
@@ -44,7 +43,6 @@ PAD, MASK, BOS, EOS = 0, 1, 2, 3
 FIRST_AMINO_ACID = 4
 VOCAB_SIZE = FIRST_AMINO_ACID + len(fasta.AMINO_ACIDS)
 NUM_STANDARD = len(fasta.STANDARD_AMINO_ACIDS)
-VARIANTS = ("smoke", "cpu", "paper")
 
 _LUT = np.full(256, 255, np.uint8)
 for _i, _c in enumerate(fasta.AMINO_ACIDS):
@@ -154,35 +152,50 @@ class LmSource(_ProteinSource):
     sampling.fill_causal_row(out, stream, start)
 
 
-def _data_config(variant: str, task: str, masked: bool
-                 ) -> ml_collections.ConfigDict:
-  config_check.variant_choice(variant, VARIANTS, task)
-  seq_len, batch_size, num_eval_batches = {
-      "smoke": (64, 8, 2), "cpu": (256, 16, 8), "paper": (1024, 32, 0)
-  }[variant]
-  cfg = ml_collections.ConfigDict()
-  # "" = the embedded default (mmseqs2-examples); any FASTA path, e.g. a
-  # TrEMBL/UniRef50 download, overrides it.
-  cfg.train_path = ""
-  cfg.eval_path = ""
-  cfg.seq_len = seq_len
-  cfg.batch_size = batch_size  # global
-  cfg.seed = 0
-  cfg.num_eval_batches = num_eval_batches  # 0 = one full pass
-  cfg.strict_fasta = False  # True: invalid/empty records raise, not skip
-  if masked:
-    cfg.mask_rate = 0.15
-  return cfg
+@dataclasses.dataclass(frozen=True)
+class ProteinLMData(sections.DataConfig):
+  """`config.data` of protein_lm (and, with mask_rate, protein_mlm).
+
+  train_path, eval_path: FASTA files (gzipped or not); "" = the embedded
+    default (mmseqs2-examples), e.g. a TrEMBL/UniRef50 download overrides it.
+  num_eval_batches: 0 = one full pass over the eval sequences.
+  strict_fasta: True makes invalid or empty records fail instead of being
+    skipped (and counted).
+  """
+  train_path: str = ""
+  eval_path: str = ""
+  num_eval_batches: int = 0
+  strict_fasta: bool = False
+
+  def check(self) -> None:
+    super().check()
+    self._str("train_path")
+    self._str("eval_path")
+    self._int("num_eval_batches", 0)
+    self._bool("strict_fasta")
 
 
-def mlm_data_config(variant: str) -> ml_collections.ConfigDict:
-  """`config.data` for protein_mlm; variant "smoke", "cpu" or "paper"."""
-  return _data_config(variant, "protein_mlm", masked=True)
+@dataclasses.dataclass(frozen=True)
+class ProteinMLMData(ProteinLMData):
+  """`config.data` of protein_mlm: mask_rate of the residues are selected
+  (80% MASK, 10% random amino acid, 10% kept)."""
+  mask_rate: float = 0.15
+
+  def check(self) -> None:
+    super().check()
+    self._number("mask_rate", 0.0, 1.0, low_open=True)
 
 
-def lm_data_config(variant: str) -> ml_collections.ConfigDict:
-  """`config.data` for protein_lm; variant "smoke", "cpu" or "paper"."""
-  return _data_config(variant, "protein_lm", masked=False)
+_SIZES = {"smoke": (64, 8, 2), "cpu": (256, 16, 8), "paper": (1024, 32, 0)}
+
+
+def _variant_data(schema, task: str):
+  def variant_data(variant: str):
+    base.check_variant(variant, task)
+    seq_len, batch_size, num_eval_batches = _SIZES[variant]
+    return schema(seq_len=seq_len, batch_size=batch_size,
+                  num_eval_batches=num_eval_batches)
+  return variant_data
 
 
 def _load_split(path: str, default, strict: bool) -> Proteins:
@@ -192,32 +205,25 @@ def _load_split(path: str, default, strict: bool) -> Proteins:
                        provider=defaults.PROTEIN_PROVIDER)
 
 
-def _make(data_config, task: str, masked: bool, process_index: int,
-          process_count: int) -> base.TaskData:
-  config_check.check_keys(data_config, _data_config("smoke", task, masked),
-                          task)
-  seq_len = config_check.positive(data_config, "seq_len")
-  batch_size = config_check.positive(data_config, "batch_size")
-  sampling.local_rows(batch_size, process_index, process_count)
-  requested = config_check.non_negative(data_config, "num_eval_batches")
-  if masked and not 0.0 < data_config.mask_rate < 1.0:
-    raise ValueError(f"data.mask_rate must be in (0, 1), got "
-                     f"{data_config.mask_rate}")
-  strict = data_config.strict_fasta
-  train = _load_split(data_config.train_path, defaults.protein_train, strict)
-  evals = _load_split(data_config.eval_path, defaults.protein_eval, strict)
-  common = dict(global_batch_size=batch_size, seq_len=seq_len,
+def build(data: ProteinLMData, *, process_index: int = 0,
+          process_count: int = 1) -> base.TaskData:
+  """Builds protein_mlm (for ProteinMLMData) or protein_lm."""
+  masked = isinstance(data, ProteinMLMData)
+  sampling.local_rows(data.batch_size, process_index, process_count)
+  train = _load_split(data.train_path, defaults.protein_train,
+                      data.strict_fasta)
+  evals = _load_split(data.eval_path, defaults.protein_eval, data.strict_fasta)
+  common = dict(global_batch_size=data.batch_size, seq_len=data.seq_len,
                 process_index=process_index, process_count=process_count,
-                seed=data_config.seed)
+                seed=data.seed)
+  counts = np.bincount(train.tokens, minlength=VOCAB_SIZE)
   if masked:
-    cls, extra = MlmSource, dict(mask_rate=data_config.mask_rate)
-    counts = np.bincount(train.tokens, minlength=VOCAB_SIZE)
+    cls, extra = MlmSource, dict(mask_rate=data.mask_rate)
   else:
     cls, extra = LmSource, {}
-    counts = np.bincount(train.tokens, minlength=VOCAB_SIZE)
     counts[EOS] += len(train)
-  num_eval = sampling.eval_num_batches(len(evals), batch_size, requested,
-                                       wrap=True)
+  num_eval = sampling.eval_num_batches(len(evals), data.batch_size,
+                                       data.num_eval_batches, wrap=True)
   return base.TaskData(
       train=cls(train, train=True, **common, **extra),
       eval=cls(evals, train=False, num_batches=num_eval, **common, **extra),
@@ -225,13 +231,7 @@ def _make(data_config, task: str, masked: bool, process_index: int,
       unigram_bits=sampling.entropy_bits(counts))
 
 
-def make_mlm(data_config, *, process_index: int = 0,
-             process_count: int = 1) -> base.TaskData:
-  """Builds protein_mlm from `config.data` (see `mlm_data_config`)."""
-  return _make(data_config, "protein_mlm", True, process_index, process_count)
-
-
-def make_lm(data_config, *, process_index: int = 0,
-            process_count: int = 1) -> base.TaskData:
-  """Builds protein_lm from `config.data` (see `lm_data_config`)."""
-  return _make(data_config, "protein_lm", False, process_index, process_count)
+MLM = base.Task("protein_mlm", ProteinMLMData,
+                _variant_data(ProteinMLMData, "protein_mlm"), build)
+LM = base.Task("protein_lm", ProteinLMData,
+               _variant_data(ProteinLMData, "protein_lm"), build)

@@ -22,17 +22,17 @@ train split's byte histogram.
 
 from __future__ import annotations
 
-import ml_collections
+import dataclasses
+
 import numpy as np
 
+from performer_jax.config import sections
 from performer_jax.data import files
 from performer_jax.data import text as text_data
 from performer_jax.tasks import base
-from performer_jax.tasks import config_check
 from performer_jax.tasks import sampling
 
 VOCAB_SIZE = 256
-VARIANTS = ("smoke", "cpu", "paper")
 SOURCES = ("wiki_sample", "enwik8", "file")
 ENWIK8_PROVIDER = ("you: download enwik8.zip (the Hutter Prize file, 10^8 "
                    "bytes) and set data.path to it (zipped or unzipped)")
@@ -68,22 +68,41 @@ class EvalWindows(sampling.RowSource):
     sampling.fill_causal_row(out, self.data[start:start + self.seq_len + 1], 0)
 
 
-def data_config(variant: str) -> ml_collections.ConfigDict:
-  """`config.data` for text_lm; variant "smoke", "cpu" or "paper".
+@dataclasses.dataclass(frozen=True)
+class TextData(sections.DataConfig):
+  """`config.data` of text_lm.
 
-  "paper" reads enwik8 from $PERFORMER_DATA_DIR/enwik8 (not shipped: put it
-  there or set data.path).
+  source: "wiki_sample", "enwik8" or "file" (see the module docstring).
+  path: the corpus ("" = the embedded sample for "wiki_sample").
+  eval_split: "valid" or "test".
+  num_eval_batches: 0 = every whole eval batch.
   """
-  config_check.variant_choice(variant, VARIANTS, "text_lm")
-  cfg = ml_collections.ConfigDict()
-  cfg.source = "enwik8" if variant == "paper" else "wiki_sample"
-  cfg.path = str(files.data_dir() / "enwik8") if variant == "paper" else ""
-  cfg.eval_split = "valid"
-  cfg.seq_len, cfg.batch_size, cfg.num_eval_batches = {
+  source: str = "wiki_sample"
+  path: str = ""
+  eval_split: str = "valid"
+  num_eval_batches: int = 0
+
+  def check(self) -> None:
+    super().check()
+    self._choice("source", SOURCES)
+    self._str("path")
+    self._choice("eval_split", ("valid", "test"))
+    self._int("num_eval_batches", 0)
+
+
+def variant_data(variant: str) -> TextData:
+  """The data section of a variant. "paper" reads enwik8 from
+  $PERFORMER_DATA_DIR/enwik8 (not shipped: put it there or set data.path)."""
+  base.check_variant(variant, "text_lm")
+  seq_len, batch_size, num_eval_batches = {
       "smoke": (64, 8, 2), "cpu": (256, 16, 8), "paper": (1024, 32, 0)
   }[variant]
-  cfg.seed = 0
-  return cfg
+  if variant == "paper":
+    return TextData(source="enwik8", path=str(files.data_dir() / "enwik8"),
+                    seq_len=seq_len, batch_size=batch_size,
+                    num_eval_batches=num_eval_batches)
+  return TextData(seq_len=seq_len, batch_size=batch_size,
+                  num_eval_batches=num_eval_batches)
 
 
 def load_splits(source: str, path: str) -> dict[str, np.ndarray]:
@@ -98,31 +117,23 @@ def load_splits(source: str, path: str) -> dict[str, np.ndarray]:
   return text_data.split_by_fraction(text_data.read_bytes(path))
 
 
-def make(data_config, *, process_index: int = 0,
-         process_count: int = 1) -> base.TaskData:
-  """Builds text_lm from `config.data` (see `data_config`)."""
-  config_check.check_keys(data_config, _reference(), "text_lm")
-  source = config_check.choice(data_config, "source", SOURCES)
-  eval_split = config_check.choice(data_config, "eval_split",
-                                   ("valid", "test"))
-  seq_len = config_check.positive(data_config, "seq_len")
-  batch_size = config_check.positive(data_config, "batch_size")
-  sampling.local_rows(batch_size, process_index, process_count)
-  requested = config_check.non_negative(data_config, "num_eval_batches")
-  splits = load_splits(source, data_config.path)
-  eval_data = splits[eval_split]
-  num_windows = max(0, (eval_data.shape[0] - 1) // seq_len)
-  num_eval = sampling.eval_num_batches(num_windows, batch_size, requested,
-                                       wrap=False)
-  common = dict(global_batch_size=batch_size, seq_len=seq_len,
+def build(data: TextData, *, process_index: int = 0,
+          process_count: int = 1) -> base.TaskData:
+  """Builds text_lm from its data section."""
+  sampling.local_rows(data.batch_size, process_index, process_count)
+  splits = load_splits(data.source, data.path)
+  eval_data = splits[data.eval_split]
+  num_windows = max(0, (eval_data.shape[0] - 1) // data.seq_len)
+  num_eval = sampling.eval_num_batches(num_windows, data.batch_size,
+                                       data.num_eval_batches, wrap=False)
+  common = dict(global_batch_size=data.batch_size, seq_len=data.seq_len,
                 process_index=process_index, process_count=process_count)
   counts = np.bincount(splits["train"], minlength=VOCAB_SIZE)
   return base.TaskData(
-      train=TrainWindows(splits["train"], seed=data_config.seed, **common),
+      train=TrainWindows(splits["train"], seed=data.seed, **common),
       eval=EvalWindows(eval_data, num_batches=num_eval, **common),
       vocab_size=VOCAB_SIZE, causal=True, loss_unit="byte",
       unigram_bits=sampling.entropy_bits(counts))
 
 
-def _reference() -> ml_collections.ConfigDict:
-  return data_config("smoke")
+TASK = base.Task("text_lm", TextData, variant_data, build)

@@ -1,37 +1,49 @@
-"""Command line: absl flags with an ml_collections config file.
+"""Command line: absl flags with an ml_collections config.
 
-  performer-train --config=configs/copy.py:smoke \
-      --config.model.num_layers=4 --workdir=/tmp/run
+  performer-train --config=copy:smoke --config.model.num_layers=4 \
+      --workdir=/tmp/run
+  performer-train --config=path/to/my_config.py:arg --workdir=/tmp/run
 
-Flags are defined when `main` runs, not at import, so importing
-performer_jax.train never touches absl's global flags.
+`--config` takes a config shipped with the package by name
+(`performer_jax.configs.<name>`, the repository's configs/ folder) or a path
+to a config file. Flags are defined when `main` runs, not at import, so
+importing performer_jax.train never touches absl's global flags.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
 from typing import Sequence
 
+USAGE = ("--config=copy:smoke --workdir=DIR [--config.section.key=value ...]"
+         " (a config name from performer_jax/configs, or a path to a .py "
+         "config file)")
 
-def config_root(argv: Sequence[str]) -> str | None:
-  """The directory above the --config file's folder, if a file is given.
 
-  Config files import their shared base as `from configs import common`, so
-  the folder holding `configs/` must be importable, for the console script
-  as much as for `python -m` from the repository root.
-  """
-  for i, arg in enumerate(argv):
-    path = None
+def config_path(spec: str) -> str:
+  """`name[:arg]` of a shipped config -> `path/to/name.py[:arg]`; a path to a
+  file passes through unchanged."""
+  name, sep, arg = spec.partition(":")
+  if os.sep in name or name.endswith(".py") or not name.isidentifier():
+    return spec
+  found = importlib.util.find_spec(f"performer_jax.configs.{name}")
+  if found is None or found.origin is None:
+    return spec  # config_flags then reports the missing file
+  return found.origin + sep + arg
+
+
+def resolve_config_args(argv: Sequence[str]) -> list[str]:
+  """argv with a named `--config` replaced by its file's path."""
+  out = list(argv)
+  for i, arg in enumerate(out):
     if arg.startswith("--config="):
-      path = arg[len("--config="):]
-    elif arg == "--config" and i + 1 < len(argv):
-      path = argv[i + 1]
-    if path:
-      path = path.split(":", 1)[0]
-      return os.path.dirname(os.path.dirname(os.path.abspath(path)))
-  return None
+      out[i] = "--config=" + config_path(arg[len("--config="):])
+    elif arg == "--config" and i + 1 < len(out):
+      out[i + 1] = config_path(out[i + 1])
+  return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -44,20 +56,18 @@ def main(argv: Sequence[str] | None = None) -> None:
   from absl import app, flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
-  argv = list(sys.argv if argv is None else argv)
-  root = config_root(argv)
-  if root and root not in sys.path:
-    sys.path.insert(0, root)
+  argv = resolve_config_args(sys.argv if argv is None else argv)
   if "config" not in flags.FLAGS:
     config_flags.DEFINE_config_file(
-        "config", None, "Training config file, e.g. configs/copy.py:smoke. "
-        "Override fields with --config.trainer.steps=10.", lock_config=True)
+        "config", None, "Training config: a name (copy:smoke, "
+        "protein_mlm:cpu,favor_relu) or a path to a config file. Override "
+        "fields with --config.trainer.steps=10.", lock_config=True)
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, "
                         "metrics.jsonl, TensorBoard events and config.json.")
     flags.mark_flags_as_required(["config", "workdir"])
 
   def run(unused_argv):
-    from performer_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
+    from performer_jax.config import experiment  # pylint: disable=g-import-not-at-top
     from performer_jax.train import trainer  # pylint: disable=g-import-not-at-top
     logging.getLogger("performer_jax.train").setLevel(logging.INFO)
     # Orbax logs every checkpoint step at INFO through absl; keep warnings.
@@ -68,8 +78,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OSError as e:
       sys.exit(f"error: could not load the --config file: {e}")
     try:
-      config_lib.validate_config(config)
-    except config_lib.ConfigError as e:
+      config = experiment.parse(config)
+    except experiment.ConfigError as e:
       sys.exit(f"error: bad config: {e}")
     result = trainer.train_and_evaluate(config, flags.FLAGS.workdir)
     if result.status == "preempted":
@@ -84,9 +94,7 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    sys.exit(f"error: {e}\nUsage: {os.path.basename(argv[0])} "
-             "--config=configs/copy.py:smoke --workdir=DIR "
-             "[--config.section.key=value ...]")
+    sys.exit(f"error: {e}\nUsage: {os.path.basename(argv[0])} {USAGE}")
   except (AttributeError, KeyError) as e:
     # config_flags raises these for `--config.a.b=...` when a or b does not
     # exist; the innermost message names the key and suggests a fix.

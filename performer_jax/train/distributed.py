@@ -14,15 +14,15 @@ import os
 from typing import Mapping
 
 import jax
-import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from performer_jax.train import config as config_lib
+from performer_jax.config import experiment
+from performer_jax.config import sections
 
 log = logging.getLogger("performer_jax.train")
 
-MESH_AXES = ("data", "model")
+MESH_AXES = sections.MeshConfig.AXES
 
 
 def _int_env(env: Mapping[str, str], name: str) -> int:
@@ -49,7 +49,7 @@ def multiprocess_env(env: Mapping[str, str]) -> str | None:
   return None
 
 
-def initialize_kwargs(dist_config: ml_collections.ConfigDict,
+def initialize_kwargs(dist_config: sections.DistributedConfig,
                       env: Mapping[str, str]) -> dict | None:
   """Arguments for jax.distributed.initialize, or None to skip it.
 
@@ -58,7 +58,7 @@ def initialize_kwargs(dist_config: ml_collections.ConfigDict,
   launcher. Explicit config values win; missing ones are left to JAX's
   cluster auto-detection (which reads the same environment variables).
   """
-  mode = config_lib.parse_initialize(dist_config.initialize)
+  mode = dist_config.mode
   if mode is False:
     return None
   explicit = dist_config.coordinator_address is not None
@@ -80,7 +80,7 @@ def initialize_kwargs(dist_config: ml_collections.ConfigDict,
   return kwargs
 
 
-def maybe_initialize(dist_config: ml_collections.ConfigDict,
+def maybe_initialize(dist_config: sections.DistributedConfig,
                      env: Mapping[str, str] | None = None) -> bool:
   """Initializes jax.distributed if asked; returns True if it is running."""
   if jax.distributed.is_initialized():
@@ -94,9 +94,9 @@ def maybe_initialize(dist_config: ml_collections.ConfigDict,
   return True
 
 
-def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
+def make_mesh(config: experiment.ExperimentConfig) -> Mesh:
   """The ("data", "model") mesh over all devices, -1 sizes resolved."""
-  shape = config_lib.resolve_mesh_shape(
+  shape = experiment.resolve_mesh_shape(
       config, jax.device_count(), jax.local_device_count(),
       jax.process_count())
   # Order devices process by process so each process owns a contiguous block

@@ -31,10 +31,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from performer_jax import models
+from performer_jax.config import experiment
 from performer_jax.nn import attention as attention_lib
 from performer_jax.tasks import base
 from performer_jax.train import checkpoint as checkpoint_lib
-from performer_jax.train import config as config_lib
 from performer_jax.train import distributed
 from performer_jax.train import metrics as metrics_lib
 from performer_jax.train import optimizer as optimizer_lib
@@ -75,24 +75,27 @@ class Trainer:
   times (e.g. for an interrupted and a resumed run) without recompiling.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, *,
+  def __init__(self, config: ml_collections.ConfigDict |
+               experiment.ExperimentConfig, *,
                make_model: Callable[..., nn.Module] | None = None):
-    """Args: config; make_model(model_config, *, vocab_size, causal) builds
-    the model (default: config_lib.MODEL_BUILDERS[config.model_builder])."""
-    config_lib.validate_config(config)
-    if make_model is None:
-      make_model = config_lib.MODEL_BUILDERS[config.model_builder]
+    """Args: config (a ConfigDict is parsed and checked first);
+    make_model(model_config, *, vocab_size, causal) builds the model
+    (default: the config's model_builder)."""
+    config = experiment.parse(config)
     self.config = config
     distributed.maybe_initialize(config.distributed)
     self.mesh = distributed.make_mesh(config)
     self.is_chief = jax.process_index() == 0
-    make_task = config_lib.all_tasks()[config.task]
-    self.task: base.TaskData = make_task(
+    self.task: base.TaskData = config.task_spec.build(
         config.data, process_index=jax.process_index(),
         process_count=jax.process_count())
     self._check_task()
-    self.model = make_model(config.model, vocab_size=self.task.vocab_size,
-                            causal=self.task.causal)
+    if make_model is None:
+      self.model = config.build_model(vocab_size=self.task.vocab_size,
+                                      causal=self.task.causal)
+    else:
+      self.model = make_model(config.model, vocab_size=self.task.vocab_size,
+                              causal=self.task.causal)
     self.tx, self.schedule = optimizer_lib.make_optimizer(
         config.optimizer, config.trainer.steps)
     self.rules = state_lib.axis_rules(models.LOGICAL_AXIS_RULES)
@@ -278,7 +281,7 @@ class _Run:
     os.makedirs(self.workdir, exist_ok=True)
     if t.is_chief:
       with open(os.path.join(self.workdir, "config.json"), "w") as f:
-        json.dump(config_lib.to_jsonable(t.config), f, indent=2)
+        json.dump(t.config.to_dict(), f, indent=2)
     start = self.ckpt.latest_step()
     if start is None:
       start, state = 0, t.init_state()
@@ -337,7 +340,8 @@ class _Run:
                        eval_metrics=self.eval_metrics, status=status)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+def train_and_evaluate(config: ml_collections.ConfigDict |
+                       experiment.ExperimentConfig, workdir: str, *,
                        make_model: Callable[..., nn.Module] | None = None
                        ) -> TrainResult:
   """Validates `config`, trains and evaluates, writing into `workdir`.

@@ -20,12 +20,12 @@ import math
 
 import numpy as np
 
+from performer_jax.config import sections
 from performer_jax.tasks import base
+from performer_jax.tasks import sampling
 
 PAD, BOS, MASK = 0, 1, 2
 NUM_SPECIAL = 3
-_KEYS = ("batch_size", "seq_len", "seed", "vocab_size", "variant",
-         "mask_rate", "num_eval_batches")
 _SPLITS = {"train": 0, "eval": 1}
 
 
@@ -84,41 +84,56 @@ class CopySource:
             "key_mask": key_mask_BL}
 
 
-def make_copy_task(data_config, *, process_index: int = 0,
-                   process_count: int = 1) -> base.TaskData:
-  """Builds the copy task from `config.data` (keys: see `_KEYS`)."""
-  unknown = sorted(set(data_config.keys()) - set(_KEYS))
-  if unknown:
-    raise ValueError(f"unknown key(s) {unknown} in config.data for task "
-                     f"'copy'; allowed keys are {list(_KEYS)}")
-  cfg = {k: data_config[k] for k in _KEYS if k in data_config}
-  vocab_size = cfg.get("vocab_size", 16)
-  variant = cfg.get("variant", "causal")
-  if variant not in ("causal", "mlm"):
-    raise ValueError(f"config.data.variant must be 'causal' or 'mlm', got "
-                     f"{variant!r}")
-  if vocab_size <= NUM_SPECIAL:
-    raise ValueError(f"config.data.vocab_size must be > {NUM_SPECIAL}, got "
-                     f"{vocab_size}")
-  if cfg["seq_len"] < 2:
-    raise ValueError(f"config.data.seq_len must be >= 2, got {cfg['seq_len']}")
-  if cfg["batch_size"] % process_count:
-    raise ValueError(f"config.data.batch_size ({cfg['batch_size']}) must be "
-                     f"divisible by the process count ({process_count})")
-  mask_rate = cfg.get("mask_rate", 0.15)
-  if not 0.0 < mask_rate <= 1.0:
-    raise ValueError(f"config.data.mask_rate must be in (0, 1], got "
-                     f"{mask_rate}")
-  common = dict(global_batch_size=cfg["batch_size"], seq_len=cfg["seq_len"],
-                vocab_size=vocab_size, causal=variant == "causal",
-                mask_rate=mask_rate, seed=cfg.get("seed", 0),
+@dataclasses.dataclass(frozen=True)
+class CopyData(sections.DataConfig):
+  """`config.data` of the copy task.
+
+  vocab_size: token ids (3 are special), > 3.
+  variant: "causal" (decoder) or "mlm" (encoder).
+  mask_rate: the masked fraction of real tokens (mlm).
+  num_eval_batches: eval batches per evaluation (the source is synthetic).
+  """
+  vocab_size: int = 16
+  variant: str = "causal"
+  mask_rate: float = 0.15
+  num_eval_batches: int = 4
+
+  def check(self) -> None:
+    super().check()
+    if self.seq_len < 2:
+      self._fail("seq_len", "an integer >= 2")
+    self._int("vocab_size", NUM_SPECIAL + 1)
+    self._choice("variant", ("causal", "mlm"))
+    self._number("mask_rate", 0.0, 1.0, low_open=True, high_open=False)
+    self._int("num_eval_batches", 0)
+
+
+def variant_data(variant: str) -> CopyData:
+  """smoke: 16 tokens; cpu: 64 (2000 steps learn it); paper: 512, the SLiM
+  paper's copy task."""
+  base.check_variant(variant, "copy")
+  seq_len, batch_size, num_eval_batches = {
+      "smoke": (16, 8, 2), "cpu": (64, 32, 4), "paper": (512, 32, 8)
+  }[variant]
+  return CopyData(seq_len=seq_len, batch_size=batch_size,
+                  num_eval_batches=num_eval_batches)
+
+
+def build(data: CopyData, *, process_index: int = 0,
+          process_count: int = 1) -> base.TaskData:
+  """Builds the copy task from its data section."""
+  sampling.local_rows(data.batch_size, process_index, process_count)
+  causal = data.variant == "causal"
+  common = dict(global_batch_size=data.batch_size, seq_len=data.seq_len,
+                vocab_size=data.vocab_size, causal=causal,
+                mask_rate=data.mask_rate, seed=data.seed,
                 process_index=process_index, process_count=process_count)
-  payload = vocab_size - NUM_SPECIAL
   return base.TaskData(
       train=CopySource(split="train", **common),
-      eval=CopySource(split="eval", eval_batches=cfg.get("num_eval_batches", 4),
+      eval=CopySource(split="eval", eval_batches=data.num_eval_batches,
                       **common),
-      vocab_size=vocab_size,
-      causal=variant == "causal",
-      loss_unit="token",
-      unigram_bits=math.log2(payload))
+      vocab_size=data.vocab_size, causal=causal, loss_unit="token",
+      unigram_bits=math.log2(data.vocab_size - NUM_SPECIAL))
+
+
+TASK = base.Task("copy", CopyData, variant_data, build)

@@ -174,11 +174,13 @@ def test_decode_matches_full_forward(kind, kernel):
 
 
 def test_bad_fields_are_named():
-  with pytest.raises(ValueError, match="attention must be one of"):
+  with pytest.raises(ValueError, match=r"MultiHeadAttention\(attention=\.\.\.\)"
+                     r" must be one of \['softmax', 'favor', 'l2'\]"):
     _module("linear").init(RNGS, X)
   with pytest.raises(ValueError, match="divisible by num_heads"):
     MultiHeadAttention(num_heads=3).init(RNGS, X)
   with pytest.raises(ValueError, match="needs causal=True"):
     _module("favor", decode=True).init(RNGS, X)
-  with pytest.raises(ValueError, match="kernel must be one of"):
+  with pytest.raises(ValueError,
+                     match=r"MultiHeadAttention\(kernel=\.\.\.\) must be one of"):
     _module("favor", kernel="cos").init(RNGS, X)

@@ -8,12 +8,12 @@ import os
 import numpy as np
 import pytest
 
-from configs import options
-from configs import pixel_lm
-from configs import protein_lm
-from configs import protein_mlm
-from configs import text_lm
 from experiments.pixel_lm import sample
+from performer_jax.configs import options
+from performer_jax.configs import pixel_lm
+from performer_jax.configs import protein_lm
+from performer_jax.configs import protein_mlm
+from performer_jax.configs import text_lm
 from performer_jax.train import train_and_evaluate
 
 CONFIGS = {"protein_mlm": protein_mlm, "protein_lm": protein_lm,

@@ -1,7 +1,7 @@
 """Tests for the compiled causal FAVOR+ CPU kernel (implementation="kernel").
 
 Values and gradients are checked against the autodiff XLA path and a float64
-brute force (test_favor.py runs its brute-force, leak and causality tests on
+brute force (attention/test_favor.py runs its brute-force, leak and causality tests on
 the kernel too); here: every feature map, masks including left padding,
 partial chunks, large norms, dtypes, jit/vmap, a sharded mesh, check_grads,
 the "auto" choice and the errors.
@@ -21,10 +21,9 @@ from jax.test_util import check_grads
 from performer_jax.attention import api
 from performer_jax.attention import cpu_kernel
 from performer_jax.attention import favor_attention
-from performer_jax.attention import gaussian_orthogonal_random_matrix
 from performer_jax.kernels import build
+from tests import inputs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
@@ -44,13 +43,7 @@ def square_features(x, projection):
 
 
 def _inputs(b=2, length=21, h=2, d=8, m=16, scale=1.0, seed=0):
-  r = jax.random.split(jax.random.PRNGKey(seed), 5)
-  q = scale * jax.random.normal(r[0], (b, length, h, d))
-  k = scale * jax.random.normal(r[1], (b, length, h, d))
-  v = jax.random.normal(r[2], (b, length, h, d))
-  mask = jax.random.bernoulli(r[3], 0.7, (b, length)).at[:, 0].set(True)
-  proj = gaussian_orthogonal_random_matrix(r[4], m, d)
-  return q, k, v, mask, proj
+  return inputs.qkv(b, length, h, d, m, scale=scale, seed=seed, keep=0.7)
 
 
 def _value_and_grads(implementation, q, k, v, proj, **kw):
@@ -191,10 +184,10 @@ def test_sharded_mesh_matches_one_device():
       print(max(float(jnp.max(jnp.abs(a - b)))
                 for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref))))
   """)
-  flags = os.environ.get("XLA_FLAGS", "")
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=4")
-  proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO,
+  env = inputs.subprocess_env(
+      XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  proc = subprocess.run([sys.executable, "-c", script], env=env,
+                        cwd=inputs.REPO,
                         capture_output=True, text=True, timeout=300,
                         check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]

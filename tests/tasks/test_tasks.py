@@ -15,10 +15,10 @@ import pytest
 
 from performer_jax.data import defaults
 from performer_jax.data import fasta
-from performer_jax.tasks import DATA_CONFIGS
+from performer_jax.config import ConfigError
 from performer_jax.tasks import TASKS
+from performer_jax.tasks import VARIANTS
 from performer_jax.tasks import base
-from performer_jax.tasks import config_check
 from performer_jax.tasks import masking
 from performer_jax.tasks import pixels
 from performer_jax.tasks import protein
@@ -68,7 +68,8 @@ def data_files(tmp_path_factory):
 
 
 def task_config(name, files, **overrides):
-  cfg = DATA_CONFIGS[name]("smoke")
+  """The task's smoke data section (a ConfigDict) pointed at fixture files."""
+  cfg = TASKS[name].variant_data("smoke").to_config_dict()
   if name.startswith("protein"):
     cfg.train_path, cfg.eval_path = files["train_fasta"], files["eval_fasta"]
     cfg.seq_len, cfg.batch_size, cfg.num_eval_batches = 32, 8, 0
@@ -84,9 +85,16 @@ def task_config(name, files, **overrides):
   return cfg
 
 
+def make(name, cfg, process_index=0, process_count=1):
+  """Parses a data section with the task's schema and builds the task."""
+  task = TASKS[name]
+  return task.build(task.data.parse(cfg), process_index=process_index,
+                    process_count=process_count)
+
+
 def build(name, files, process_index=0, process_count=1, **overrides):
-  return TASKS[name](task_config(name, files, **overrides),
-                     process_index=process_index, process_count=process_count)
+  return make(name, task_config(name, files, **overrides), process_index,
+              process_count)
 
 
 def encoded(seq):
@@ -160,23 +168,25 @@ def test_bert_mask_statistics():
 
 
 def test_registry_and_variants():
-  assert set(TASKS) == {"protein_mlm", "protein_lm", "text_lm", "pixel_lm"}
-  assert set(DATA_CONFIGS) == set(TASKS)
-  for name, fn in DATA_CONFIGS.items():
-    smoke = fn("smoke")
-    for variant in ("smoke", "cpu", "paper"):
-      config_check.check_keys(fn(variant), smoke, name)
+  assert set(TASKS) == {"protein_mlm", "protein_lm", "text_lm", "pixel_lm",
+                        "copy"}
+  for name, task in TASKS.items():
+    assert task.name == name
+    smoke = task.variant_data("smoke")
+    for variant in VARIANTS:
+      assert type(task.variant_data(variant)) is task.data
     assert smoke.seq_len <= 64 and smoke.batch_size <= 8
     with pytest.raises(ValueError, match="unknown variant 'huge'"):
-      fn("huge")
-  assert DATA_CONFIGS["protein_mlm"]("paper").seq_len == 1024
+      task.variant_data("huge")
+  assert TASKS["protein_mlm"].variant_data("paper").seq_len == 1024
 
 
 @pytest.mark.parametrize("name,key,value,message", [
-    ("protein_mlm", "bogus", 1, r"unknown key data\.bogus"),
-    ("protein_mlm", "seq_len", 0, r"data\.seq_len must be >= 1"),
-    ("protein_mlm", "mask_rate", 1.5, r"data\.mask_rate must be in \(0, 1\)"),
-    ("protein_lm", "batch_size", "8", r"data\.batch_size must be a int"),
+    ("protein_mlm", "bogus", 1, r"unknown key config\.data\.bogus"),
+    ("protein_mlm", "seq_len", 0, r"data\.seq_len must be an integer >= 1"),
+    ("protein_mlm", "mask_rate", 1.5, r"data\.mask_rate must be a number in "
+     r"\(0.0, 1.0\)"),
+    ("protein_lm", "batch_size", "8", r"data\.batch_size must be an integer"),
     ("protein_lm", "num_eval_batches", 99, r"num_eval_batches=99 exceeds"),
     ("text_lm", "source", "wikipedia", r"data\.source must be one of"),
     ("text_lm", "eval_split", "train", r"data\.eval_split must be one of"),
@@ -190,22 +200,22 @@ def test_bad_config_values(data_files, name, key, value, message):
       del cfg[key]
     cfg[key] = value
   with pytest.raises(ValueError, match=message):
-    TASKS[name](cfg, process_index=0, process_count=1)
+    make(name, cfg)
 
 
 def test_missing_key(data_files):
   cfg = task_config("text_lm", data_files)
   del cfg["seed"]
-  with pytest.raises(ValueError, match=r"missing key data\.seed"):
-    TASKS["text_lm"](cfg, process_index=0, process_count=1)
+  with pytest.raises(ConfigError, match=r"missing key config\.data\.seed "
+                     r"\(default: 0\)"):
+    make("text_lm", cfg)
 
 
 def test_missing_default_data_names_package(monkeypatch, tmp_path):
   monkeypatch.setattr(defaults, "MMSEQS2_DIR", tmp_path)
   with pytest.raises(FileNotFoundError, match="DB.fasta.gz.*apt-get install "
                      "mmseqs2-examples"):
-    TASKS["protein_lm"](DATA_CONFIGS["protein_lm"]("smoke"), process_index=0,
-                        process_count=1)
+    make("protein_lm", TASKS["protein_lm"].variant_data("smoke").to_dict())
 
 
 # -------------------------------------------------------- all tasks: batches
@@ -331,18 +341,18 @@ def test_protein_epochs_visit_every_sequence_once(data_files):
 
 def test_protein_unigram_bits_by_hand(tmp_path):
   train = write_fasta(tmp_path / "t.fa", ["ACDA", "AC"])
-  cfg = protein.lm_data_config("smoke")
+  cfg = protein.LM.variant_data("smoke").to_config_dict()
   cfg.train_path, cfg.eval_path = train, train
   cfg.batch_size, cfg.num_eval_batches = 2, 0
   # LM targets: residues A:3, C:2, D:1 plus one EOS per sequence (2), of 8.
   p = np.array([3, 2, 1, 2]) / 8
-  lm = protein.make_lm(cfg, process_index=0, process_count=1)
+  lm = make("protein_lm", cfg)
   assert lm.unigram_bits == pytest.approx(-(p * np.log2(p)).sum())
-  cfg = protein.mlm_data_config("smoke")
+  cfg = protein.MLM.variant_data("smoke").to_config_dict()
   cfg.train_path, cfg.eval_path, cfg.batch_size = train, train, 2
   cfg.num_eval_batches = 0
   p = np.array([3, 2, 1]) / 6
-  mlm = protein.make_mlm(cfg, process_index=0, process_count=1)
+  mlm = make("protein_mlm", cfg)
   assert mlm.unigram_bits == pytest.approx(-(p * np.log2(p)).sum())
 
 
@@ -354,7 +364,7 @@ def test_text_windows(tmp_path):
   path = tmp_path / "c.txt"
   path.write_bytes(corpus.tobytes())
   cfg = task_config("text_lm", {"corpus_path": str(path)}, seq_len=20)
-  task = TASKS["text_lm"](cfg, process_index=0, process_count=1)
+  task = make("text_lm", cfg)
   assert (task.vocab_size, task.causal, task.loss_unit) == (256, True, "byte")
   b = task.train.get_batch(2)
   assert b["weights"].all() and b["key_mask"].all()
@@ -391,7 +401,7 @@ def test_text_unigram_bits_by_hand(tmp_path):
   path.write_bytes(b"aaab" * 225 + b"z" * 100)
   cfg = task_config("text_lm", {"corpus_path": str(path)}, seq_len=8,
                     batch_size=2)
-  task = TASKS["text_lm"](cfg, process_index=0, process_count=1)
+  task = make("text_lm", cfg)
   assert task.unigram_bits == pytest.approx(
       -(0.75 * np.log2(0.75) + 0.25 * np.log2(0.25)))
 
@@ -429,12 +439,12 @@ def test_pixel_imagenet_and_cifar_sources(tmp_path):
   for k, d in enumerate(data):
     np.savez(tmp_path / f"train_data_batch_{k + 1}.npz", data=d,
              labels=np.arange(3))
-  cfg = pixels.data_config("smoke")
+  cfg = pixels.variant_data("smoke").to_config_dict()
   cfg.dataset, cfg.seq_len, cfg.batch_size = "imagenet", 48, 3
   cfg.num_eval_batches = 0
   cfg.train_path = str(tmp_path / "train_data_batch_[12].npz")
   cfg.eval_path = str(tmp_path / "train_data_batch_3.npz")
-  task = pixels.make(cfg, process_index=0, process_count=1)
+  task = make("pixel_lm", cfg)
   assert task.train.pixels.shape == (6, 48)
   expected = data[2][0].reshape(3, 4, 4).transpose(1, 2, 0).reshape(-1)
   np.testing.assert_array_equal(task.eval.get_batch(0)["targets"][0],
@@ -447,12 +457,12 @@ def test_pixel_imagenet_and_cifar_sources(tmp_path):
   for name in ("data_batch_1", "test_batch"):
     with open(tmp_path / name, "wb") as f:
       pickle.dump({b"data": cifar, b"labels": [0, 1]}, f)
-  cfg = pixels.data_config("smoke")
+  cfg = pixels.variant_data("smoke").to_config_dict()
   cfg.dataset, cfg.batch_size, cfg.num_eval_batches = "cifar10", 2, 0
   cfg.train_path = str(tmp_path / "data_batch_1")
   cfg.eval_path = str(tmp_path / "test_batch") + ", " + str(
       tmp_path / "test_batch")
-  task = pixels.make(cfg, process_index=0, process_count=1)
+  task = make("pixel_lm", cfg)
   assert task.eval.pixels.shape == (4, 3072)
   first = task.eval.get_batch(0)["targets"][0]
   raster = cifar[0].reshape(3, 32, 32).transpose(1, 2, 0).reshape(-1)
@@ -465,21 +475,21 @@ def test_pixel_unigram_bits_by_hand(tmp_path):
   images[:, 1, 0] = 255
   images[:, 1, 1] = 7  # p = (1/2, 1/4, 1/4) -> 1.5 bits
   (tmp_path / "imgs").write_bytes(idx_bytes(images))
-  cfg = pixels.data_config("smoke")
+  cfg = pixels.variant_data("smoke").to_config_dict()
   cfg.dataset, cfg.seq_len, cfg.batch_size = "idx", 4, 2
   cfg.num_eval_batches = 0
   cfg.train_path = cfg.eval_path = str(tmp_path / "imgs")
-  task = pixels.make(cfg, process_index=0, process_count=1)
+  task = make("pixel_lm", cfg)
   assert task.unigram_bits == pytest.approx(1.5)
 
 
 def test_pixel_missing_glob(tmp_path):
-  cfg = pixels.data_config("smoke")
+  cfg = pixels.variant_data("smoke").to_config_dict()
   cfg.dataset, cfg.train_path = "imagenet", str(tmp_path / "nope_*.npz")
   cfg.eval_path = str(tmp_path / "nope_*.npz")
   with pytest.raises(FileNotFoundError, match=r"data\.train_path: no file "
                      "matches"):
-    pixels.make(cfg, process_index=0, process_count=1)
+    make("pixel_lm", cfg)
 
 
 # --------------------------------------------------------------- real data
@@ -492,8 +502,8 @@ def test_real_embedded_data_if_installed():
   if missing:
     pytest.skip(f"embedded data absent ({missing}): run "
                 "`bash scripts/setup_data.sh`")
-  cfg = DATA_CONFIGS["protein_mlm"]("smoke")
-  task = TASKS["protein_mlm"](cfg, process_index=0, process_count=1)
+  cfg = TASKS["protein_mlm"].variant_data("smoke")
+  task = make("protein_mlm", cfg.to_dict())
   assert len(task.train.proteins) == 20_000
   assert task.train.proteins.tokens.shape == (9_055_569,)
   assert len(task.eval.proteins) == 500

@@ -13,6 +13,7 @@ same config (computed in the pytest process) to float32 round-off.
 
 import json
 import os
+import pathlib
 import socket
 import subprocess
 import sys
@@ -20,16 +21,19 @@ import sys
 import numpy as np
 import pytest
 
+if __name__ == "__main__":  # a worker: make the repository importable
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+from tests import inputs  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 # One worker runs the whole module: its tests share compiled trainers.
 pytestmark = pytest.mark.xdist_group("multihost")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
 # Reductions run in a different order when sharded: allow round-off.
 ATOL = 2e-5
 
 
 def make_config(mesh_data, mesh_model):
-  from configs import copy as copy_config  # pylint: disable=g-import-not-at-top
+  from performer_jax.configs import copy as copy_config  # pylint: disable=g-import-not-at-top
   config = copy_config.get_config("smoke,favor")
   config.model.dropout_rate = 0.1  # the dropout rng must not depend on mesh
   config.model.attention.redraw_every = 2
@@ -89,13 +93,10 @@ def worker(argv):
 
 
 def launch(args, num_devices):
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform"
-                      f"_device_count={num_devices}")
-  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-  env["JAX_PLATFORMS"] = "cpu"
+  env = inputs.subprocess_env(
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
   return subprocess.Popen([sys.executable, os.path.abspath(__file__)]
-                          + [str(a) for a in args], env=env, cwd=REPO,
+                          + [str(a) for a in args], env=env, cwd=inputs.REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
 
@@ -173,5 +174,4 @@ def test_matches_single_device(runs, name, mesh, processes):
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, REPO)
   worker(sys.argv[1:])

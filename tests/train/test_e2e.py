@@ -15,11 +15,12 @@ import jax
 import numpy as np
 import pytest
 
-from configs import copy as copy_config
+from performer_jax.configs import copy as copy_config
+from performer_jax.tasks import base
 from performer_jax.train import checkpoint as checkpoint_lib
 from performer_jax.train import metrics as metrics_lib
-from performer_jax.train import synthetic_task
 from performer_jax.train import trainer as trainer_lib
+from tests import inputs
 
 # One worker runs the whole module: its tests share compiled trainers.
 pytestmark = pytest.mark.xdist_group("train_e2e")
@@ -156,7 +157,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         batch["weights"] = np.full_like(batch["weights"], np.nan)
       return batch
 
-  trainer.task = synthetic_task.base.TaskData(
+  trainer.task = base.TaskData(
       train=PoisonedSource(good_task.train), eval=good_task.eval,
       vocab_size=good_task.vocab_size, causal=good_task.causal)
   try:
@@ -174,16 +175,16 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_cli_trains_and_writes_the_resolved_config(tmp_path):
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu")
+
   workdir = tmp_path / "cli"
   proc = subprocess.run(
       [sys.executable, "-m", "performer_jax.train",
-       "--config=configs/copy.py:smoke,softmax", "--config.trainer.steps=3",
+       "--config=copy:smoke,softmax", "--config.trainer.steps=3",
        "--config.trainer.eval_every=0", "--config.model.emb_dim=16",
        "--config.optimizer.warmup_steps=1",
        f"--workdir={workdir}"],
-      cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+      cwd=inputs.REPO, env=inputs.subprocess_env(), capture_output=True,
+      text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(workdir / "config.json") as f:
     saved = json.load(f)

@@ -7,14 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import common
+from performer_jax.config import OptimizerConfig
 from performer_jax.train import optimizer as optimizer_lib
 
 
 def opt_config(**overrides):
-  config = common.get_base_config().optimizer
-  config.update(overrides)
-  return config
+  return OptimizerConfig(**overrides)
 
 
 def test_cosine_schedule():

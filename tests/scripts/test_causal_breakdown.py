@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts",
-                     "causal_breakdown.py")
+from tests import inputs
+
+_PATH = os.path.join(inputs.REPO, "scripts", "causal_breakdown.py")
 _spec = importlib.util.spec_from_file_location("causal_breakdown", _PATH)
 breakdown = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(breakdown)

@@ -358,8 +358,8 @@ def test_bad_arguments_rejected():
 
 def test_default_config_is_valid_and_accepts_none_features():
   cfg = models.default_model_config()
-  models.validate_model_config(cfg)
+  assert models.ModelConfig.parse(cfg) == models.ModelConfig()
   cfg.attention.kernel = "relu"
   cfg.attention.num_features = None
   model = models.make_model(cfg, vocab_size=VOCAB, causal=False)
-  assert model.config.num_features == 0
+  assert model.config.attention.num_features is None

@@ -1,23 +1,26 @@
 """The synthetic copy task used by the trainer's smoke tests."""
 
-import ml_collections
+import dataclasses
+
 import numpy as np
 import pytest
 
-from configs import copy as copy_config
+from performer_jax.config import ConfigError
 from performer_jax.tasks import base
-from performer_jax.train import synthetic_task as copy_task
+from performer_jax.tasks import copy as copy_task
 
 
 def data_config(kind="causal", **overrides):
-  config = copy_config.get_config("smoke" + (",mlm" if kind == "mlm"
-                                             else "")).data
-  config.update(overrides)
-  return config
+  return dataclasses.replace(copy_task.variant_data("smoke"),
+                             **{"variant": kind, **overrides})
+
+
+def make(data, **kwargs):
+  return copy_task.TASK.build(data, **kwargs)
 
 
 def test_causal_batch_is_a_shifted_copy():
-  task = copy_task.make_copy_task(data_config(seq_len=32, batch_size=16))
+  task = make(data_config(seq_len=32, batch_size=16))
   assert task.causal and task.vocab_size == 16 and task.loss_unit == "token"
   batch = task.train.get_batch(3)
   base.check_batch(batch, 16, 32)
@@ -40,7 +43,7 @@ def test_causal_batch_is_a_shifted_copy():
 
 
 def test_mlm_batch_masks_only_scored_positions():
-  task = copy_task.make_copy_task(data_config("mlm", seq_len=64,
+  task = make(data_config("mlm", seq_len=64,
                                               batch_size=32, mask_rate=0.3))
   assert not task.causal
   batch = task.train.get_batch(0)
@@ -54,7 +57,7 @@ def test_mlm_batch_masks_only_scored_positions():
 
 
 def test_batches_are_pure_functions_of_step_and_split():
-  task = copy_task.make_copy_task(data_config())
+  task = make(data_config())
   a, b = task.train.get_batch(5), task.train.get_batch(5)
   for key in base.BATCH_KEYS:
     np.testing.assert_array_equal(a[key], b[key])
@@ -64,8 +67,8 @@ def test_batches_are_pure_functions_of_step_and_split():
 
 
 def test_process_shards_tile_the_global_batch():
-  full = copy_task.make_copy_task(data_config(batch_size=8)).train.get_batch(2)
-  parts = [copy_task.make_copy_task(data_config(batch_size=8),
+  full = make(data_config(batch_size=8)).train.get_batch(2)
+  parts = [make(data_config(batch_size=8),
                                     process_index=i,
                                     process_count=4).train.get_batch(2)
            for i in range(4)]
@@ -75,20 +78,21 @@ def test_process_shards_tile_the_global_batch():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"variant": "prefix"}, "variant"),
-    ({"vocab_size": 3}, "vocab_size"),
-    ({"mask_rate": 0.0}, "mask_rate"),
+    ({"variant": "prefix"}, "config.data.variant"),
+    ({"vocab_size": 3}, "config.data.vocab_size"),
+    ({"mask_rate": 0.0}, "config.data.mask_rate"),
+    ({"seq_len": 1}, "config.data.seq_len"),
 ])
 def test_bad_data_config(overrides, message):
-  with pytest.raises(ValueError, match=message):
-    copy_task.make_copy_task(data_config(**overrides))
+  with pytest.raises(ConfigError, match=message):
+    data_config(**overrides)
 
 
 def test_unknown_data_key():
-  config = ml_collections.ConfigDict(dict(data_config()))
-  config.path = "x"
-  with pytest.raises(ValueError, match=r"unknown key\(s\) \['path'\]"):
-    copy_task.make_copy_task(config)
-  with pytest.raises(ValueError, match="divisible by the process count"):
-    copy_task.make_copy_task(data_config(batch_size=6), process_index=0,
+  section = data_config().to_config_dict()
+  section.path = "x"
+  with pytest.raises(ConfigError, match=r"unknown key config.data.path"):
+    copy_task.CopyData.parse(section)
+  with pytest.raises(ValueError, match="not divisible by process_count"):
+    make(data_config(batch_size=6), process_index=0,
                              process_count=4)

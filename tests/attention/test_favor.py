@@ -12,6 +12,7 @@ from jax.test_util import check_grads
 from performer_jax.attention import favor_attention
 from performer_jax.attention import gaussian_orthogonal_random_matrix
 from performer_jax.attention import softmax_attention
+from tests import inputs
 from tests import reference
 
 favor = jax.jit(favor_attention,
@@ -41,14 +42,7 @@ def _np_features(kernel, x, proj):
   return np.square(x)
 
 
-def _inputs(b=2, length=23, h=2, d=8, m=32, seed=0, scale=1.0):
-  r = jax.random.split(jax.random.PRNGKey(seed), 5)
-  q = scale * jax.random.normal(r[0], (b, length, h, d))
-  k = scale * jax.random.normal(r[1], (b, length, h, d))
-  v = jax.random.normal(r[2], (b, length, h, d))
-  mask = jax.random.bernoulli(r[3], 0.75, (b, length)).at[:, 0].set(True)
-  proj = gaussian_orthogonal_random_matrix(r[4], m, d)
-  return q, k, v, mask, proj
+_inputs = inputs.qkv
 
 
 KERNEL_CASES = [("softmax", True), ("softmax_hyperbolic", True),
@@ -66,7 +60,7 @@ STABILIZED = ["softmax", "softmax_hyperbolic", "softmax_trig"]
 def test_equals_brute_force_with_same_features(kernel, with_proj, causal,
                                                chunk, implementation, masked):
   if implementation == "kernel" and kernel == "softmax_trig":
-    return  # Rejected by the kernel: test_causal_cpu.py checks the error.
+    return  # Rejected by the kernel: test_cpu_kernel.py checks the error.
   q, k, v, mask, proj = _inputs()
   proj = proj if with_proj else None
   key_mask = mask if masked else None
@@ -120,7 +114,7 @@ def test_no_future_leak_through_stabilizer(kernel, chunk, implementation):
   """Scaling the last key (the official code's leak: up to 0.96) must not
   move any earlier output, not even through the max stabilizer."""
   if implementation == "kernel" and kernel == "softmax_trig":
-    return  # Rejected by the kernel: test_causal_cpu.py checks the error.
+    return  # Rejected by the kernel: test_cpu_kernel.py checks the error.
   q, k, v, _, proj = _inputs(length=20, scale=2.0)
   run = lambda k: favor(q, k, v, proj, kernel=kernel, causal=True,
                         chunk_size=chunk, implementation=implementation)

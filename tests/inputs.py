@@ -1,0 +1,37 @@
+"""What the tests share: the repository root, random attention inputs, the
+environment of a subprocess and tiny training configs."""
+
+import os
+import pathlib
+
+import jax
+
+from performer_jax.attention import gaussian_orthogonal_random_matrix
+
+REPO = str(pathlib.Path(__file__).resolve().parents[1])
+
+
+def qkv(b=2, length=23, h=2, d=8, m=32, scale=1.0, seed=0, keep=0.75):
+  """Random q, k `[b, length, h, d]` (times `scale`), v, a key mask that
+  keeps about `keep` of the keys (always the first) and an `[m, d]`
+  projection."""
+  r = jax.random.split(jax.random.PRNGKey(seed), 5)
+  q = scale * jax.random.normal(r[0], (b, length, h, d))
+  k = scale * jax.random.normal(r[1], (b, length, h, d))
+  v = jax.random.normal(r[2], (b, length, h, d))
+  mask = jax.random.bernoulli(r[3], keep, (b, length)).at[:, 0].set(True)
+  proj = gaussian_orthogonal_random_matrix(r[4], m, d)
+  return q, k, v, mask, proj
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+  """This process's environment (so the test XLA flags carry over), on the
+  CPU, with the repository importable; `extra` variables are appended to
+  XLA_FLAGS or set."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  for name, value in extra.items():
+    if name == "XLA_FLAGS":
+      value = (env.get("XLA_FLAGS", "") + " " + value).strip()
+    env[name] = value
+  return env
