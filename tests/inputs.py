@@ -6,6 +6,7 @@ import pathlib
 
 import jax
 
+from performer_jax import models
 from performer_jax.attention import gaussian_orthogonal_random_matrix
 
 REPO = str(pathlib.Path(__file__).resolve().parents[1])
@@ -35,3 +36,27 @@ def subprocess_env(**extra: str) -> dict[str, str]:
       value = (env.get("XLA_FLAGS", "") + " " + value).strip()
     env[name] = value
   return env
+
+
+# The attention variants the model tests run: model.attention overrides.
+MODEL_KINDS = {
+    "softmax": dict(kind="softmax"),
+    "favor_softmax": dict(kind="favor", kernel="softmax", num_features=16),
+    "favor_relu": dict(kind="favor", kernel="relu", num_features=16),
+    "favor_relu_deterministic": dict(kind="favor", kernel="relu",
+                                     num_features=0),
+    "l2": dict(kind="l2"),
+}
+
+
+def tiny_model_config(kind="softmax", max_len=16, **overrides):
+  """A 2-layer, width-32 model section (a ConfigDict) with attention `kind`
+  (a key of MODEL_KINDS) and top-level `overrides`."""
+  cfg = models.default_model_config()
+  cfg.num_layers, cfg.num_heads, cfg.emb_dim, cfg.mlp_dim = 2, 2, 32, 64
+  cfg.max_len = max_len
+  for key, value in MODEL_KINDS[kind].items():
+    cfg.attention[key] = value
+  for key, value in overrides.items():
+    cfg[key] = value
+  return cfg

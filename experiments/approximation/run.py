@@ -22,7 +22,6 @@ Two measurements, one figure (approximation.png) and two CSVs:
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import time
 
@@ -30,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import common
 from experiments.approximation import kernel_mse
 from performer_jax import attention
 
@@ -120,19 +120,9 @@ def kernel_level(dim: int, m: int, norm: float, angles: int,
   return rows
 
 
-def write_csv(path, rows):
-  with open(path, "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-
-
 def plot(path, att_rows, ker_rows, args):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   scales = args.input_scales
-  fig, axes = plt.subplots(len(scales), 3, figsize=(16, 4.3 * len(scales)),
+  fig, axes = common.plt.subplots(len(scales), 3, figsize=(16, 4.3 * len(scales)),
                            squeeze=False)
   styles = {"iid": ":", "orth_chi": "-", "orth_sqrt_d": "--"}
   colors = {"positive": "C0", "trig": "C3", "hyperbolic": "C2"}
@@ -189,9 +179,7 @@ def plot(path, att_rows, ker_rows, args):
     ax.set(xlabel="angle(x, y) [rad]", ylabel="MC MSE / Lemma 2",
            title="Monte Carlo over theory (iid, +-2 s.e.)")
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  common.save_figure(fig, path)
 
 
 def summarize(att_rows, ker_rows) -> list[str]:
@@ -258,8 +246,8 @@ def main(argv=None):
   ker_rows = kernel_level(args.dim, args.kernel_m, args.norm, args.angles,
                           args.draws)
   t2 = time.time()
-  write_csv(os.path.join(args.out, "attention_mse.csv"), att_rows)
-  write_csv(os.path.join(args.out, "kernel_mse.csv"), ker_rows)
+  common.write_csv(os.path.join(args.out, "attention_mse.csv"), att_rows)
+  common.write_csv(os.path.join(args.out, "kernel_mse.csv"), ker_rows)
   plot(os.path.join(args.out, "approximation.png"), att_rows, ker_rows, args)
   for line in summarize(att_rows, ker_rows):
     print(line)

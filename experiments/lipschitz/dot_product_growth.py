@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.lipschitz import common
+from experiments import common
 from performer_jax.lipschitz import bounds
 from performer_jax.lipschitz import jacobian
 from performer_jax.lipschitz import maps

@@ -35,7 +35,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from experiments.lipschitz import common
+from experiments import common
 from performer_jax import models
 from performer_jax.lipschitz import bounds
 from performer_jax.lipschitz import contractive

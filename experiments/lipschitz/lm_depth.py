@@ -42,7 +42,7 @@ import shutil
 import tempfile
 import time
 
-from experiments.lipschitz import common
+from experiments import common
 from performer_jax import models
 from performer_jax.lipschitz import model as model_lib
 from performer_jax.train import trainer as trainer_lib

@@ -24,7 +24,7 @@ import time
 
 import jax
 
-from experiments.lipschitz import common
+from experiments import common
 from performer_jax.lipschitz import bounds
 from performer_jax.lipschitz import jacobian
 from performer_jax.lipschitz import maps

@@ -17,11 +17,11 @@ Writes scaling.csv and scaling.png (time, memory, speedup over exact).
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import time
 
+from experiments import common
 from experiments.scaling import timing
 from performer_jax import attention
 
@@ -96,10 +96,7 @@ def speedups(rows) -> list[tuple[str, int, float, float]]:
 
 
 def plot(path, rows, args):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+  fig, axes = common.plt.subplots(1, 3, figsize=(16, 4.5))
   colors = {m: f"C{i}" for i, m in enumerate(timing.METHODS)}
   for method in args.methods:
     sel = sorted((r for r in rows if r["method"] == method),
@@ -142,9 +139,7 @@ def plot(path, rows, args):
               ylabel="exact / FAVOR+", title="speedup over exact attention")
   for ax in axes:
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  common.save_figure(fig, path)
 
 
 def main(argv=None):
@@ -154,10 +149,8 @@ def main(argv=None):
   rows = run(args)
   keys = ["method", "length", "chunk_size", "seconds", "repeats",
           "peak_bytes", "gflops", "fits_machine", "status"]
-  with open(os.path.join(args.out, "scaling.csv"), "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=keys)
-    w.writeheader()
-    w.writerows({k: r[k] for k in keys} for r in rows)
+  common.write_csv(os.path.join(args.out, "scaling.csv"),
+                   [{k: r[k] for k in keys} for r in rows])
   plot(os.path.join(args.out, "scaling.png"), rows, args)
   for method, length, t, m in speedups(rows):
     print(f"{method:13s} L={length:6d}: {t:7.2f}x faster, {m:7.2f}x less "

@@ -21,7 +21,6 @@ of 32, 256 features) take a few minutes on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import time
@@ -30,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import common
 from experiments.scaling import timing
 from performer_jax import attention
 from performer_jax.attention import slim_favor_attention
@@ -180,10 +180,7 @@ def run(args) -> list[dict]:
 
 
 def plot(path, rows, args):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+  fig, axes = common.plt.subplots(1, 3, figsize=(16, 4.5))
   for li, length in enumerate(args.lengths):
     for impl, ls in (("autodiff", "--"), ("slim", "-")):
       sel = sorted((r for r in rows if r["impl"] == impl and
@@ -206,9 +203,7 @@ def plot(path, rows, args):
               ylabel="step time (s)", title="time per training step")
   for ax in axes:
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  common.save_figure(fig, path)
 
 
 def main(argv=None):
@@ -217,10 +212,7 @@ def main(argv=None):
   t0 = time.time()
   rows = run(args)
   path = os.path.join(args.out, "slim.csv")
-  with open(path, "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
+  common.write_csv(path, rows)
   plot(os.path.join(args.out, "slim.png"), rows, args)
   for length in args.lengths:
     for impl in IMPLEMENTATIONS:

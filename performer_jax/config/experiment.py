@@ -87,13 +87,7 @@ def validate(cfg: ExperimentConfig) -> None:
   """The rules that span sections. Raises ConfigError."""
   model, data, trainer = cfg.model, cfg.data, cfg.trainer
   if cfg.model_builder == "invertible_l2":
-    if model.attention.kind != "l2":
-      raise ConfigError("config.model_builder='invertible_l2' needs "
-                        "config.model.attention.kind='l2', got "
-                        f"{model.attention.kind!r}")
-    if model.scan_layers:
-      raise ConfigError("config.model.scan_layers=True is not supported by "
-                        "model_builder='invertible_l2'; set it to False")
+    invertible_model.check_model(model)
   if model.max_len < data.seq_len:
     raise ConfigError(f"config.model.max_len ({model.max_len}) must be >= "
                       f"config.data.seq_len ({data.seq_len})")

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from performer_jax.config.schema import ConfigError
 from performer_jax.config.sections import ModelConfig
 from performer_jax.lipschitz import contractive
 from performer_jax.lipschitz import invertible
@@ -144,6 +145,17 @@ def invert_hidden(model: InvertibleL2Transformer, variables, h_BLD: jax.Array,
   return x_BLD, infos
 
 
+def check_model(model: ModelConfig) -> None:
+  """What the invertible model needs of a model section (ConfigError)."""
+  if model.attention.kind != "l2":
+    raise ConfigError("model_builder='invertible_l2' needs "
+                      "config.model.attention.kind='l2', got "
+                      f"{model.attention.kind!r}")
+  if model.scan_layers:
+    raise ConfigError("config.model.scan_layers=True is not supported by "
+                      "model_builder='invertible_l2'; set it to False")
+
+
 def make_invertible_model(model: ModelConfig | Any, *, vocab_size: int,
                           causal: bool, c: float = 0.9, norm: str = "inf",
                           stop_gradient_bound: bool = False
@@ -168,13 +180,7 @@ def make_invertible_model(model: ModelConfig | Any, *, vocab_size: int,
   """
   model = model if isinstance(model, ModelConfig) else ModelConfig.parse(
       model)
-  if model.attention.kind != "l2":
-    raise ValueError("make_invertible_model builds contractive L2 attention; "
-                     "set model.attention.kind = 'l2' (got "
-                     f"{model.attention.kind!r})")
-  if model.scan_layers:
-    raise ValueError("model.scan_layers=True is not supported by the "
-                     "invertible model; set it to False")
+  check_model(model)
   transformer.check_vocab_size(vocab_size)
   contractive.check_c_norm(c, norm)
   return InvertibleL2Transformer(model, vocab_size=vocab_size,

@@ -12,35 +12,17 @@ from jax.sharding import Mesh
 from performer_jax import models
 from performer_jax import nn as pjnn
 from performer_jax.models import embeddings
+from tests import inputs
 
 VOCAB = 13
 BATCH = 2
 LEN = 16
 
-# Attention variants exercised by every parameterized test.
-KINDS = {
-    "softmax": dict(kind="softmax"),
-    "favor_softmax": dict(kind="favor", kernel="softmax", num_features=16),
-    "favor_relu": dict(kind="favor", kernel="relu", num_features=16),
-    "favor_relu_deterministic": dict(kind="favor", kernel="relu",
-                                     num_features=0),
-    "l2": dict(kind="l2"),
-}
+KINDS = inputs.MODEL_KINDS
 
 
 def tiny_config(kind="softmax", **overrides):
-  cfg = models.default_model_config()
-  cfg.num_layers = 2
-  cfg.num_heads = 2
-  cfg.emb_dim = 32
-  cfg.mlp_dim = 64
-  cfg.max_len = LEN
-  cfg.dropout_rate = 0.1
-  for key, value in KINDS[kind].items():
-    cfg.attention[key] = value
-  for key, value in overrides.items():
-    cfg[key] = value
-  return cfg
+  return inputs.tiny_model_config(kind, max_len=LEN, **overrides)
 
 
 def init_variables(model, seed=0):

@@ -1,4 +1,4 @@
-"""CSV and plotting helpers shared by the Lipschitz experiment scripts."""
+"""CSV and plotting helpers shared by the experiment scripts."""
 
 from __future__ import annotations
 
