@@ -20,11 +20,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
 
-from performer_jax import attention  # pylint: disable=g-import-not-at-top
-from performer_jax.configs import copy as copy_config  # pylint: disable=g-import-not-at-top
-from performer_jax.train import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+from performer_jax import attention
+from performer_jax.configs import copy as copy_config
+from performer_jax.train import trainer as trainer_lib
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 def bench_config(kind, seq_len, args):

@@ -122,7 +122,8 @@ def kernel_level(dim: int, m: int, norm: float, angles: int,
 
 def plot(path, att_rows, ker_rows, args):
   scales = args.input_scales
-  fig, axes = common.plt.subplots(len(scales), 3, figsize=(16, 4.3 * len(scales)),
+  fig, axes = common.plt.subplots(len(scales), 3,
+                                  figsize=(16, 4.3 * len(scales)),
                            squeeze=False)
   styles = {"iid": ":", "orth_chi": "-", "orth_sqrt_d": "--"}
   colors = {"positive": "C0", "trig": "C3", "hyperbolic": "C2"}

@@ -74,7 +74,8 @@ def parse_args(argv=None):
 
 def make_config(args, kind: str, depth: int):
   """The text_lm training config of one run."""
-  from performer_jax.configs import text_lm  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from performer_jax.configs import text_lm
   config = text_lm.get_config("smoke," + ("softmax" if kind == "dot"
                                           else "l2"))
   config.data.seq_len = args.seq_len

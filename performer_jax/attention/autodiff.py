@@ -1,4 +1,4 @@
-"""FAVOR+ as plain JAX, differentiated by autodiff (`implementation="autodiff"`).
+"""FAVOR+ in plain JAX, differentiated by autodiff ("autodiff" implementation).
 
 With features Q' = phi(Q), K' = phi(K) the output is
 `D^-1 (Q' ((K')^T V))`, `D = diag(Q' ((K')^T 1))`; the normalizer comes out

@@ -1,4 +1,4 @@
-"""Causal FAVOR+ through the compiled XLA:CPU kernel (`implementation="kernel"`).
+"""Causal FAVOR+ through the compiled XLA:CPU kernel ("kernel" implementation).
 
 XLA computes the features (projection, exp, stabilizer, mask) and their
 gradients; the C++ kernel (`performer_jax/kernels/causal_favor_cpu.cc`)

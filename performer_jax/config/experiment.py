@@ -65,7 +65,7 @@ class ExperimentConfig(schema.Section):
     """Builds the config; `config.data` is read with the task's schema."""
     if isinstance(section, ExperimentConfig):
       return section
-    mapping = schema._as_mapping(section, "config")  # pylint: disable=protected-access
+    mapping = schema.as_mapping(section, "config")
     task = mapping.get("task", cls.task)
     if task not in tasks_lib.TASKS:
       raise ConfigError(f"config.task={task!r} is not a known task; choose "

@@ -30,7 +30,7 @@ class ConfigError(ValueError):
   the value and the fix."""
 
 
-def _as_mapping(section: Any, where: str) -> Mapping[str, Any]:
+def as_mapping(section: Any, where: str) -> Mapping[str, Any]:
   if isinstance(section, ml_collections.ConfigDict):
     return section.to_dict()
   if isinstance(section, Mapping):
@@ -82,7 +82,7 @@ class Section:
     ConfigDicts from `defaults()` do (build the dataclass directly to rely
     on defaults).
     """
-    mapping = _as_mapping(section, cls.key("")[:-1] or "config")
+    mapping = as_mapping(section, cls.key("")[:-1] or "config")
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(mapping) - set(names))
     if unknown:

@@ -67,8 +67,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     flags.mark_flags_as_required(["config", "workdir"])
 
   def run(unused_argv):
-    from performer_jax.config import experiment  # pylint: disable=g-import-not-at-top
-    from performer_jax.train import trainer  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top
+    from performer_jax.config import experiment
+    from performer_jax.train import trainer
+    # pylint: enable=g-import-not-at-top
     logging.getLogger("performer_jax.train").setLevel(logging.INFO)
     # Orbax logs every checkpoint step at INFO through absl; keep warnings.
     logging.getLogger("absl").setLevel(logging.WARNING)

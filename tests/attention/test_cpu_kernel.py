@@ -1,10 +1,10 @@
 """Tests for the compiled causal FAVOR+ CPU kernel (implementation="kernel").
 
 Values and gradients are checked against the autodiff XLA path and a float64
-brute force (attention/test_favor.py runs its brute-force, leak and causality tests on
-the kernel too); here: every feature map, masks including left padding,
-partial chunks, large norms, dtypes, jit/vmap, a sharded mesh, check_grads,
-the "auto" choice and the errors.
+brute force (attention/test_favor.py runs its brute-force, leak and causality
+tests on the kernel too); here: every feature map, masks including left
+padding, partial chunks, large norms, dtypes, jit/vmap, a sharded mesh,
+check_grads, the "auto" choice and the errors.
 """
 
 import os

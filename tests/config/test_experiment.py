@@ -71,7 +71,8 @@ def test_unknown_option():
     (lambda c: setattr(c.trainer, "microbatches", 3),
      r"batch_size \(8\) must be a multiple of .*microbatches \(3\)"),
     (lambda c: setattr(c.mesh, "data", 3),
-     r"batch_size \(8\) must be divisible by the data-parallel mesh size \(3\)"),
+     r"batch_size \(8\) must be divisible by the data-parallel mesh size "
+     r"\(3\)"),
     (lambda c: setattr(c.mesh, "model", 4),
      r"num_heads \(2\) must be divisible by the model-parallel mesh size"),
     (lambda c: setattr(c, "model_builder", "resnet"), r"model_builder"),

@@ -229,7 +229,8 @@ def test_tolerance_floor_scales_with_dtype_and_magnitude():
 def test_make_invertible_model_errors():
   cfg = _lm_config()
   cfg.attention.kind = "softmax"
-  with pytest.raises(ValueError, match="needs config.model.attention.kind='l2'"):
+  with pytest.raises(ValueError,
+                     match="needs config.model.attention.kind='l2'"):
     model_lib.make_invertible_model(cfg, vocab_size=5, causal=True)
   with pytest.raises(ValueError, match="c must be"):
     model_lib.make_invertible_model(_lm_config(), vocab_size=5, causal=True,

@@ -182,5 +182,6 @@ def test_bad_fields_are_named():
   with pytest.raises(ValueError, match="needs causal=True"):
     _module("favor", decode=True).init(RNGS, X)
   with pytest.raises(ValueError,
-                     match=r"MultiHeadAttention\(kernel=\.\.\.\) must be one of"):
+                     match=r"MultiHeadAttention\(kernel=\.\.\.\) must be "
+                     "one of"):
     _module("favor", kernel="cos").init(RNGS, X)
