@@ -45,6 +45,7 @@ import time
 from experiments import common
 from performer_jax import models
 from performer_jax.lipschitz import model as model_lib
+from performer_jax.train import NonFiniteLossError
 from performer_jax.train import trainer as trainer_lib
 
 KINDS = ("dot", "l2", "contractive_inf", "contractive_2")
@@ -140,7 +141,7 @@ def run(args) -> list[dict]:
           losses = result.train_losses
           last = losses[max(losses)] if losses else float("nan")
           bits = result.eval_metrics.get("bits_per_byte", float("nan"))
-        except trainer_lib.NonFiniteLossError as e:
+        except NonFiniteLossError as e:
           # The trainer stops at the first non-finite loss: that is a
           # divergence, the outcome this experiment looks for.
           print(f"{kind} depth {depth}: {e}", flush=True)

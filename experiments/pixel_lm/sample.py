@@ -46,7 +46,7 @@ def load_run(workdir: str):
   step = ckpt.latest_step()
   if step is None:
     raise FileNotFoundError(f"no checkpoint under {ckpt.directory}")
-  state = ckpt.restore(step, trainer.abstract_state, trainer.shardings)
+  state, _ = ckpt.restore(step, trainer.abstract_state, trainer.shardings)
   ckpt.close()
   return trainer, state, step
 

@@ -37,7 +37,8 @@ ATTENTION_KINDS = ("softmax", "favor", "l2")
 
 
 def check_qkv(query: jax.Array, key: jax.Array, value: jax.Array,
-              key_mask: jax.Array | None, *, name: str) -> None:
+              key_mask: jax.Array | None, *, name: str,
+              query_mask: jax.Array | None = None) -> None:
   """Raises ValueError when the shapes or dtypes of a call are unusable."""
   for arg_name, arr in (("query", query), ("key", key), ("value", value)):
     if arr.ndim < 3:
@@ -78,6 +79,14 @@ def check_qkv(query: jax.Array, key: jax.Array, value: jax.Array,
       raise ValueError(
           f"{name}: key_mask must be boolean (True = attend), got dtype "
           f"{key_mask.dtype}. Convert with `mask.astype(bool)`.")
+  if query_mask is not None:
+    expected = query.shape[:-2]
+    if (tuple(query_mask.shape) != tuple(expected)
+        or query_mask.dtype != jnp.bool_):
+      raise ValueError(
+          f"{name}: query_mask must be boolean [batch..., q_len] = "
+          f"{expected} (True = a real query), got {query_mask.dtype} "
+          f"{tuple(query_mask.shape)}.")
 
 
 def resolve_implementation(implementation: str, kernel, causal: bool) -> str:
@@ -100,6 +109,7 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                     kernel: str | feature_maps.FeatureFn = "softmax",
                     causal: bool = False,
                     key_mask: jax.Array | None = None,
+                    query_mask: jax.Array | None = None,
                     chunk_size: int = DEFAULT_CHUNK_SIZE,
                     implementation: str = "auto") -> jax.Array:
   """FAVOR+ approximation of `softmax_attention(query, key, value)`.
@@ -119,6 +129,10 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     causal: query i sees keys j <= i only.
     key_mask: bool `[batch..., S]`, True = attend. Padded keys are removed from
       the numerator and the normalizer whatever they contain.
+    query_mask: bool `[batch..., L]` or None, False at padded queries
+      (self-attention passes its key mask): padded query rows are zeroed on
+      the way in and their outputs are 0, so whatever they hold (even NaN)
+      cannot reach the gradients of real positions.
     chunk_size: C, tokens per chunk in causal mode. Work per token grows with
       C (the intra-chunk product), per-chunk overhead shrinks with it.
     implementation: "auto" (default): "kernel" for causal attention on the
@@ -139,7 +153,8 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   Raises:
     ValueError, TypeError: naming the argument and the fix.
   """
-  check_qkv(query, key, value, key_mask, name="favor_attention")
+  check_qkv(query, key, value, key_mask, name="favor_attention",
+            query_mask=query_mask)
   if causal and query.shape[-3] != key.shape[-3]:
     raise ValueError(
         "favor_attention: causal mode needs q_len == kv_len (self-attention), "
@@ -158,7 +173,7 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   proj = None if projection is None else jax.lax.stop_gradient(
       projection.astype(jnp.float32))
   feature_maps.resolve(kernel, proj)  # Checks kernel and projection.
-  flat = layout.flatten(query, key, value, key_mask)
+  flat = layout.flatten(query, key, value, key_mask, query_mask)
   x_q_BHLD, x_k_BHSD, v_BHSD = layout.favor_inputs(flat)
   args = (x_q_BHLD, x_k_BHSD, v_BHSD, flat.key_mask_BS, proj)
   if causal:
@@ -177,6 +192,7 @@ def slim_favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                          kernel: str | feature_maps.FeatureFn = "softmax",
                          causal: bool = True,
                          key_mask: jax.Array | None = None,
+                         query_mask: jax.Array | None = None,
                          chunk_size: int = DEFAULT_CHUNK_SIZE) -> jax.Array:
   """`favor_attention(..., implementation="slim")`, causal by default.
 
@@ -185,12 +201,14 @@ def slim_favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   """
   return favor_attention(query, key, value, projection, kernel=kernel,
                          causal=causal, key_mask=key_mask,
-                         chunk_size=chunk_size, implementation="slim")
+                         query_mask=query_mask, chunk_size=chunk_size,
+                         implementation="slim")
 
 
 def softmax_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
                       causal: bool = False,
-                      key_mask: jax.Array | None = None) -> jax.Array:
+                      key_mask: jax.Array | None = None,
+                      query_mask: jax.Array | None = None) -> jax.Array:
   """Exact softmax attention with logits `q.k / sqrt(head_dim)`.
 
   Args:
@@ -200,18 +218,24 @@ def softmax_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
     causal: query i attends to keys j <= i + (Lk - Lq).
     key_mask: bool `[batch..., Lk]`, True = attend. Padded keys are removed
       whatever they contain; a query with no visible key outputs zeros.
+    query_mask: bool `[batch..., Lq]` or None, False at padded queries
+      (self-attention passes its key mask): padded query rows are zeroed on
+      the way in and their outputs are 0, so whatever they hold (even NaN)
+      cannot reach the gradients of real positions.
 
   Returns:
     `[batch..., Lq, H, Dv]` in the inputs' dtype (float32 inside).
   """
-  check_qkv(query, key, value, key_mask, name="softmax_attention")
-  flat = layout.flatten(query, key, value, key_mask)
+  check_qkv(query, key, value, key_mask, name="softmax_attention",
+            query_mask=query_mask)
+  flat = layout.flatten(query, key, value, key_mask, query_mask)
   return layout.restore(exact.softmax(flat, causal=causal), flat)
 
 
 def l2_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
                  causal: bool = False,
                  key_mask: jax.Array | None = None,
+                 query_mask: jax.Array | None = None,
                  keep_self: bool = True) -> jax.Array:
   """Exact L2 attention (Kim et al. 2021): logits `-||q_i - k_j||^2 / sqrt(D)`.
 
@@ -223,7 +247,8 @@ def l2_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
   only when the caller's key_mask already covers the query's own position
   (token-by-token decoding against a key cache does this).
   """
-  check_qkv(query, key, value, key_mask, name="l2_attention")
-  flat = layout.flatten(query, key, value, key_mask)
+  check_qkv(query, key, value, key_mask, name="l2_attention",
+            query_mask=query_mask)
+  flat = layout.flatten(query, key, value, key_mask, query_mask)
   return layout.restore(exact.l2(flat, causal=causal, keep_self=keep_self),
                         flat)

@@ -46,8 +46,9 @@ class Flat(NamedTuple):
   """Flattened, sanitized inputs of one attention call.
 
   q_BLHD, k_BSHD, v_BSHD: the caller's dtype, batch flattened to B; padded
-    keys and values zeroed.
+    keys and values zeroed, and padded queries when a query mask is given.
   key_mask_BS: bool or None.
+  query_mask_BL: bool or None.
   batch_shape: the caller's batch dimensions, brought back by `restore`.
   dtype: the output dtype.
   """
@@ -55,19 +56,23 @@ class Flat(NamedTuple):
   k_BSHD: jax.Array
   v_BSHD: jax.Array
   key_mask_BS: jax.Array | None
+  query_mask_BL: jax.Array | None
   batch_shape: tuple
   dtype: object
 
 
 def flatten(query: jax.Array, key: jax.Array, value: jax.Array,
-            key_mask: jax.Array | None) -> Flat:
-  """Flattens the batch dimensions and zeroes padded keys and values."""
+            key_mask: jax.Array | None,
+            query_mask: jax.Array | None = None) -> Flat:
+  """Flattens the batch dimensions and zeroes padded keys, values and
+  queries."""
   q_BLHD, batch_shape = flatten_batch(query, 3)
   k_BSHD, _ = flatten_batch(key, 3)
   v_BSHD, _ = flatten_batch(value, 3)
   km_BS = None if key_mask is None else flatten_batch(key_mask, 1)[0]
-  return Flat(q_BLHD, sanitize_padding(k_BSHD, km_BS),
-              sanitize_padding(v_BSHD, km_BS), km_BS, batch_shape,
+  qm_BL = None if query_mask is None else flatten_batch(query_mask, 1)[0]
+  return Flat(sanitize_padding(q_BLHD, qm_BL), sanitize_padding(k_BSHD, km_BS),
+              sanitize_padding(v_BSHD, km_BS), km_BS, qm_BL, batch_shape,
               output_dtype(query, value))
 
 
@@ -99,6 +104,8 @@ def append_ones(v_BHSE: jax.Array) -> jax.Array:
 
 
 def restore(out_BLHD: jax.Array, flat: Flat) -> jax.Array:
-  """`[B, L, H, Dv]` -> `[batch..., L, H, Dv]` in `flat.dtype`."""
+  """`[B, L, H, Dv]` -> `[batch..., L, H, Dv]` in `flat.dtype`, zero at
+  padded queries (so nothing flows back through them either)."""
+  out_BLHD = sanitize_padding(out_BLHD, flat.query_mask_BL)
   return out_BLHD.reshape(flat.batch_shape + out_BLHD.shape[1:]).astype(
       flat.dtype)

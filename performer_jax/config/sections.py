@@ -170,7 +170,9 @@ class TrainerConfig(Section):
   eval_batches 0: the whole eval source (50 batches if it is endless);
   microbatches M: each step runs M slices with accumulated gradients (the
   same update, 1/M of the activation memory); progress "auto" shows a bar
-  on a terminal and log lines otherwise."""
+  on a terminal and log lines otherwise; allow_config_change lets a run
+  continue the checkpoints of a workdir whose config.json differs in task,
+  model or data shape (train/workdir.py)."""
   PATH = "trainer"
   steps: int = 100_000
   log_every: int = 100
@@ -181,6 +183,7 @@ class TrainerConfig(Section):
   microbatches: int = 1
   seed: int = 0
   progress: str = "auto"
+  allow_config_change: bool = False
 
   def check(self) -> None:
     self._int("steps", 1)
@@ -190,6 +193,7 @@ class TrainerConfig(Section):
     self._int("keep_checkpoints", 1)
     self._int("microbatches", 1)
     self._choice("progress", PROGRESS)
+    self._bool("allow_config_change")
 
 
 @dataclasses.dataclass(frozen=True)

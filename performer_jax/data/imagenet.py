@@ -46,6 +46,13 @@ def read_imagenet_npz(path: str | os.PathLike[str], *,
       data, labels = npz["data"], np.asarray(npz["labels"])
   except (OSError, EOFError, zipfile.BadZipFile) as e:
     raise ValueError(f"{p}: not a readable npz file: {e}") from e
+  except ValueError as e:  # object (pickled) arrays, which we never unpickle
+    raise ValueError(f"{p}: 'data' and 'labels' must be plain numeric arrays "
+                     f"({e}); save them as uint8 / integer numpy arrays, "
+                     "without pickled objects") from e
+  if data.ndim >= 1 and data.shape[0] == 0:
+    raise ValueError(f"{p}: the npz batch holds no images ('data' has shape "
+                     f"{data.shape}); point the path at a non-empty batch")
   images = channel_major_to_nhwc(data, 3, str(p))
   labels = labels.reshape(-1).astype(np.int64)
   if labels.shape[0] != images.shape[0]:

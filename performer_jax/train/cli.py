@@ -8,19 +8,65 @@
 (`performer_jax.configs.<name>`, the repository's configs/ folder) or a path
 to a config file. Flags are defined when `main` runs, not at import, so
 importing performer_jax.train never touches absl's global flags.
+
+The exit status says what happened (`ExitCode`), for schedulers and
+wrappers: 0 finished, 75 preempted (SIGTERM; the checkpoint is saved, rerun
+the same command to resume; 75 is EX_TEMPFAIL, "try again"), 2 a bad config,
+data file or workdir, 3 training diverged, 74 a checkpoint could not be
+written (e.g. a full disk), 1 anything else. A failure prints a short
+message that names the key or file and the fix; the full traceback goes to
+`WORKDIR/error.log`, or to the terminal with `--verbose`.
 """
 
 from __future__ import annotations
 
+import enum
 import importlib.util
 import logging
 import os
 import sys
+import traceback
 from typing import Sequence
 
 USAGE = ("--config=copy:smoke --workdir=DIR [--config.section.key=value ...]"
          " (a config name from performer_jax/configs, or a path to a .py "
          "config file)")
+
+
+class ExitCode(enum.IntEnum):
+  FINISHED = 0
+  FAILED = 1
+  BAD_INPUT = 2
+  DIVERGED = 3
+  CHECKPOINT_IO = 74  # EX_IOERR
+  PREEMPTED = 75  # EX_TEMPFAIL: rerun to resume
+
+
+def exit_code(error: BaseException) -> ExitCode:
+  """The exit status of a run that raised `error`."""
+  # pylint: disable=g-import-not-at-top
+  from performer_jax.train import checkpoint
+  from performer_jax.train import loop
+  # pylint: enable=g-import-not-at-top
+  if isinstance(error, loop.NonFiniteLossError):
+    return ExitCode.DIVERGED
+  if isinstance(error, checkpoint.CheckpointError):
+    return ExitCode.CHECKPOINT_IO
+  # Config errors, incompatible workdirs, missing or malformed data files.
+  if isinstance(error, (ValueError, FileNotFoundError, TypeError)):
+    return ExitCode.BAD_INPUT
+  return ExitCode.FAILED
+
+
+def report(error: BaseException, workdir: str | None) -> None:
+  """Prints a short message; keeps the traceback in WORKDIR/error.log."""
+  detail = ""
+  if workdir and os.path.isdir(workdir):
+    path = os.path.join(workdir, "error.log")
+    with open(path, "a") as f:
+      traceback.print_exception(error, file=f)
+    detail = f"\n(traceback in {path}; --verbose prints it)"
+  print(f"error: {error}{detail}", file=sys.stderr)
 
 
 def config_path(spec: str) -> str:
@@ -64,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "fields with --config.trainer.steps=10.", lock_config=True)
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, "
                         "metrics.jsonl, TensorBoard events and config.json.")
+    flags.DEFINE_bool("verbose", False, "On failure, print the full "
+                      "traceback instead of a short message.")
     flags.mark_flags_as_required(["config", "workdir"])
 
   def run(unused_argv):
@@ -78,14 +126,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
       config.keys()  # a config file that failed to load raises here
     except OSError as e:
-      sys.exit(f"error: could not load the --config file: {e}")
+      print(f"error: could not load the --config file: {e}", file=sys.stderr)
+      sys.exit(ExitCode.BAD_INPUT)
     try:
       config = experiment.parse(config)
     except experiment.ConfigError as e:
-      sys.exit(f"error: bad config: {e}")
-    result = trainer.train_and_evaluate(config, flags.FLAGS.workdir)
+      print(f"error: bad config: {e}", file=sys.stderr)
+      sys.exit(ExitCode.BAD_INPUT)
+    workdir = flags.FLAGS.workdir
+    try:
+      result = trainer.train_and_evaluate(config, workdir)
+    except Exception as e:  # pylint: disable=broad-except
+      if flags.FLAGS.verbose:
+        raise
+      report(e, workdir)
+      sys.exit(exit_code(e))
     if result.status == "preempted":
       logging.info("preempted; rerun the same command to resume")
+      sys.exit(ExitCode.PREEMPTED)
 
   app.run(run, argv=argv, flags_parser=_parse_flags)
 
@@ -96,7 +154,9 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    sys.exit(f"error: {e}\nUsage: {os.path.basename(argv[0])} {USAGE}")
+    print(f"error: {e}\nUsage: {os.path.basename(argv[0])} {USAGE}",
+          file=sys.stderr)
+    sys.exit(ExitCode.BAD_INPUT)
   except (AttributeError, KeyError) as e:
     # config_flags raises these for `--config.a.b=...` when a or b does not
     # exist; the innermost message names the key and suggests a fix.
@@ -106,6 +166,8 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
     overrides = [a.split("=", 1)[0] for a in argv
                  if a.startswith("--config.")]
     detail = str(inner).replace("\n", ": ")
-    sys.exit(f"error: unknown config key {detail} (in the overrides "
-             f"{overrides}); only fields that exist in the config file can be "
-             "overridden. Check the spelling against the config file.")
+    print(f"error: unknown config key {detail} (in the overrides "
+          f"{overrides}); only fields that exist in the config file can be "
+          "overridden. Check the spelling against the config file.",
+          file=sys.stderr)
+    sys.exit(ExitCode.BAD_INPUT)

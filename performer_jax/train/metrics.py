@@ -25,13 +25,18 @@ log = logging.getLogger("performer_jax.train")
 class MetricsWriter:
   """Writes scalar metrics to TensorBoard and metrics.jsonl in `workdir`."""
 
-  def __init__(self, workdir: str, *, enabled: bool = True):
+  def __init__(self, workdir: str, *, enabled: bool = True,
+               purge_step: int | None = None):
+    """Args: workdir; enabled (False on processes other than 0);
+    purge_step: TensorBoard drops events at and after this step that an
+    interrupted run wrote (set it to the resumed step + 1)."""
     self.enabled = enabled
     self._tb = None
     self._jsonl = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tb"))
+      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tb"),
+                                            purge_step=purge_step)
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:

@@ -55,3 +55,17 @@ def test_not_an_npz(tmp_path):
 def test_missing_file(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"gone\.npz.*provided by you"):
     imagenet.read_imagenet_npz(tmp_path / "gone.npz")
+
+
+def test_empty_and_object_batches_are_named(tmp_path):
+  empty = tmp_path / "empty.npz"
+  np.savez(empty, data=np.zeros((0, 12), np.uint8), labels=np.zeros(0))
+  with pytest.raises(ValueError, match=r"empty\.npz: the npz batch holds no "
+                     r"images"):
+    imagenet.read_imagenet_npz(empty)
+  objects = tmp_path / "objects.npz"
+  np.savez(objects, data=np.array([np.zeros(3), "x"], dtype=object),
+           labels=np.zeros(2))
+  with pytest.raises(ValueError, match=r"objects\.npz: 'data' and 'labels' "
+                     r"must be plain numeric arrays"):
+    imagenet.read_imagenet_npz(objects)

@@ -4,6 +4,7 @@ Trainers are built once per (variant, attention kind) and shared, so each
 model compiles once for the whole module.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,8 +19,10 @@ import pytest
 from performer_jax.configs import copy as copy_config
 from performer_jax.tasks import base
 from performer_jax.train import checkpoint as checkpoint_lib
+from performer_jax.train import loop
 from performer_jax.train import metrics as metrics_lib
 from performer_jax.train import trainer as trainer_lib
+from performer_jax.train import workdir as workdir_lib
 from tests import inputs
 
 # One worker runs the whole module: its tests share compiled trainers.
@@ -46,6 +49,13 @@ def get_trainer(variant, kind):
   if (variant, kind) not in _TRAINERS:
     _TRAINERS[variant, kind] = trainer_lib.Trainer(small_config(variant, kind))
   return _TRAINERS[variant, kind]
+
+
+def untimed(workdir):
+  """metrics.jsonl without the throughput fields (which are timings)."""
+  return [{k: v for k, v in r.items()
+           if k not in ("steps_per_sec", "tokens_per_sec")}
+          for r in metrics_lib.read_metrics(str(workdir))]
 
 
 def leaves_close(a, b, atol=0.0):
@@ -124,6 +134,8 @@ def test_resume_after_sigterm_matches_uninterrupted(tmp_path):
     assert resumed[step] == pytest.approx(full.train_losses[step], abs=1e-6)
   leaves_close(rest.state.params, full.state.params, atol=1e-6)
   leaves_close(rest.state.random_features, full.state.random_features)
+  # The logged metrics too: step 9's window (7, 9] spans the interruption.
+  assert untimed(tmp_path / "resumed") == untimed(tmp_path / "full")
 
   # A periodic checkpoint (written asynchronously while later steps reused
   # the donated buffers) resumes exactly too.
@@ -138,36 +150,35 @@ def test_resume_after_sigterm_matches_uninterrupted(tmp_path):
   assert trainer.train_step._cache_size() == 1
 
 
+class PoisonedSource:
+  """A train source whose batch `bad_step` has NaN weights."""
+
+  def __init__(self, source, bad_step):
+    self.source, self.bad_step = source, bad_step
+    self.global_batch_size = source.global_batch_size
+    self.seq_len = source.seq_len
+    self.num_batches = source.num_batches
+
+  def get_batch(self, step):
+    batch = self.source.get_batch(step)
+    if step == self.bad_step:
+      batch["weights"] = np.full_like(batch["weights"], np.nan)
+    return batch
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   trainer = get_trainer("mlm", "softmax")
   good_task = trainer.task
-
-  class PoisonedSource:
-    """The copy source with NaN weights at step 5."""
-
-    def __init__(self, source):
-      self.source = source
-      self.global_batch_size = source.global_batch_size
-      self.seq_len = source.seq_len
-      self.num_batches = source.num_batches
-
-    def get_batch(self, step):
-      batch = self.source.get_batch(step)
-      if step == 5:
-        batch["weights"] = np.full_like(batch["weights"], np.nan)
-      return batch
-
-  trainer.task = base.TaskData(
-      train=PoisonedSource(good_task.train), eval=good_task.eval,
-      vocab_size=good_task.vocab_size, causal=good_task.causal)
+  trainer.task = dataclasses.replace(
+      good_task, train=PoisonedSource(good_task.train, bad_step=5))
   try:
-    with pytest.raises(trainer_lib.NonFiniteLossError, match="at step 5"):
+    with pytest.raises(loop.NonFiniteLossError, match="step 5 gives"):
       trainer.run(str(tmp_path))
   finally:
     trainer.task = good_task
   ckpt = checkpoint_lib.Checkpointer(str(tmp_path), keep=2, every=4)
   assert ckpt.latest_step() == 4  # step 6's state (NaN params) never saved
-  restored = ckpt.restore(4, trainer.abstract_state, trainer.shardings)
+  restored, _ = ckpt.restore(4, trainer.abstract_state, trainer.shardings)
   ckpt.close()
   assert all(np.all(np.isfinite(x))
              for x in jax.tree_util.tree_leaves(restored.params))
@@ -195,3 +206,76 @@ def test_cli_trains_and_writes_the_resolved_config(tmp_path):
            if r["split"] == "eval"]
   assert [r["step"] for r in evals] == [3]
   assert "eval at step 3" in proc.stderr
+
+
+def test_a_state_that_cannot_train_on_is_never_saved(tmp_path):
+  """The repro of a diverged run: the state at a save point is finite, but
+  the step after it diverges. It must not become "the last good
+  checkpoint", or every rerun would resume from it and fail at once."""
+  trainer = get_trainer("mlm", "softmax")  # checkpoint_every 4
+  good_task = trainer.task
+  trainer.task = dataclasses.replace(
+      good_task, train=PoisonedSource(good_task.train, bad_step=4))
+  try:
+    with pytest.raises(loop.NonFiniteLossError,
+                       match=r"state after step 4 is not saved.*no "
+                       r"checkpoint yet"):
+      trainer.run(str(tmp_path))
+  finally:
+    trainer.task = good_task
+  assert not checkpoint_lib.Checkpointer(str(tmp_path), keep=2,
+                                         every=4).all_steps()
+  # A rerun (here on good data) is not stuck: it trains from scratch.
+  assert trainer.run(str(tmp_path)).status == "finished"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete_item", "delete_data"])
+def test_corrupt_newest_checkpoint_is_moved_aside(tmp_path, damage):
+  trainer = get_trainer("causal", "softmax")
+  full = trainer.run(str(tmp_path / "full"))
+  workdir = tmp_path / "damaged"
+  shutil.copytree(tmp_path / "full", workdir)
+  newest = workdir / "checkpoints" / "12"
+  if damage == "delete_item":
+    shutil.rmtree(newest / "default")
+  else:
+    data = [p for p in (newest / "default").rglob("*")
+            if p.is_file() and p.parent.name == "d"]
+    assert data
+    for path in data:
+      if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:7])
+      else:
+        path.unlink()
+  # Resume: 12 is moved aside (not deleted), 8 restores, steps 8..11 rerun
+  # and reproduce the uninterrupted run.
+  result = trainer.run(str(workdir))
+  assert result.status == "finished"
+  assert sorted(result.train_losses) == list(range(8, STEPS))
+  for step in range(8, STEPS):
+    assert result.train_losses[step] == pytest.approx(
+        full.train_losses[step], abs=1e-6)
+  moved = os.listdir(workdir / "checkpoints_corrupt")
+  assert len(moved) == 1 and moved[0].startswith("12-")
+  assert untimed(workdir) == untimed(tmp_path / "full")
+
+
+def test_another_runs_workdir_is_refused_before_anything_is_built(tmp_path):
+  trainer = get_trainer("causal", "softmax")
+  trainer.run(str(tmp_path))
+  saved = (tmp_path / "config.json").read_text()
+  other = small_config("mlm", "favor")  # another task variant and model
+  with pytest.raises(workdir_lib.IncompatibleWorkdirError,
+                     match=r"data.variant: 'causal' -> 'mlm'.*"
+                     r"model.attention.kind: 'softmax' -> 'favor'"):
+    trainer_lib.train_and_evaluate(other, str(tmp_path))
+  assert (tmp_path / "config.json").read_text() == saved
+  # Overridden on purpose with different shapes: refused by the checkpoint
+  # check, and no checkpoint is moved or lost.
+  other.model.emb_dim = 16
+  other.trainer.allow_config_change = True
+  with pytest.raises(checkpoint_lib.IncompatibleCheckpointError,
+                     match="other shapes"):
+    trainer_lib.Trainer(other).run(str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["12", "8"]
+  assert not (tmp_path / "checkpoints_corrupt").exists()
