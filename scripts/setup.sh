@@ -8,7 +8,7 @@ PYTHON="${PYTHON:-python3}"
 # Checked from / so that the repo's own folder on sys.path cannot fake it.
 installed="$(cd / && "${PYTHON}" -c "import os, performer_jax, pytest, xdist, \
 jax, flax, optax, chex, orbax.checkpoint, tensorboardX, ml_collections, tqdm, \
-matplotlib, wheel; print(os.path.realpath(performer_jax.__path__[0]))" 2>/dev/null \
+matplotlib, wheel, grain; print(os.path.realpath(performer_jax.__path__[0]))" 2>/dev/null \
   || true)"
 if [[ "${installed}" != "${REPO}/performer_jax" ]]; then
   echo "[setup] pip install -e .[dev]"

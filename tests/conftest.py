@@ -11,8 +11,14 @@ inherit the flags through the environment.
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Raw files that tests pass by path are prepared into a cache of this run,
+# not the user's (pytest-xdist workers share it: preparation is atomic).
+os.environ.setdefault("PERFORMER_PREPARED_DIR", os.path.join(
+    tempfile.gettempdir(), f"performer_jax_test_prepared_{os.getppid()}"))
 _FAST_COMPILE = ("--xla_backend_optimization_level=0",
                  "--xla_cpu_use_fusion_emitters=false")
 for _flag in _FAST_COMPILE:
@@ -42,3 +48,10 @@ def pytest_collection_modifyitems(config, items):
         return i
     return len(_FIRST)
   items.sort(key=rank)
+
+
+def pytest_sessionfinish(session, exitstatus):
+  """The controller (not an xdist worker) removes the run's prepared cache."""
+  del exitstatus
+  if not hasattr(session.config, "workerinput"):
+    shutil.rmtree(os.environ["PERFORMER_PREPARED_DIR"], ignore_errors=True)

@@ -110,7 +110,8 @@ def main(argv=None):
   args = parser.parse_args(argv)
   trainer, state, step = load_run(args.workdir)
   data = trainer.config.data
-  real = pixels.load_images(data.dataset, data.eval_path, "eval_path")[:8]
+  eval_images = pixels.open_images(data.dataset, data.eval_path, "eval_path")
+  real = np.stack([eval_images[i] for i in range(min(8, len(eval_images)))])
   if data.seq_len != int(np.prod(real.shape[1:])):
     raise ValueError(f"data.seq_len={data.seq_len} is a window, not a whole "
                      f"{real.shape[1:]} image: train with the cpu or paper "

@@ -172,7 +172,8 @@ class TrainerConfig(Section):
   same update, 1/M of the activation memory); progress "auto" shows a bar
   on a terminal and log lines otherwise; allow_config_change lets a run
   continue the checkpoints of a workdir whose config.json differs in task,
-  model or data shape (train/workdir.py)."""
+  model or data shape (train/workdir.py); prefetch: batches prepared ahead
+  in a background thread."""
   PATH = "trainer"
   steps: int = 100_000
   log_every: int = 100
@@ -184,6 +185,7 @@ class TrainerConfig(Section):
   seed: int = 0
   progress: str = "auto"
   allow_config_change: bool = False
+  prefetch: int = 2
 
   def check(self) -> None:
     self._int("steps", 1)
@@ -194,6 +196,7 @@ class TrainerConfig(Section):
     self._int("microbatches", 1)
     self._choice("progress", PROGRESS)
     self._bool("allow_config_change")
+    self._int("prefetch", 0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -64,11 +64,3 @@ def read_idx_images(path: str | os.PathLike[str], *,
     raise ValueError(f"{path}: IDX images must have 3 or 4 dimensions "
                      f"[N, H, W(, C)], got shape {data.shape}")
   return data
-
-
-def read_fashion_mnist(split: str) -> np.ndarray:
-  """The embedded Fashion-MNIST images, uint8 [N, 28, 28, 1]."""
-  if split not in ("train", "test"):
-    raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-  return read_idx_images(defaults.fashion_mnist(split),
-                         provider=defaults.FASHION_MNIST_PROVIDER)

@@ -1,20 +1,18 @@
-"""Downsampled ImageNet (32x32 / 64x64) npz batches.
+"""The channel-major image layout of downsampled ImageNet and CIFAR-10.
 
-Each file (`train_data_batch_<k>.npz`, `val_data.npz`) holds `data`:
-uint8 [N, 3*s*s] channel-major (all red, then green, then blue, each row-major)
-and `labels` [N] (1-based classes); training batches also hold `mean`.
+Downsampled ImageNet (32x32 / 64x64) npz batches (`train_data_batch_<k>.npz`,
+`val_data.npz`) hold `data`: uint8 [N, 3*s*s] channel-major (all red, then
+green, then blue, each row-major) and `labels` [N] (1-based classes);
+training batches also hold `mean`. CIFAR-10 python batches use the same
+layout with s = 32. `prepare` (image_formats.py) reads both.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import zipfile
 
 import numpy as np
 
-from performer_jax.data import defaults
-from performer_jax.data import files
 
 
 def channel_major_to_nhwc(data: np.ndarray, channels: int,
@@ -29,33 +27,3 @@ def channel_major_to_nhwc(data: np.ndarray, channels: int,
                      f"{channels} square channels")
   return np.ascontiguousarray(
       data.reshape(-1, channels, side, side).transpose(0, 2, 3, 1))
-
-
-def read_imagenet_npz(path: str | os.PathLike[str], *,
-                      provider: str = defaults.USER_FILE_PROVIDER
-                      ) -> tuple[np.ndarray, np.ndarray]:
-  """Reads one batch: (images uint8 [N, s, s, 3], labels int64 [N])."""
-  p = files.require_file(path, provider)
-  if files.compression_of(p) != "zip":  # an npz is a zip of .npy files
-    raise ValueError(f"{p}: not a readable npz file (no zip header)")
-  try:
-    with np.load(p, allow_pickle=False) as npz:
-      if "data" not in npz.files or "labels" not in npz.files:
-        raise ValueError(f"{p}: npz batch must hold 'data' and 'labels', it "
-                         f"holds {sorted(npz.files)}")
-      data, labels = npz["data"], np.asarray(npz["labels"])
-  except (OSError, EOFError, zipfile.BadZipFile) as e:
-    raise ValueError(f"{p}: not a readable npz file: {e}") from e
-  except ValueError as e:  # object (pickled) arrays, which we never unpickle
-    raise ValueError(f"{p}: 'data' and 'labels' must be plain numeric arrays "
-                     f"({e}); save them as uint8 / integer numpy arrays, "
-                     "without pickled objects") from e
-  if data.ndim >= 1 and data.shape[0] == 0:
-    raise ValueError(f"{p}: the npz batch holds no images ('data' has shape "
-                     f"{data.shape}); point the path at a non-empty batch")
-  images = channel_major_to_nhwc(data, 3, str(p))
-  labels = labels.reshape(-1).astype(np.int64)
-  if labels.shape[0] != images.shape[0]:
-    raise ValueError(f"{p}: {images.shape[0]} images but {labels.shape[0]} "
-                     "labels")
-  return images, labels

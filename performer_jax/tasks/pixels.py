@@ -16,9 +16,11 @@ Datasets (`data.dataset`):
   "idx": IDX image files at data.train_path / data.eval_path;
   "imagenet": downsampled ImageNet 32/64 npz batches;
   "cifar10": CIFAR-10 python batches.
-Paths may be a glob (e.g. ".../train_data_batch_*.npz") or a
-comma-separated list; the files are concatenated in sorted order. Every
-image is preloaded into memory (ImageNet64 train: about 16 GB).
+Paths may be a prepared dataset (`performer-data prepare --format
+imagenet_npz|cifar|idx`), a glob (e.g. ".../train_data_batch_*.npz") or a
+comma-separated list of files, prepared once into the cache in sorted
+order. Images are read from disk as rows need them, so memory does not
+grow with the number of images (ImageNet64 train: 14.7 GB).
 Train rows visit the images in a fresh permutation each epoch; eval batch
 i row r is image (i*B + r) mod N. unigram_bits: entropy of the train
 intensity histogram.
@@ -28,15 +30,15 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import os
 
 import numpy as np
 
 from performer_jax.config import sections
-from performer_jax.data import cifar
 from performer_jax.data import defaults
 from performer_jax.data import files
-from performer_jax.data import idx
-from performer_jax.data import imagenet
+from performer_jax.data import prepare
+from performer_jax.data import prepared
 from performer_jax.tasks import base
 from performer_jax.tasks import sampling
 
@@ -45,32 +47,24 @@ VOCAB_SIZE = 257
 DATASETS = ("fashion_mnist", "idx", "imagenet", "cifar10")
 
 
-def flatten(images: np.ndarray) -> np.ndarray:
-  """uint8 [N, H, W, C] -> uint8 [N, H*W*C] in raster order over (H, W, C)."""
-  if images.ndim != 4 or images.dtype != np.uint8:
-    raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} "
-                     f"{images.shape}")
-  return images.reshape(images.shape[0], -1)
-
-
 class ImageSource(sampling.RowSource):
-  """Rows from flattened images (see the module docstring)."""
+  """Rows from prepared images, each read from disk when needed (see the
+  module docstring); `limit` uses only the first images."""
 
-  def __init__(self, pixels: np.ndarray, *, seed: int, train: bool,
-               **kwargs):
+  def __init__(self, images: prepared.Images, *, seed: int, train: bool,
+               limit: int = 0, **kwargs):
     super().__init__(**kwargs)
-    self.pixels = pixels
+    self.images = images
+    self.n = min(len(images), limit) if limit else len(images)
     self.train = train
     self.seed = seed
-    self.order = sampling.EpochOrder(pixels.shape[0], seed)
-    self.excess = pixels.shape[1] - self.seq_len
+    self.order = sampling.EpochOrder(self.n, seed)
+    self.excess = int(np.prod(images.shape)) - self.seq_len
 
   def fill_row(self, step, row, out):
     position = step * self.global_batch_size + row
-    if self.train:
-      image = self.pixels[self.order.index(position)]
-    else:
-      image = self.pixels[position % self.pixels.shape[0]]
+    index = self.order.index(position) if self.train else position % self.n
+    image = self.images[index].reshape(-1)  # raster order over (H, W, C)
     start = 0
     if self.train and self.excess > 0:
       rng = sampling.row_rng(self.seed, sampling.STREAM_TRAIN_ROW, step, row)
@@ -123,63 +117,58 @@ def variant_data(variant: str) -> PixelData:
   return PixelData(**sizes)
 
 
-def _expand(spec: str, key: str) -> list[str]:
-  """A glob or comma-separated list of paths -> sorted existing paths."""
-  paths = []
-  for part in (p.strip() for p in spec.split(",")):
-    if not part:
-      continue
-    matches = sorted(glob.glob(part)) if glob.has_magic(part) else [part]
-    if not matches:
-      raise FileNotFoundError(f"data.{key}: no file matches {part!r}; it is "
-                              f"provided by {defaults.USER_FILE_PROVIDER}")
-    paths.extend(matches)
-  if not paths:
-    raise ValueError(f"data.{key} must name the image file(s)")
-  return paths
+_FORMATS = {"idx": "idx", "imagenet": "imagenet_npz", "cifar10": "cifar"}
 
 
-def load_images(dataset: str, spec: str, key: str) -> np.ndarray:
-  """Reads every file of one split; returns uint8 [N, H, W, C]."""
+def open_images(dataset: str, spec: str, key: str) -> prepared.Images:
+  """The images of one split: a prepared dataset, or raw files (a glob or a
+  comma-separated list) prepared once into the cache."""
   if dataset == "fashion_mnist":
     if spec:
       raise ValueError(f"data.{key} must be '' for dataset='fashion_mnist' "
                        "(the Debian files); use dataset='idx' for your own")
-    return idx.read_fashion_mnist("train" if key == "train_path" else "test")
-  reader = {"idx": lambda p: idx.read_idx_images(p),
-            "imagenet": lambda p: imagenet.read_imagenet_npz(p)[0],
-            "cifar10": lambda p: cifar.read_cifar_batch(p)[0]}[dataset]
-  parts = [reader(p) for p in _expand(spec, key)]
-  shapes = {part.shape[1:] for part in parts}
-  if len(shapes) != 1:
-    raise ValueError(f"data.{key}: files hold images of different shapes "
-                     f"{sorted(shapes)}")
-  return np.concatenate(parts) if len(parts) > 1 else parts[0]
+    spec = str(defaults.fashion_mnist("train" if key == "train_path"
+                                      else "test"))
+    fmt, provider = "idx", defaults.FASHION_MNIST_PROVIDER
+  else:
+    fmt, provider = _FORMATS[dataset], defaults.USER_FILE_PROVIDER
+  parts = [p.strip() for p in spec.split(",") if p.strip()]
+  if not parts:
+    raise ValueError(f"data.{key} must name the image file(s) or a prepared "
+                     "dataset")
+  if len(parts) == 1 and os.path.isdir(parts[0]):
+    root = prepare.ensure_prepared(parts[0], fmt, provider=provider)
+  else:
+    for part in parts:
+      if not glob.glob(part):
+        raise FileNotFoundError(f"data.{key}: no file matches {part!r}; it "
+                                f"is provided by {provider}")
+    root = prepare.ensure_prepared(parts, fmt, provider=provider)
+  return prepared.Images(root, "all")
 
 
 def build(data: PixelData, *, process_index: int = 0,
           process_count: int = 1) -> base.TaskData:
   """Builds pixel_lm from its data section."""
   sampling.local_rows(data.batch_size, process_index, process_count)
-  train = flatten(load_images(data.dataset, data.train_path, "train_path"))
-  evals = flatten(load_images(data.dataset, data.eval_path, "eval_path"))
-  if data.max_train_images:
-    train = train[:data.max_train_images]
-  if train.shape[1] != evals.shape[1]:
-    raise ValueError(f"train images have {train.shape[1]} values, eval images "
-                     f"{evals.shape[1]}; they must have the same shape")
-  if data.seq_len > train.shape[1]:
-    raise ValueError(f"data.seq_len={data.seq_len} exceeds the "
-                     f"{train.shape[1]} intensities per image; use seq_len <= "
-                     "H*W*C")
-  num_eval = sampling.eval_num_batches(evals.shape[0], data.batch_size,
+  train = open_images(data.dataset, data.train_path, "train_path")
+  evals = open_images(data.dataset, data.eval_path, "eval_path")
+  if train.shape != evals.shape:
+    raise ValueError(f"train images are {train.shape}, eval images "
+                     f"{evals.shape}; they must have the same shape")
+  values = int(np.prod(train.shape))
+  if data.seq_len > values:
+    raise ValueError(f"data.seq_len={data.seq_len} exceeds the {values} "
+                     "intensities per image; use seq_len <= H*W*C")
+  num_eval = sampling.eval_num_batches(len(evals), data.batch_size,
                                        data.num_eval_batches, wrap=True)
   common = dict(global_batch_size=data.batch_size, seq_len=data.seq_len,
                 process_index=process_index, process_count=process_count,
                 seed=data.seed)
-  counts = np.bincount(train.reshape(-1), minlength=256)
+  counts = prepared.unigram_counts(train.manifest, "all")
   return base.TaskData(
-      train=ImageSource(train, train=True, **common),
+      train=ImageSource(train, train=True, limit=data.max_train_images,
+                        **common),
       eval=ImageSource(evals, train=False, num_batches=num_eval, **common),
       vocab_size=VOCAB_SIZE, causal=True, loss_unit="dim",
       unigram_bits=sampling.entropy_bits(counts))

@@ -19,11 +19,14 @@ inputs = [BOS, s_0, ..., s_{n-1}], targets = [s_0, ..., s_{n-1}, EOS], and a
 long one inputs = [BOS, s_0..s_{L-2}], targets = [s_0..s_{L-1}].
 Positions past the stream are padding (PAD, weight 0, key_mask False).
 
-Default data: train on mmseqs2-examples DB.fasta.gz (20,000 sequences), eval
-on QUERY.fasta.gz (500). Train rows visit the sequences in a fresh
-permutation each epoch; eval batch i row r is sequence (i*B + r) mod N.
-unigram_bits: entropy of the train residue counts (MLM) or of the residue +
-EOS counts of the streams' targets (LM).
+Data: prepared datasets (data/prepared.py), read record by record, so
+memory does not depend on the dataset's size and each process reads only
+its rows. Default: train on mmseqs2-examples DB.fasta.gz (20,000
+sequences), eval on QUERY.fasta.gz (500), both prepared into the cache on
+first use. Train rows visit the sequences in a fresh permutation each epoch;
+eval batch i row r is sequence (i*B + r) mod N. unigram_bits: entropy of the
+train residue counts (MLM) or of the residue + EOS counts of the streams'
+targets (LM), from the dataset's manifest.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import numpy as np
 from performer_jax.config import sections
 from performer_jax.data import defaults
 from performer_jax.data import fasta
+from performer_jax.data import prepare
+from performer_jax.data import prepared
 from performer_jax.tasks import base
 from performer_jax.tasks import masking
 from performer_jax.tasks import sampling
@@ -43,6 +48,7 @@ PAD, MASK, BOS, EOS = 0, 1, 2, 3
 FIRST_AMINO_ACID = 4
 VOCAB_SIZE = FIRST_AMINO_ACID + len(fasta.AMINO_ACIDS)
 NUM_STANDARD = len(fasta.STANDARD_AMINO_ACIDS)
+HELDOUT = "heldout"  # data.eval_path: the train dataset's held-out split
 
 _LUT = np.full(256, 255, np.uint8)
 for _i, _c in enumerate(fasta.AMINO_ACIDS):
@@ -63,42 +69,28 @@ def decode(ids: np.ndarray) -> str:
   return "".join(table[int(i)] for i in ids)
 
 
-@dataclasses.dataclass(frozen=True)
-class Proteins:
-  """A tokenized sequence set: sequence i is tokens[offsets[i]:offsets[i+1]].
-
-  Attributes:
-    tokens: uint8 [total residues], amino-acid ids.
-    offsets: int64 [N + 1].
-    report: what the FASTA reader found (counts, skips).
-  """
-
-  tokens: np.ndarray
-  offsets: np.ndarray
-  report: fasta.FastaReport
-
-  def __len__(self) -> int:
-    return self.offsets.shape[0] - 1
-
-  def sequence(self, i: int) -> np.ndarray:
-    return self.tokens[self.offsets[i]:self.offsets[i + 1]]
-
-
-def load_proteins(path: str, *, strict: bool = False,
-                  provider: str = defaults.USER_FILE_PROVIDER) -> Proteins:
-  """Reads and tokenizes a FASTA file once into flat arrays."""
-  records, report = fasta.read_fasta(path, strict=strict, provider=provider)
-  lengths = np.array([len(s) for _, s in records], np.int64)
-  offsets = np.concatenate([[0], np.cumsum(lengths)])
-  joined = "".join(s for _, s in records).encode("ascii")
-  tokens = _LUT[np.frombuffer(joined, np.uint8)]
-  return Proteins(tokens=tokens, offsets=offsets, report=report)
+def open_proteins(spec: str, default, *, strict: bool,
+                  exclude: tuple[str, ...] = ()) -> prepared.Sequences:
+  """The "train" split of a prepared protein dataset: `spec` is a prepared
+  directory (used as it is), or FASTA file(s) prepared once into the cache
+  without the exact sequences of `exclude` ("" = the embedded default
+  `default()`). `strict` makes invalid or empty records fail instead of
+  being skipped."""
+  if spec:
+    provider = defaults.USER_FILE_PROVIDER
+  else:
+    spec, provider = str(default()), defaults.PROTEIN_PROVIDER
+  root = prepare.ensure_prepared(spec, "fasta", provider=provider,
+                                 skip_invalid=not strict, exclude=exclude)
+  return prepared.Sequences(root, "train")
 
 
 class _ProteinSource(sampling.RowSource):
-  """Rows from a Proteins set: shuffled per epoch (train) or in order (eval)."""
+  """Rows from prepared sequences: shuffled per epoch (train) or in order
+  (eval). Each process reads only the records of its own rows."""
 
-  def __init__(self, proteins: Proteins, *, seed: int, train: bool, **kwargs):
+  def __init__(self, proteins: prepared.Sequences, *, seed: int, train: bool,
+               **kwargs):
     super().__init__(**kwargs)
     self.proteins = proteins
     self.train = train
@@ -115,7 +107,7 @@ class _ProteinSource(sampling.RowSource):
       index = position % len(self.proteins)
       stream = sampling.STREAM_EVAL_ROW
     rng = sampling.row_rng(self.seed, stream, step, row)
-    return self.proteins.sequence(index), rng
+    return _LUT[self.proteins[index]], rng
 
 
 class MlmSource(_ProteinSource):
@@ -156,8 +148,14 @@ class LmSource(_ProteinSource):
 class ProteinLMData(sections.DataConfig):
   """`config.data` of protein_lm (and, with mask_rate, protein_mlm).
 
-  train_path, eval_path: FASTA files (gzipped or not); "" = the embedded
-    default (mmseqs2-examples), e.g. a TrEMBL/UniRef50 download overrides it.
+  train_path: a prepared dataset directory (`performer-data prepare
+    --format fasta|blastdb`, used as it is: pass `--exclude EVAL` there), or
+    FASTA file(s) (gzipped or not, a glob), prepared once into the cache
+    without the exact sequences of the eval set; "" = the embedded default
+    (mmseqs2-examples DB, 20,000 sequences, 19,862 without the eval ones).
+  eval_path: the same, or "heldout" for the held-out split of the train
+    dataset (prepared with --heldout-fraction); "" = the embedded 500
+    QUERY sequences.
   num_eval_batches: 0 = one full pass over the eval sequences.
   strict_fasta: True makes invalid or empty records fail instead of being
     skipped (and counted).
@@ -198,25 +196,28 @@ def _variant_data(schema, task: str):
   return variant_data
 
 
-def _load_split(path: str, default, strict: bool) -> Proteins:
-  if path:
-    return load_proteins(path, strict=strict)
-  return load_proteins(str(default()), strict=strict,
-                       provider=defaults.PROTEIN_PROVIDER)
-
-
 def build(data: ProteinLMData, *, process_index: int = 0,
           process_count: int = 1) -> base.TaskData:
   """Builds protein_mlm (for ProteinMLMData) or protein_lm."""
   masked = isinstance(data, ProteinMLMData)
   sampling.local_rows(data.batch_size, process_index, process_count)
-  train = _load_split(data.train_path, defaults.protein_train,
-                      data.strict_fasta)
-  evals = _load_split(data.eval_path, defaults.protein_eval, data.strict_fasta)
+  eval_spec = data.eval_path or str(defaults.protein_eval())
+  # Exact copies of eval sequences leave raw train files (the embedded
+  # DB holds 138 of the 500 QUERY sequences).
+  train = open_proteins(data.train_path, defaults.protein_train,
+                        strict=data.strict_fasta,
+                        exclude=() if data.eval_path == HELDOUT
+                        else (eval_spec,))
+  if data.eval_path == HELDOUT:
+    evals = prepared.Sequences(train.root, "heldout")
+  else:
+    evals = open_proteins(data.eval_path, defaults.protein_eval,
+                          strict=data.strict_fasta)
   common = dict(global_batch_size=data.batch_size, seq_len=data.seq_len,
                 process_index=process_index, process_count=process_count,
                 seed=data.seed)
-  counts = np.bincount(train.tokens, minlength=VOCAB_SIZE)
+  letters = prepared.unigram_counts(train.manifest, "train")
+  counts = np.bincount(_LUT, weights=letters, minlength=256)[:VOCAB_SIZE]
   if masked:
     cls, extra = MlmSource, dict(mask_rate=data.mask_rate)
   else:

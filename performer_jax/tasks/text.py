@@ -11,11 +11,13 @@ targets = w[1:]. Train windows start uniformly at random in the train split
 starting at byte (i*B + r) * L of the eval split (consecutive,
 non-overlapping inputs; the tail that does not fill a batch is dropped).
 
-Sources (`data.source`):
+Sources (`data.source`), each a prepared dataset (`performer-data prepare
+--format text`) or a file prepared once into the cache:
   "wiki_sample": the gensim Wikipedia XML sample (default; `data.path` ""
       means the copy `scripts/setup_data.sh` made), split 90/5/5 by bytes;
   "enwik8": enwik8 (or enwik8.zip) at `data.path`, split 90M/5M/5M;
   "file": any file at `data.path`, split 90/5/5 by bytes.
+Windows are read from disk as they are needed.
 `data.eval_split` picks "valid" or "test". unigram_bits: entropy of the
 train split's byte histogram.
 """
@@ -27,8 +29,10 @@ import dataclasses
 import numpy as np
 
 from performer_jax.config import sections
+from performer_jax.data import defaults
 from performer_jax.data import files
-from performer_jax.data import text as text_data
+from performer_jax.data import prepare
+from performer_jax.data import prepared
 from performer_jax.tasks import base
 from performer_jax.tasks import sampling
 
@@ -39,33 +43,36 @@ ENWIK8_PROVIDER = ("you: download enwik8.zip (the Hutter Prize file, 10^8 "
 
 
 class TrainWindows(sampling.RowSource):
-  """Endless random windows of L+1 bytes."""
+  """Endless random windows of L+1 bytes of a prepared split (each read from
+  disk: memory does not grow with the corpus)."""
 
-  def __init__(self, data: np.ndarray, *, seed: int, **kwargs):
+  def __init__(self, data: prepared.Sequences, *, seed: int, **kwargs):
     super().__init__(**kwargs)
     self.data = data
     self.seed = seed
-    self.max_start = data.shape[0] - (self.seq_len + 1)
+    self.max_start = data.num_tokens - (self.seq_len + 1)
     if self.max_start < 0:
-      raise ValueError(f"the train split has {data.shape[0]} bytes, fewer "
+      raise ValueError(f"the train split has {data.num_tokens} bytes, fewer "
                        f"than seq_len + 1 = {self.seq_len + 1}")
 
   def fill_row(self, step, row, out):
     rng = sampling.row_rng(self.seed, sampling.STREAM_TRAIN_ROW, step, row)
     start = int(rng.integers(0, self.max_start + 1))
-    sampling.fill_causal_row(out, self.data[start:start + self.seq_len + 1], 0)
+    sampling.fill_causal_row(out, self.data.window(start, self.seq_len + 1),
+                             0)
 
 
 class EvalWindows(sampling.RowSource):
   """Consecutive fixed windows of the eval split."""
 
-  def __init__(self, data: np.ndarray, **kwargs):
+  def __init__(self, data: prepared.Sequences, **kwargs):
     super().__init__(**kwargs)
     self.data = data
 
   def fill_row(self, step, row, out):
     start = (step * self.global_batch_size + row) * self.seq_len
-    sampling.fill_causal_row(out, self.data[start:start + self.seq_len + 1], 0)
+    size = min(self.seq_len + 1, self.data.num_tokens - start)
+    sampling.fill_causal_row(out, self.data.window(start, size), 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,32 +112,43 @@ def variant_data(variant: str) -> TextData:
                   num_eval_batches=num_eval_batches)
 
 
-def load_splits(source: str, path: str) -> dict[str, np.ndarray]:
-  """Reads the corpus of `source` and splits it into train/valid/test."""
+def open_corpus(source: str, path: str) -> str:
+  """The prepared dataset (train/valid/test splits) of `source`."""
   if source == "wiki_sample":
-    return text_data.split_by_fraction(text_data.read_wiki_sample(path or None))
-  if not path:
-    raise ValueError(f"data.path must name a file for source={source!r}")
-  if source == "enwik8":
-    data = text_data.read_bytes(path, provider=ENWIK8_PROVIDER)
-    return text_data.split_enwik8(data, path)
-  return text_data.split_by_fraction(text_data.read_bytes(path))
+    spec, provider = path or str(defaults.wiki_sample()), (
+        defaults.WIKI_SAMPLE_PROVIDER)
+  elif not path:
+    raise ValueError(f"data.path must name a file or prepared dataset for "
+                     f"source={source!r}")
+  else:
+    spec = path
+    provider = ENWIK8_PROVIDER if source == "enwik8" else (
+        defaults.USER_FILE_PROVIDER)
+  root = prepare.ensure_prepared(spec, "text", provider=provider)
+  total = sum(e["tokens"] for e in prepared.read_manifest(root)[
+      "splits"].values())
+  if source == "enwik8" and total != prepare.ENWIK8_BYTES:
+    raise ValueError(f"{path}: has {total} bytes, enwik8 has exactly "
+                     f"{prepare.ENWIK8_BYTES}; for another corpus use "
+                     "source='file' (fraction split)")
+  return root
 
 
 def build(data: TextData, *, process_index: int = 0,
           process_count: int = 1) -> base.TaskData:
   """Builds text_lm from its data section."""
   sampling.local_rows(data.batch_size, process_index, process_count)
-  splits = load_splits(data.source, data.path)
-  eval_data = splits[data.eval_split]
-  num_windows = max(0, (eval_data.shape[0] - 1) // data.seq_len)
+  root = open_corpus(data.source, data.path)
+  train = prepared.Sequences(root, "train")
+  eval_data = prepared.Sequences(root, data.eval_split)
+  num_windows = max(0, (eval_data.num_tokens - 1) // data.seq_len)
   num_eval = sampling.eval_num_batches(num_windows, data.batch_size,
                                        data.num_eval_batches, wrap=False)
   common = dict(global_batch_size=data.batch_size, seq_len=data.seq_len,
                 process_index=process_index, process_count=process_count)
-  counts = np.bincount(splits["train"], minlength=VOCAB_SIZE)
+  counts = prepared.unigram_counts(train.manifest, "train")
   return base.TaskData(
-      train=TrainWindows(splits["train"], seed=data.seed, **common),
+      train=TrainWindows(train, seed=data.seed, **common),
       eval=EvalWindows(eval_data, num_batches=num_eval, **common),
       vocab_size=VOCAB_SIZE, causal=True, loss_unit="byte",
       unigram_bits=sampling.entropy_bits(counts))

@@ -42,6 +42,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from performer_jax.train import checkpoint as checkpoint_lib
+from performer_jax.train import input_pipeline
 from performer_jax.train import metrics as metrics_lib
 from performer_jax.train import state as state_lib
 from performer_jax.train import steps as steps_lib
@@ -104,6 +105,7 @@ class Run:
     self.window: dict[str, float] = {}
     self.window_steps = 0
     self.window_start: float | None = None
+    self.data_wait = 0.0  # seconds the loop waited for batches this window
     self.preempted = False
 
   def _on_sigterm(self, signum, frame):
@@ -158,6 +160,7 @@ class Run:
     metrics = steps_lib.summarize(self.window, self.t.task.loss_unit)
     metrics.update(learning_rate=lr, grad_norm=grad_norm)
     if self.window_steps:  # not only the compiling first step
+      metrics["data_wait"] = self.data_wait / self.window_steps
       metrics.update(
           steps_per_sec=self.window_steps / elapsed,
           tokens_per_sec=self.window_steps * data.batch_size * data.seq_len
@@ -165,6 +168,7 @@ class Run:
     self.writer.write(done, "train", metrics)
     self.progress.update(done, metrics)
     self.window, self.window_steps, self.window_start = {}, 0, now
+    self.data_wait = 0.0
 
   def _evaluate(self, done: int, state) -> None:
     self.eval_metrics = self.t.evaluate(state)
@@ -249,15 +253,21 @@ class Run:
     if threading.current_thread() is threading.main_thread():
       old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
     status = "finished"
+    batches = None
     try:
       with t.context():
         # An eval due at the resumed step that the interrupted run did not
         # log (it was killed between saving and evaluating).
         if self._eval_missing(start, records):
           self._evaluate(start, state)
+        batches = input_pipeline.local_batches(t.task.train, start,
+                                               prefetch=cfg.prefetch)
         for step in range(start, cfg.steps):
-          batch = t.get_batch(t.task.train, step)
-          state, metrics = t.train_step(state, batch)
+          waiting = time.perf_counter()
+          local = next(batches)
+          self.data_wait += time.perf_counter() - waiting
+          state, metrics = t.train_step(state, t.to_global(t.task.train,
+                                                           local))
           self._consume()  # metrics of the previous step
           self.pending.append((step, metrics))
           done = step + 1
@@ -285,6 +295,8 @@ class Run:
       if start >= cfg.steps and not self.eval_metrics:
         self._evaluate(start, state)
     finally:
+      if batches is not None and hasattr(batches, "close"):
+        batches.close()  # stops the prefetch thread
       if old_handler is not None:
         signal.signal(signal.SIGTERM, old_handler)
       try:

@@ -15,6 +15,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from performer_jax import models
@@ -113,7 +114,12 @@ class Trainer:
 
   def get_batch(self, source: base.BatchSource, step: int
                 ) -> dict[str, jax.Array]:
-    local = source.get_batch(step)
+    """Global batch `step` of `source` (each process loads its rows)."""
+    return self.to_global(source, source.get_batch(step))
+
+  def to_global(self, source: base.BatchSource,
+                local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """This process's rows -> the global, sharded batch."""
     base.check_batch(local, source.global_batch_size // jax.process_count(),
                      source.seq_len)
     return distributed.global_batch(

@@ -8,6 +8,7 @@ import pytest
 
 from performer_jax.data import defaults
 from performer_jax.data import idx
+from performer_jax.tasks import pixels
 
 
 def idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
@@ -71,14 +72,14 @@ def test_missing_fashion_mnist_names_package(tmp_path, monkeypatch):
   monkeypatch.setattr(defaults, "FASHION_MNIST_DIR", tmp_path / "none")
   with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte.gz.*"
                      "dataset-fashion-mnist"):
-    idx.read_fashion_mnist("train")
+    pixels.open_images("fashion_mnist", "", "train_path")
 
 
 def test_real_fashion_mnist_if_installed():
   if not defaults.fashion_mnist("test").is_file():
     pytest.skip("Fashion-MNIST absent: run `bash scripts/setup_data.sh`")
-  images = idx.read_fashion_mnist("test")
-  assert images.shape == (10_000, 28, 28, 1)
+  images = pixels.open_images("fashion_mnist", "", "eval_path")
+  assert (len(images), images.shape) == (10_000, (28, 28, 1))
   labels = idx.read_idx(defaults.fashion_mnist("test", "labels"))
   # The test split is balanced: 1,000 images of each of the 10 classes.
   np.testing.assert_array_equal(np.bincount(labels), [1000] * 10)

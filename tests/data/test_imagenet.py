@@ -1,20 +1,25 @@
-"""Tests for performer_jax.data.imagenet (downsampled ImageNet npz)."""
+"""Downsampled ImageNet npz batches, read by `prepare` in row blocks."""
 
 import numpy as np
 import pytest
 
-from performer_jax.data import imagenet
+from performer_jax.data import image_formats
+from performer_jax.data import prepare
 
 
-def test_channel_major_layout(tmp_path):
-  n, s = 3, 4
+def read(path):
+  return np.concatenate(list(image_formats.imagenet_blocks(str(path))))
+
+
+def test_channel_major_layout(tmp_path, monkeypatch):
+  n, s = 5, 4
   data = np.random.default_rng(0).integers(0, 256, (n, 3 * s * s), np.uint8)
   path = tmp_path / "train_data_batch_1.npz"
-  np.savez(path, data=data, labels=np.array([1, 5, 1000]),
+  np.savez(path, data=data, labels=np.array([1, 5, 1000, 2, 3]),
            mean=np.zeros(3 * s * s))
-  images, labels = imagenet.read_imagenet_npz(path)
+  monkeypatch.setattr(image_formats, "ROWS_PER_BLOCK", 2)  # 3 blocks
+  images = read(path)
   assert images.shape == (n, s, s, 3) and images.dtype == np.uint8
-  np.testing.assert_array_equal(labels, [1, 5, 1000])
   for i in range(n):
     for h in range(s):
       for w in range(s):
@@ -22,50 +27,33 @@ def test_channel_major_layout(tmp_path):
           assert images[i, h, w, c] == data[i, c * s * s + h * s + w]
 
 
-def test_missing_labels_key(tmp_path):
-  path = tmp_path / "val_data.npz"
-  np.savez(path, data=np.zeros((2, 12), np.uint8))
-  with pytest.raises(ValueError, match=r"val_data\.npz: npz batch must hold "
-                     r"'data' and 'labels', it holds \['data'\]"):
-    imagenet.read_imagenet_npz(path)
+@pytest.mark.parametrize("arrays,message", [
+    (dict(data=np.zeros((2, 12), np.uint8)),
+     r"val\.npz: npz batch must hold 'data' and 'labels', it holds \['data'\]"),
+    (dict(data=np.zeros((2, 3 * 10), np.uint8), labels=[0, 1]),
+     r"val\.npz: rows of 30 values are not 3 square channels"),
+    (dict(data=np.zeros((2, 12), np.uint8), labels=[0]),
+     r"val\.npz: 2 images but 1 labels"),
+    (dict(data=np.zeros((0, 12), np.uint8), labels=np.zeros(0)),
+     r"val\.npz: the npz batch holds no images"),
+    (dict(data=np.array([np.zeros(3), "x"], dtype=object),
+          labels=np.zeros(2)),
+     r"val\.npz: 'data' is an object array; save the images as a uint8"),
+    (dict(data=np.zeros((2, 12), np.float32), labels=[0, 1]),
+     r"val\.npz: 'data' must be a C-ordered uint8"),
+])
+def test_malformed_batches_are_named(tmp_path, arrays, message):
+  path = tmp_path / "val.npz"
+  np.savez(path, **arrays)
+  with pytest.raises(ValueError, match=message):
+    read(path)
 
 
-def test_non_square_rows(tmp_path):
-  path = tmp_path / "odd.npz"
-  np.savez(path, data=np.zeros((2, 3 * 10), np.uint8), labels=[0, 1])
-  with pytest.raises(ValueError, match=r"odd\.npz: rows of 30 values are not "
-                     "3 square channels"):
-    imagenet.read_imagenet_npz(path)
-
-
-def test_label_count_mismatch(tmp_path):
-  path = tmp_path / "short.npz"
-  np.savez(path, data=np.zeros((2, 12), np.uint8), labels=[0])
-  with pytest.raises(ValueError, match=r"short\.npz: 2 images but 1 labels"):
-    imagenet.read_imagenet_npz(path)
-
-
-def test_not_an_npz(tmp_path):
+def test_not_an_npz_and_missing_file(tmp_path):
   path = tmp_path / "text.npz"
   path.write_bytes(b"hello")
   with pytest.raises(ValueError, match=r"text\.npz: not a readable npz"):
-    imagenet.read_imagenet_npz(path)
-
-
-def test_missing_file(tmp_path):
+    read(path)
   with pytest.raises(FileNotFoundError, match=r"gone\.npz.*provided by you"):
-    imagenet.read_imagenet_npz(tmp_path / "gone.npz")
-
-
-def test_empty_and_object_batches_are_named(tmp_path):
-  empty = tmp_path / "empty.npz"
-  np.savez(empty, data=np.zeros((0, 12), np.uint8), labels=np.zeros(0))
-  with pytest.raises(ValueError, match=r"empty\.npz: the npz batch holds no "
-                     r"images"):
-    imagenet.read_imagenet_npz(empty)
-  objects = tmp_path / "objects.npz"
-  np.savez(objects, data=np.array([np.zeros(3), "x"], dtype=object),
-           labels=np.zeros(2))
-  with pytest.raises(ValueError, match=r"objects\.npz: 'data' and 'labels' "
-                     r"must be plain numeric arrays"):
-    imagenet.read_imagenet_npz(objects)
+    prepare.ensure_prepared(str(tmp_path / "gone.npz"), "imagenet_npz",
+                            provider="you: set the path")

@@ -341,15 +341,16 @@ def test_protein_epochs_visit_every_sequence_once(data_files):
 
 def test_protein_unigram_bits_by_hand(tmp_path):
   train = write_fasta(tmp_path / "t.fa", ["ACDA", "AC"])
+  evals = write_fasta(tmp_path / "e.fa", ["WWW"])
   cfg = protein.LM.variant_data("smoke").to_config_dict()
-  cfg.train_path, cfg.eval_path = train, train
+  cfg.train_path, cfg.eval_path = train, evals
   cfg.batch_size, cfg.num_eval_batches = 2, 0
   # LM targets: residues A:3, C:2, D:1 plus one EOS per sequence (2), of 8.
   p = np.array([3, 2, 1, 2]) / 8
   lm = make("protein_lm", cfg)
   assert lm.unigram_bits == pytest.approx(-(p * np.log2(p)).sum())
   cfg = protein.MLM.variant_data("smoke").to_config_dict()
-  cfg.train_path, cfg.eval_path, cfg.batch_size = train, train, 2
+  cfg.train_path, cfg.eval_path, cfg.batch_size = train, evals, 2
   cfg.num_eval_batches = 0
   p = np.array([3, 2, 1]) / 6
   mlm = make("protein_mlm", cfg)
@@ -445,7 +446,7 @@ def test_pixel_imagenet_and_cifar_sources(tmp_path):
   cfg.train_path = str(tmp_path / "train_data_batch_[12].npz")
   cfg.eval_path = str(tmp_path / "train_data_batch_3.npz")
   task = make("pixel_lm", cfg)
-  assert task.train.pixels.shape == (6, 48)
+  assert (task.train.n, task.train.images.shape) == (6, (4, 4, 3))
   expected = data[2][0].reshape(3, 4, 4).transpose(1, 2, 0).reshape(-1)
   np.testing.assert_array_equal(task.eval.get_batch(0)["targets"][0],
                                 expected)
@@ -463,7 +464,7 @@ def test_pixel_imagenet_and_cifar_sources(tmp_path):
   cfg.eval_path = str(tmp_path / "test_batch") + ", " + str(
       tmp_path / "test_batch")
   task = make("pixel_lm", cfg)
-  assert task.eval.pixels.shape == (4, 3072)
+  assert (task.eval.n, task.eval.images.shape) == (4, (32, 32, 3))
   first = task.eval.get_batch(0)["targets"][0]
   raster = cifar[0].reshape(3, 32, 32).transpose(1, 2, 0).reshape(-1)
   np.testing.assert_array_equal(first, raster[:64])
@@ -504,13 +505,23 @@ def test_real_embedded_data_if_installed():
                 "`bash scripts/setup_data.sh`")
   cfg = TASKS["protein_mlm"].variant_data("smoke")
   task = make("protein_mlm", cfg.to_dict())
-  assert len(task.train.proteins) == 20_000
-  assert task.train.proteins.tokens.shape == (9_055_569,)
+  # Independent recount from the raw text: 20,000 records, of which the
+  # 138 that repeat an eval sequence exactly are left out of training.
+  def raw_records(path):
+    text = "\n" + gzip.open(path, "rt").read()
+    return ["".join(r.split("\n")[1:]) for r in text.split("\n>")[1:]]
+  train, eval_list = (raw_records(defaults.protein_train()),
+                      raw_records(defaults.protein_eval()))
+  evals = set(eval_list)
+  assert (len(train), len(eval_list), len(evals)) == (20_000, 500, 498)
+  kept = [r for r in train if r not in evals]
+  assert len(task.train.proteins) == len(kept) == 19_862
   assert len(task.eval.proteins) == 500
-  # Independent recount of the residue distribution from the raw text.
-  raw = gzip.open(defaults.protein_train(), "rt").read().split("\n")
-  residues = "".join(line for line in raw if not line.startswith(">"))
+  assert task.train.proteins.num_tokens == sum(map(len, kept))
+  loaded = {task.train.proteins[i].tobytes().decode()
+            for i in range(len(task.train.proteins))}
+  assert not loaded & evals
+  residues = "".join(kept)
   counts = np.array([residues.count(c) for c in fasta.AMINO_ACIDS])
-  assert counts.sum() == 9_055_569
   assert task.unigram_bits == pytest.approx(sampling.entropy_bits(counts))
   base.check_batch(task.train.get_batch(0), cfg.batch_size, cfg.seq_len)

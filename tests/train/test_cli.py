@@ -14,7 +14,7 @@ from performer_jax.train import cli
 from tests import inputs
 
 pytestmark = pytest.mark.xdist_group("cli")
-TIMING = ("steps_per_sec", "tokens_per_sec")
+TIMING = ("steps_per_sec", "tokens_per_sec", "data_wait")
 STEPS = 240
 ARGS = ["--config=copy:smoke,softmax", f"--config.trainer.steps={STEPS}",
         "--config.trainer.log_every=3", "--config.trainer.eval_every=60",

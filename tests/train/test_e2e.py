@@ -54,7 +54,7 @@ def get_trainer(variant, kind):
 def untimed(workdir):
   """metrics.jsonl without the throughput fields (which are timings)."""
   return [{k: v for k, v in r.items()
-           if k not in ("steps_per_sec", "tokens_per_sec")}
+           if k not in ("steps_per_sec", "tokens_per_sec", "data_wait")}
           for r in metrics_lib.read_metrics(str(workdir))]
 
 
