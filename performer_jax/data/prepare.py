@@ -17,7 +17,8 @@ temporary directory that is renamed to `--output` only when complete, with
 the manifest last: an interrupted or failed run (a full disk included)
 leaves no dataset that loads, and the next run starts cleanly. Preparing
 into a directory that already holds a dataset of the same inputs and options
-does nothing (idempotent).
+does nothing (idempotent), and processes that prepare the same output at
+once (the hosts of one run) take turns under a lock file beside it.
 
 Splits: sequences with identifiers (fasta, blastdb) go to "heldout" when a
 hash of their identifier falls below `--heldout-fraction` (stable however
@@ -30,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
+import fcntl
 import glob
 import hashlib
 import json
@@ -377,6 +380,27 @@ def prepare(inputs: Sequence[str], output: str, fmt: str, *,
                                       if os.path.isdir(p)]
   finger = fingerprint(paths, fmt, options)
   output = os.path.abspath(output)
+  parent = os.path.dirname(output)
+  os.makedirs(parent, exist_ok=True)
+  # Processes that prepare the same output (the hosts of one run) take
+  # turns: the first prepares, the others then find its manifest.
+  with _exclusive(os.path.join(parent, f".{os.path.basename(output)}.lock")):
+    return _prepare_locked(paths, output, fmt, finger, options, workers,
+                           exclude, verbose)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: str):
+  with open(lock_path, "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _prepare_locked(paths, output, fmt, finger, options, workers, exclude,
+                    verbose) -> dict[str, Any]:
   if os.path.exists(os.path.join(output, prepared.MANIFEST)):
     existing = prepared.read_manifest(output)
     if existing.get("fingerprint") == json.loads(json.dumps(finger)):
@@ -386,8 +410,10 @@ def prepare(inputs: Sequence[str], output: str, fmt: str, *,
     raise ValueError(f"{output} already holds a dataset of other inputs or "
                      "options; prepare into another directory, or delete "
                      "it first")
+  if os.path.isfile(output) or (os.path.isdir(output) and os.listdir(output)):
+    raise ValueError(f"{output} exists and is not a prepared dataset (it has "
+                     f"no {prepared.MANIFEST}); choose another --output")
   parent = os.path.dirname(output)
-  os.makedirs(parent, exist_ok=True)
   for stale in glob.glob(os.path.join(parent, f".{os.path.basename(output)}"
                                       ".tmp-*")):
     shutil.rmtree(stale, ignore_errors=True)  # an interrupted earlier run
@@ -418,12 +444,7 @@ def prepare(inputs: Sequence[str], output: str, fmt: str, *,
       rule, kind = {"rule": "one split, 'all'"}, "images"
       extra["image_shape"] = list(shapes.pop())
     manifest = _write_manifest(tmp, fmt, kind, finger, results, rule, extra)
-    try:
-      os.rename(tmp, output)
-    except OSError:
-      if not os.path.exists(os.path.join(output, prepared.MANIFEST)):
-        raise
-      shutil.rmtree(tmp)  # another process prepared the same dataset
+    os.rename(tmp, output)
     if verbose:
       mb = sum(i["size"] for i in finger["inputs"]) / 2 ** 20
       took = time.perf_counter() - start

@@ -7,6 +7,8 @@ import json
 import os
 import pickle
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ import pytest
 from performer_jax.data import prepare
 from performer_jax.data import prepared
 from performer_jax.data import sequence_formats
+from tests import inputs
 
 GOOD = (">sp|P1|ONE first protein\n"
         "MKV\r\n"
@@ -176,6 +179,26 @@ def test_idempotent_atomic_and_checked_on_open(tmp_path):
     prepared.Sequences(tmp_path / "x2")
 
 
+def test_processes_preparing_the_same_output_take_turns(tmp_path):
+  """The hosts of one run may all prepare the cache at once: each must end
+  with the one complete dataset, none may delete another's work."""
+  rng = np.random.default_rng(1)
+  path = write(tmp_path / "many.fa", "".join(
+      f">r{i}\n" + "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), 60))
+      + "\n" for i in range(20000)))
+  out = str(tmp_path / "out")
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "performer_jax.data.prepare", "prepare", "--input",
+       path, "--output", out, "--format", "fasta", "--workers", "1"],
+      env=inputs.subprocess_env(), cwd=inputs.REPO, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for _ in range(3)]
+  for proc in procs:
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+  assert len(prepared.Sequences(out, "train")) == 20000
+  assert sorted(os.listdir(tmp_path)) == [".out.lock", "many.fa", "out"]
+
+
 def test_a_failed_prepare_leaves_nothing(tmp_path, monkeypatch):
   path = write(tmp_path / "seqs.fa", GOOD)
 
@@ -185,7 +208,8 @@ def test_a_failed_prepare_leaves_nothing(tmp_path, monkeypatch):
   monkeypatch.setattr(prepare, "_write_manifest", full_disk)
   with pytest.raises(OSError, match="No space"):
     prepare.prepare([path], str(tmp_path / "out"), "fasta")
-  assert os.listdir(tmp_path) == ["seqs.fa"]
+  # Only the input and the (empty) lock file that preparers take turns on.
+  assert sorted(os.listdir(tmp_path)) == [".out.lock", "seqs.fa"]
 
 
 CORPUS = b"<mediawiki>Anarchism is a political philosophy.</mediawiki>\n" * 40
