@@ -1,12 +1,18 @@
-"""Benchmark fwd+bwd time and peak memory of the attention functions on CPU.
+"""Benchmark fwd+bwd time and peak memory of the attention functions.
 
-Measures exact softmax (bidirectional and causal), FAVOR+ (bidirectional and
-causal, for each chunk size: "favor_causal" is the shipped default with the
-recomputing (SLiM) backward, "favor_causal_autodiff" the same function under
-plain autodiff) and exact L2 attention at batch 2, 4 heads,
-head_dim 64, 256 features; prints a table with ratios to exact attention and
+Runs unchanged on the CPU, a GPU or a TPU (whatever JAX's default backend
+is). Measures exact softmax (bidirectional and causal), FAVOR+
+(bidirectional and causal, for each chunk size: "favor_causal" is the
+shipped default ("auto": the compiled kernel on the CPU, "parallel"
+elsewhere), "favor_causal_slim" the scan over chunks with the recomputing
+backward, "favor_causal_parallel" the scan-free pass, "favor_causal_autodiff"
+the same function under plain autodiff), exact L2 attention, and exact
+attention as JAX ships it, `jax.nn.dot_product_attention` ("dpa",
+"dpa_causal": cuDNN flash attention on NVIDIA GPUs for bfloat16 inputs,
+XLA's dense version elsewhere) at batch 2, 4 heads, head_dim 64, 256
+features; prints a table with ratios to exact attention (and to dpa) and
 the achieved GFLOP/s against a plain matmul measured in the same run, then
-PASS/FAIL for the performance targets:
+PASS/FAIL for the CPU performance targets:
 
   T1  causal FAVOR+ at L=4096 takes <= 1.5x the bidirectional time;
   T2  causal FAVOR+ beats exact causal attention at every L >= 1024;
@@ -19,9 +25,17 @@ memory is XLA's compiled memory analysis (temp + arguments + outputs; see
 experiments/scaling/timing.py); `--rss` adds the process RSS peak of each
 configuration measured in a fresh subprocess.
 Exact attention is skipped, never allocated, where it would exceed the memory
-budget (60% of available memory, at most 16 GiB).
+budget (60% of available memory, at most 16 GiB, on the CPU; 90% of the
+device's free memory on an accelerator).
 
   python scripts/bench_attention.py --lengths 1024,4096 --chunk-sizes 32,64,128
+  python scripts/bench_attention.py --preset accelerator   # GPU / TPU story
+
+`--preset accelerator` is the one command for an accelerator: causal
+"slim", "parallel" and the shipped default against exact attention and
+`dot_product_attention`, bfloat16 inputs (cuDNN flash attention needs them;
+FAVOR+ still computes in float32), L = 1k .. 256k on a GPU or TPU (1k, 4k
+on the CPU), chunk sizes 64 and 256.
 """
 
 from __future__ import annotations
@@ -36,11 +50,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
 from experiments.scaling import timing
 from performer_jax import allocator
 from performer_jax import attention
 
 MIB = 2.0 ** 20
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+ACCELERATOR_METHODS = ("favor_causal_slim", "favor_causal_parallel",
+                       "favor_causal", "exact_causal", "dpa_causal", "favor",
+                       "dpa")
 
 
 def _parse_ints(text: str) -> list[int]:
@@ -56,12 +77,20 @@ def _parse_ints(text: str) -> list[int]:
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--lengths", type=_parse_ints,
-                 default=[1024, 4096, 16384, 65536])
-  p.add_argument("--chunk-sizes", type=_parse_ints,
-                 default=[attention.DEFAULT_CHUNK_SIZE])
-  p.add_argument("--methods", default=",".join(timing.METHODS),
-                 help=f"comma-separated subset of {list(timing.METHODS)}")
+  p.add_argument("--lengths", type=_parse_ints, default=None,
+                 help="default 1024,4096,16384,65536")
+  p.add_argument("--chunk-sizes", type=_parse_ints, default=None,
+                 help=f"default {attention.DEFAULT_CHUNK_SIZE}")
+  p.add_argument("--methods", default=None,
+                 help=f"comma-separated subset of {list(timing.ALL_METHODS)} "
+                 "(default: all)")
+  p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                 help="dtype of q, k, v (default float32; bfloat16 with "
+                 "--preset accelerator)")
+  p.add_argument("--preset", choices=["accelerator"], default=None,
+                 help="accelerator: long causal lengths, slim vs parallel vs "
+                 "exact and dot_product_attention, bfloat16 inputs; "
+                 "explicit --lengths/--methods/--chunk-sizes/--dtype win")
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--no-tcmalloc", action="store_true",
                  help="keep the system malloc (see performer_jax/allocator.py)")
@@ -75,14 +104,35 @@ def parse_args(argv=None):
                  "subprocess")
   p.add_argument("--csv", default=None, help="write all rows to this CSV")
   args = p.parse_args(argv)
+  _apply_preset(args)
   methods = [m for m in args.methods.split(",") if m]
-  unknown = sorted(set(methods) - set(timing.METHODS))
+  unknown = sorted(set(methods) - set(timing.ALL_METHODS))
   if unknown:
-    p.error(f"unknown --methods {unknown}; choose from {list(timing.METHODS)}")
+    p.error(f"unknown --methods {unknown}; choose from "
+            f"{list(timing.ALL_METHODS)}")
   args.methods = methods
   if args.budget_gib is not None:
     args.budget_gib = min(args.budget_gib, timing.MAX_BUDGET_BYTES / 2 ** 30)
   return args
+
+
+def _apply_preset(args) -> None:
+  """Fills the options left unset, from `--preset` or the defaults."""
+  if args.preset == "accelerator":
+    on_cpu = jax.default_backend() == "cpu"
+    defaults = dict(
+        lengths=[1024, 4096] if on_cpu else [1024, 4096, 16384, 65536,
+                                              262144],
+        methods=",".join(ACCELERATOR_METHODS), chunk_sizes=[64, 256],
+        dtype="bfloat16")
+  else:
+    defaults = dict(lengths=[1024, 4096, 16384, 65536],
+                    methods=",".join(timing.ALL_METHODS),
+                    chunk_sizes=[attention.DEFAULT_CHUNK_SIZE],
+                    dtype="float32")
+  for name, value in defaults.items():
+    if getattr(args, name) is None:
+      setattr(args, name, value)
 
 
 def run(args) -> tuple[list[dict], float]:
@@ -91,9 +141,12 @@ def run(args) -> tuple[list[dict], float]:
   budget = (timing.default_budget_bytes() if args.budget_gib is None
             else args.budget_gib * 2 ** 30)
   mm = timing.matmul_gflops()
-  print(f"matmul 1024^3 float32: {mm:.1f} GFLOP/s (best of 3 rounds of 10); "
-        f"memory budget {budget / 2 ** 30:.1f} GiB; allocator "
-        f"{'tcmalloc' if allocator.tcmalloc_active() else 'system malloc'}")
+  dpa = timing.dot_product_attention_backend(shape, DTYPES[args.dtype])
+  alloc = "tcmalloc" if allocator.tcmalloc_active() else "system malloc"
+  print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}); "
+        f"inputs {args.dtype}; dot_product_attention: {dpa}\n"
+        f"matmul 1024^3 float32: {mm:.1f} GFLOP/s (best of 3 rounds of 10); "
+        f"memory budget {budget / 2 ** 30:.1f} GiB; allocator {alloc}")
   rows = []
   for length in args.lengths:
     for method in args.methods:
@@ -101,7 +154,8 @@ def run(args) -> tuple[list[dict], float]:
       for chunk in chunks:
         row = timing.measure(method, length, shape, chunk_size=chunk,
                              repeats=args.repeats, budget_bytes=budget,
-                             max_seconds=args.max_seconds)
+                             max_seconds=args.max_seconds,
+                             dtype=DTYPES[args.dtype])
         if args.rss and row["status"] == "ok":
           row["rss_bytes"] = timing.peak_rss_subprocess(method, length, shape,
                                                         chunk)
@@ -120,22 +174,33 @@ def _lookup(rows, method, length, chunk=None):
   return None
 
 
+def _ratio(rows, r, ref_name, key):
+  ref = _lookup(rows, ref_name, r["length"])
+  if ref is None or ref["status"] != "ok" or r["status"] != "ok":
+    return math.nan
+  return r[key] / ref[key]
+
+
 def print_table(rows, mm_gflops):
-  """One line per configuration with ratios to the matching exact method."""
+  """One line per configuration with ratios to the matching exact method
+  (and to dot_product_attention when it was measured)."""
+  with_dpa = any(r["method"] in timing.FLASH for r in rows)
   print(f"\n{'method':22s} {'L':>6s} {'C':>4s} {'sec':>9s} {'x exact':>8s} "
-        f"{'MiB':>9s} {'mem x ex':>8s} {'GFLOP/s':>8s} {'% mm':>6s}")
+        f"{'MiB':>9s} {'mem x ex':>8s} {'GFLOP/s':>8s} {'% mm':>6s}"
+        + (f" {'x dpa':>8s} {'mem x dpa':>9s}" if with_dpa else ""))
   for r in rows:
-    ref_name = "exact_causal" if timing.METHODS[r["method"]][1] else "exact"
-    ref = _lookup(rows, ref_name, r["length"])
-    t_ratio = m_ratio = math.nan
-    if ref is not None and ref["status"] == "ok":
-      t_ratio = r["seconds"] / ref["seconds"]
-      m_ratio = r["peak_bytes"] / ref["peak_bytes"]
+    causal = timing.ALL_METHODS[r["method"]][1]
+    exact = "exact_causal" if causal else "exact"
+    dpa = "dpa_causal" if causal else "dpa"
     status = "" if r["status"] == "ok" else "  " + r["status"]
+    dpa_cols = (f" {_ratio(rows, r, dpa, 'seconds'):8.3f} "
+                f"{_ratio(rows, r, dpa, 'peak_bytes'):9.3f}"
+                if with_dpa else "")
     print(f"{r['method']:22s} {r['length']:6d} {r['chunk_size']:4d} "
-          f"{r['seconds']:9.4f} {t_ratio:8.3f} {r['peak_bytes'] / MIB:9.1f} "
-          f"{m_ratio:8.3f} {r['gflops']:8.1f} "
-          f"{100 * r['gflops'] / mm_gflops:6.1f}{status}")
+          f"{r['seconds']:9.4f} {_ratio(rows, r, exact, 'seconds'):8.3f} "
+          f"{r['peak_bytes'] / MIB:9.1f} "
+          f"{_ratio(rows, r, exact, 'peak_bytes'):8.3f} {r['gflops']:8.1f} "
+          f"{100 * r['gflops'] / mm_gflops:6.1f}{dpa_cols}{status}")
 
 
 def check_targets(rows, mm_gflops, chunk) -> dict[str, str]:

@@ -1,6 +1,8 @@
-"""Timing and peak-memory measurement of attention fwd+bwd passes on CPU.
+"""Timing and peak-memory measurement of attention fwd+bwd passes.
 
-Shared by `scripts/bench_attention.py` and `experiments/scaling/run.py`.
+Shared by `scripts/bench_attention.py` and `experiments/scaling/run.py`. It
+runs on whatever backend JAX picks (CPU, GPU or TPU): the budget follows the
+host's memory on the CPU and the device's memory elsewhere.
 
 Time: one jitted `value_and_grad` of `sum(attention(q, k, v))` w.r.t. q, k, v;
 compile once, warm up, then the median wall time of `repeats` calls, each
@@ -72,8 +74,69 @@ METHODS: dict[str, tuple[Callable, bool]] = {
             q, k, v, p, causal=True, chunk_size=c, implementation="autodiff"),
         True),
 }
-CHUNKED = ("favor_causal", "favor_causal_slim", "favor_causal_autodiff")
+
+
+def _cudnn_attention(q, k, v, causal):
+  return jax.nn.dot_product_attention(q, k, v, is_causal=causal,
+                                      implementation="cudnn")
+
+
+def dot_product_attention(q, k, v, causal: bool):
+  """`jax.nn.dot_product_attention` with cuDNN flash attention on a GPU when
+  cuDNN serves the call (bfloat16 or float16 inputs, `--dtype bfloat16`),
+  else XLA's dense version (its default, `implementation=None`)."""
+  if jax.default_backend() == "gpu":
+    try:
+      return _cudnn_attention(q, k, v, causal)
+    except Exception:  # pylint: disable=broad-except
+      pass  # cuDNN rejects this dtype or shape: XLA's version below.
+  return jax.nn.dot_product_attention(q, k, v, is_causal=causal)
+
+
+def dot_product_attention_backend(shape, dtype) -> str:
+  """"cudnn" or "xla": what `dot_product_attention` runs for inputs of
+  `shape` (a Shape) and `dtype`."""
+  if jax.default_backend() != "gpu":
+    return "xla"
+  x = jax.ShapeDtypeStruct((shape.batch, 128, shape.heads, shape.head_dim),
+                           dtype)
+  try:
+    jax.eval_shape(lambda q: _cudnn_attention(q, q, q, True), x)
+  except Exception:  # pylint: disable=broad-except
+    return "xla"
+  return "cudnn"
+
+
+# Methods beyond the paper's set (experiments/scaling/run.py measures only
+# METHODS by default); scripts/bench_attention.py measures them all.
+EXTRA_METHODS: dict[str, tuple[Callable, bool]] = {
+    # Causal FAVOR+ without a sequential loop (attention/parallel.py), the
+    # "auto" choice off the CPU.
+    "favor_causal_parallel": (
+        lambda q, k, v, p, c: attention.favor_attention(
+            q, k, v, p, causal=True, chunk_size=c,
+            implementation="parallel"),
+        True),
+    # Exact attention as JAX ships it (`dot_product_attention` below):
+    # cuDNN's flash attention on NVIDIA GPUs where it applies, XLA's dense
+    # version elsewhere.
+    "dpa": (lambda q, k, v, p, c: dot_product_attention(q, k, v, False),
+            False),
+    "dpa_causal": (lambda q, k, v, p, c: dot_product_attention(q, k, v, True),
+                   True),
+}
+ALL_METHODS = {**METHODS, **EXTRA_METHODS}
+CHUNKED = ("favor_causal", "favor_causal_slim", "favor_causal_autodiff",
+           "favor_causal_parallel")
 QUADRATIC = ("exact", "exact_causal", "l2")
+# Quadratic in memory unless a fused (flash) kernel runs them: only on GPU.
+FLASH = ("dpa", "dpa_causal")
+
+
+def is_quadratic(method: str) -> bool:
+  """Whether the method's memory is O(L^2) on this backend."""
+  return method in QUADRATIC or (method in FLASH and
+                                 jax.default_backend() != "gpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +148,13 @@ class Shape:
 
 
 def available_bytes() -> float:
-  """MemAvailable from /proc/meminfo (Linux); the hard cap elsewhere."""
+  """Free memory of the first device off the CPU (its allocator's limit
+  minus what is in use); on the CPU, MemAvailable from /proc/meminfo
+  (Linux), else the hard cap."""
+  if jax.default_backend() != "cpu":
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+      return float(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
   try:
     with open("/proc/meminfo") as f:
       for line in f:
@@ -97,10 +166,11 @@ def available_bytes() -> float:
 
 
 def default_budget_bytes() -> float:
-  """Memory a configuration may use: 60% of what is free, at most 16 GiB.
-
-  Other processes share the machine, so the budget follows MemAvailable.
-  """
+  """Memory a configuration may use: on the CPU 60% of what is free, at
+  most 16 GiB (other processes share the machine, so the budget follows
+  MemAvailable); on an accelerator 90% of the device's free memory."""
+  if jax.default_backend() != "cpu":
+    return 0.9 * available_bytes()
   return min(MAX_BUDGET_BYTES, 0.6 * available_bytes())
 
 
@@ -125,11 +195,15 @@ def exact_flops(shape: Shape, length: int, causal: bool = False) -> float:
       shape.batch * shape.heads)
 
 
-def make_inputs(shape: Shape, length: int, seed: int = 0):
-  """q, k, v `[B, L, H, D]` float32 ~ N(0, 1) and a `[M, D]` projection."""
+def make_inputs(shape: Shape, length: int, seed: int = 0,
+                dtype=jnp.float32):
+  """q, k, v `[B, L, H, D]` ~ N(0, 1) in `dtype` and a float32 `[M, D]`
+  projection. (FAVOR+ and the exact functions of this package compute in
+  float32 whatever the inputs' dtype.)"""
   rq, rk, rv, rp = jax.random.split(jax.random.PRNGKey(seed), 4)
   dims = (shape.batch, length, shape.heads, shape.head_dim)
-  q, k, v = (jax.random.normal(r, dims, jnp.float32) for r in (rq, rk, rv))
+  q, k, v = (jax.random.normal(r, dims, jnp.float32).astype(dtype)
+             for r in (rq, rk, rv))
   proj = attention.gaussian_orthogonal_random_matrix(
       rp, shape.num_features, shape.head_dim)
   return q, k, v, proj
@@ -137,13 +211,13 @@ def make_inputs(shape: Shape, length: int, seed: int = 0):
 
 def fwd_bwd(method: str, chunk_size: int) -> Callable:
   """Jitted `(q, k, v, projection) -> (loss, (dq, dk, dv))`."""
-  if method not in METHODS:
+  if method not in ALL_METHODS:
     raise ValueError(f"unknown method {method!r}; choose from "
-                     f"{sorted(METHODS)}.")
-  fn, _ = METHODS[method]
+                     f"{sorted(ALL_METHODS)}.")
+  fn, _ = ALL_METHODS[method]
 
   def loss(q, k, v, proj):
-    return jnp.sum(fn(q, k, v, proj, chunk_size))
+    return jnp.sum(fn(q, k, v, proj, chunk_size).astype(jnp.float32))
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
 
 
@@ -200,7 +274,7 @@ def matmul_gflops(n: int = 1024, repeats: int = 10, rounds: int = 3) -> float:
 def measure(method: str, length: int, shape: Shape = Shape(),
             chunk_size: int = 64, repeats: int = 3,
             budget_bytes: float | None = None,
-            max_seconds: float = 60.0) -> dict:
+            max_seconds: float = 60.0, dtype=jnp.float32) -> dict:
   """Times one configuration; skips it (no allocation) if over budget.
 
   Returns a row: method, length, chunk_size, seconds (nan if skipped),
@@ -208,21 +282,22 @@ def measure(method: str, length: int, shape: Shape = Shape(),
   before compiling), gflops (nominal FLOPs / seconds), status.
   """
   budget = default_budget_bytes() if budget_bytes is None else budget_bytes
-  causal = METHODS[method][1]
+  causal = ALL_METHODS[method][1]
   row = {"method": method, "length": length,
          "chunk_size": chunk_size if method in CHUNKED else 0,
          "seconds": math.nan, "repeats": 0, "peak_bytes": math.nan,
          "gflops": math.nan, "status": "ok"}
-  if method in QUADRATIC:
+  if method in QUADRATIC or method in FLASH:
     flops = exact_flops(shape, length, causal)
+  else:
+    flops = favor_flops(shape, length)
+  if is_quadratic(method):
     estimate = estimate_quadratic_bytes(shape, length)
     if estimate > budget:
       row.update(peak_bytes=estimate, status="skipped: estimated "
                  f"{estimate / GIB:.1f} GiB > budget {budget / GIB:.1f} GiB")
       return row
-  else:
-    flops = favor_flops(shape, length)
-  q, k, v, proj = make_inputs(shape, length)
+  q, k, v, proj = make_inputs(shape, length, dtype=dtype)
   compiled = fwd_bwd(method, chunk_size).lower(q, k, v, proj).compile()
   mem = compiled_bytes(compiled)
   row["peak_bytes"] = mem["total"]

@@ -8,10 +8,14 @@ prepare them once (layout.py) and dispatch to an implementation:
   autodiff.py     FAVOR+ in plain JAX (every kernel; the reference)
   fused.py        bidirectional FAVOR+ with a hand-written VJP
   slim.py         causal FAVOR+ with a recomputing (SLiM) backward
+  parallel.py     causal FAVOR+ without a sequential loop (associative prefix)
   cpu_kernel.py   causal FAVOR+ through a compiled XLA:CPU kernel
+  sequence.py     any of them with the length sharded over a mesh axis
+                  (`sequence_axis`, inside `shard_map`)
 
 All implementations give the same values and gradients (tested against each
-other and a float64 brute force); they differ in speed and memory.
+other and a float64 brute force); they differ in speed and memory. Every one
+of them runs and differentiates inside `jax.shard_map` (vma.py).
 """
 
 from __future__ import annotations
@@ -27,10 +31,14 @@ from performer_jax.attention import exact
 from performer_jax.attention import feature_maps
 from performer_jax.attention import fused
 from performer_jax.attention import layout
+from performer_jax.attention import parallel
+from performer_jax.attention import sequence
 from performer_jax.attention import slim
 
+AxisName = sequence.AxisName
+
 DEFAULT_CHUNK_SIZE = 64
-IMPLEMENTATIONS = ("auto", "slim", "autodiff", "kernel")
+IMPLEMENTATIONS = ("auto", "slim", "autodiff", "kernel", "parallel")
 # The attention kinds a module or config can choose: exact softmax, FAVOR+,
 # exact L2 (Lipschitz with tied weights).
 ATTENTION_KINDS = ("softmax", "favor", "l2")
@@ -89,17 +97,31 @@ def check_qkv(query: jax.Array, key: jax.Array, value: jax.Array,
           f"{tuple(query_mask.shape)}.")
 
 
-def resolve_implementation(implementation: str, kernel, causal: bool) -> str:
-  """Maps "auto" to the implementation that runs: "kernel" for causal
-  attention on the CPU backend when the kernel is built and serves `kernel`,
-  else "slim". Other names pass through."""
+def resolve_implementation(implementation: str, kernel, causal: bool,
+                           sequence_axis: AxisName | None = None) -> str:
+  """Maps "auto" to the implementation that runs. Causal attention on the
+  CPU backend: "kernel" when the kernel is built, serves `kernel` and the
+  sequence is not sharded, else "slim" (on a CPU its loop costs little and
+  it peaks at about a third of "parallel"'s memory, which holds all chunks'
+  features at once). Causal attention elsewhere: "parallel" (no loop of L/C
+  dependent steps).
+  Bidirectional: "slim" (the fused or plain pass; no chunks). Other names
+  pass through; "kernel" with a sharded sequence is refused."""
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got "
                      f"{implementation!r}.")
+  on_cpu = jax.default_backend() == "cpu"
   if implementation == "auto":
-    use_kernel = (causal and cpu_kernel.supports(kernel) and
-                  jax.default_backend() == "cpu" and cpu_kernel.built())
-    return "kernel" if use_kernel else "slim"
+    if not causal:
+      return "slim"
+    use_kernel = (sequence_axis is None and cpu_kernel.supports(kernel) and
+                  on_cpu and cpu_kernel.built())
+    return "kernel" if use_kernel else ("slim" if on_cpu else "parallel")
+  if implementation == "kernel" and causal and sequence_axis is not None:
+    raise ValueError(
+        "favor_attention: implementation='kernel' cannot start from the state "
+        "of earlier sequence shards; with sequence_axis use 'parallel', "
+        "'slim', 'autodiff' or 'auto'.")
   return implementation
 
 
@@ -111,7 +133,8 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                     key_mask: jax.Array | None = None,
                     query_mask: jax.Array | None = None,
                     chunk_size: int = DEFAULT_CHUNK_SIZE,
-                    implementation: str = "auto") -> jax.Array:
+                    implementation: str = "auto",
+                    sequence_axis: AxisName | None = None) -> jax.Array:
   """FAVOR+ approximation of `softmax_attention(query, key, value)`.
 
   Args:
@@ -135,16 +158,35 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
       cannot reach the gradients of real positions.
     chunk_size: C, tokens per chunk in causal mode. Work per token grows with
       C (the intra-chunk product), per-chunk overhead shrinks with it.
-    implementation: "auto" (default): "kernel" for causal attention on the
-      CPU backend when the kernel is built and supports `kernel`, else
-      "slim". "kernel": the compiled XLA:CPU causal kernel (cpu_kernel.py;
+    implementation: "auto" (default): for causal attention on the CPU
+      backend "kernel" when the kernel is built and supports `kernel` (and
+      the sequence is not sharded), else "slim"; off the CPU "parallel".
+      "kernel": the compiled XLA:CPU causal kernel (cpu_kernel.py;
       bidirectional mode runs as "slim"). "slim": custom VJPs; in causal mode
-      the state entering each chunk is stored and features are recomputed on
-      the way back (the SLiM paper's trade-off; ~2x faster than autodiff on
-      CPU); in bidirectional mode, for the "softmax" and "softmax_hyperbolic"
-      kernels, `fused.bidirectional` stores only the features and runs a
-      hand-written backward pass. "autodiff": plain autodiff of the same
-      function (every kernel), which stores every feature tensor.
+      a scan over chunks stores the state entering each chunk and features
+      are recomputed on the way back (the SLiM paper's trade-off; ~2x faster
+      than autodiff on CPU); in bidirectional mode, for the "softmax" and
+      "softmax_hyperbolic" kernels, `fused.bidirectional` stores only the
+      features and runs a hand-written backward pass. "parallel": causal
+      mode with no sequential loop (parallel.py: all chunks at once and a
+      log-depth associative prefix over their summaries), SLiM's memory
+      (chunk-entry states stored, features recomputed); bidirectional mode
+      runs as "slim". "autodiff": plain autodiff of the same function (every
+      kernel), which stores every feature tensor.
+    sequence_axis: None, or the name (or tuple of names) of a manual mesh
+      axis of the enclosing `jax.shard_map` over which the length axis of
+      query, key, value and the masks is sharded: device p holds the p-th
+      contiguous block of positions (`jax.lax.axis_index` order; causal
+      needs equal q and kv blocks). The result on each device is its block
+      of the unsharded call's result, values and gradients, masks and
+      padding included. Communication per call (sequence.py): one
+      all-gather of the per-device key summaries, `P x B x H x (F + 1) x
+      (Dv + 1)` float32 received per device for P devices and F features,
+      and backward one reduce-scatter of the same size: independent of L.
+      Causal mode supports "parallel", "slim" and "autodiff" ("auto" is
+      "slim" on the CPU backend, else "parallel"); bidirectional mode has
+      one sequence-parallel path whatever `implementation` says.
+      `shard_sequence` wraps the `shard_map` for callers under `jax.jit`.
 
   Returns:
     `[batch..., L, H, Dv]` in the inputs' dtype. Features, exp, normalizer and
@@ -169,7 +211,10 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
         "gaussian_orthogonal_random_matrix(rng, num_features, head_dim).")
   if int(chunk_size) <= 0:
     raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
-  implementation = resolve_implementation(implementation, kernel, causal)
+  if sequence_axis is not None:
+    sequence.axis_size(sequence_axis, "favor_attention")
+  implementation = resolve_implementation(implementation, kernel, causal,
+                                          sequence_axis)
   proj = None if projection is None else jax.lax.stop_gradient(
       projection.astype(jnp.float32))
   feature_maps.resolve(kernel, proj)  # Checks kernel and projection.
@@ -178,8 +223,17 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   args = (x_q_BHLD, x_k_BHSD, v_BHSD, flat.key_mask_BS, proj)
   if causal:
     causal_impl = {"kernel": cpu_kernel.causal, "slim": slim.causal,
-                   "autodiff": autodiff.causal}[implementation]
-    out_BHLD = causal_impl(*args, kernel=kernel, chunk_size=int(chunk_size))
+                   "autodiff": autodiff.causal,
+                   "parallel": parallel.causal}[implementation]
+    if sequence_axis is not None:
+      out_BHLD = sequence.causal(*args, kernel=kernel,
+                                 chunk_size=int(chunk_size),
+                                 axis=sequence_axis, core=causal_impl)
+    else:
+      out_BHLD = causal_impl(*args, kernel=kernel, chunk_size=int(chunk_size))
+  elif sequence_axis is not None:
+    out_BHLD = sequence.bidirectional(*args, kernel=kernel,
+                                      axis=sequence_axis)
   elif implementation != "autodiff" and kernel in fused.FUSED_KERNELS:
     out_BHLD = fused.bidirectional(*args, kernel=kernel)
   else:
@@ -193,7 +247,8 @@ def slim_favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                          causal: bool = True,
                          key_mask: jax.Array | None = None,
                          query_mask: jax.Array | None = None,
-                         chunk_size: int = DEFAULT_CHUNK_SIZE) -> jax.Array:
+                         chunk_size: int = DEFAULT_CHUNK_SIZE,
+                         sequence_axis: AxisName | None = None) -> jax.Array:
   """`favor_attention(..., implementation="slim")`, causal by default.
 
   Backward memory beyond q, k, v is about
@@ -202,13 +257,14 @@ def slim_favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   return favor_attention(query, key, value, projection, kernel=kernel,
                          causal=causal, key_mask=key_mask,
                          query_mask=query_mask, chunk_size=chunk_size,
-                         implementation="slim")
+                         implementation="slim", sequence_axis=sequence_axis)
 
 
 def softmax_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
                       causal: bool = False,
                       key_mask: jax.Array | None = None,
-                      query_mask: jax.Array | None = None) -> jax.Array:
+                      query_mask: jax.Array | None = None,
+                      sequence_axis: AxisName | None = None) -> jax.Array:
   """Exact softmax attention with logits `q.k / sqrt(head_dim)`.
 
   Args:
@@ -222,6 +278,11 @@ def softmax_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
       (self-attention passes its key mask): padded query rows are zeroed on
       the way in and their outputs are 0, so whatever they hold (even NaN)
       cannot reach the gradients of real positions.
+    sequence_axis: None, or a manual mesh axis of the enclosing `shard_map`
+      sharding the length axes (as `favor_attention`). The result equals the
+      unsharded call, but each device gathers all keys, values and the key
+      mask: correct, not memory-efficient (O(L) per device, `[L/P, L]`
+      logits; sequence.py).
 
   Returns:
     `[batch..., Lq, H, Dv]` in the inputs' dtype (float32 inside).
@@ -229,26 +290,37 @@ def softmax_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
   check_qkv(query, key, value, key_mask, name="softmax_attention",
             query_mask=query_mask)
   flat = layout.flatten(query, key, value, key_mask, query_mask)
-  return layout.restore(exact.softmax(flat, causal=causal), flat)
+  offset = None
+  if sequence_axis is not None:
+    sequence.axis_size(sequence_axis, "softmax_attention")
+    flat, offset = sequence.gather_keys(flat, sequence_axis)
+  return layout.restore(exact.softmax(flat, causal=causal, q_offset=offset),
+                        flat)
 
 
 def l2_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
                  causal: bool = False,
                  key_mask: jax.Array | None = None,
                  query_mask: jax.Array | None = None,
-                 keep_self: bool = True) -> jax.Array:
+                 keep_self: bool = True,
+                 sequence_axis: AxisName | None = None) -> jax.Array:
   """Exact L2 attention (Kim et al. 2021): logits `-||q_i - k_j||^2 / sqrt(D)`.
 
   A query's attention to its own position (key position i + Lk - Lq) is never
   masked out, neither by `causal` nor by `key_mask`, as in the paper; this also
   means no query is ever left with an empty set of keys.
 
-  Args and returns as `softmax_attention`, plus `keep_self`: set it False
-  only when the caller's key_mask already covers the query's own position
-  (token-by-token decoding against a key cache does this).
+  Args and returns as `softmax_attention` (`sequence_axis` included: keys and
+  values are gathered), plus `keep_self`: set it False only when the
+  caller's key_mask already covers the query's own position (token-by-token
+  decoding against a key cache does this).
   """
   check_qkv(query, key, value, key_mask, name="l2_attention",
             query_mask=query_mask)
   flat = layout.flatten(query, key, value, key_mask, query_mask)
-  return layout.restore(exact.l2(flat, causal=causal, keep_self=keep_self),
-                        flat)
+  offset = None
+  if sequence_axis is not None:
+    sequence.axis_size(sequence_axis, "l2_attention")
+    flat, offset = sequence.gather_keys(flat, sequence_axis)
+  return layout.restore(exact.l2(flat, causal=causal, keep_self=keep_self,
+                                 q_offset=offset), flat)

@@ -5,9 +5,11 @@ Causal FAVOR+ computes, for query i, `phi(q_i)^T S_i` with the prefix state
 normalizer. On chunks of C tokens that is the masked product
 `tril(Q'_c K'_c^T) V_c` inside a chunk plus the state carried into it. This
 module computes one chunk's terms (`chunk_terms`); the implementations differ
-only in how they combine chunks: all at once with a prefix over the chunk
-states (`implementation="autodiff"`), one after another with a recomputing
-backward pass (`"slim"`), or one token at a time (decoding, `C = 1`).
+only in how they combine chunks: all at once with a scan over the chunk
+states (`implementation="autodiff"`), all at once with a log-depth
+associative prefix over the chunk summaries and a recomputing backward pass
+(`"parallel"`, summary.py), one after another with a recomputing backward
+pass (`"slim"`), or one token at a time (decoding, `C = 1`).
 
 Stabilizer. Feature maps return `feats * exp(log_amp)` (feature_maps.py). A
 query's amplitude cancels; key amplitudes are measured against
@@ -173,16 +175,19 @@ def running_max(amp_BHL: jax.Array, keep_B1L: jax.Array | None
   return jnp.exp(jnp.minimum(amp_BHL - run_BHL, 0.0)), run_BHL
 
 
-def chunk_entry_max(amp_BHNC: jax.Array | None, keep_BHNC: jax.Array
-                    ) -> jax.Array | None:
+def chunk_entry_max(amp_BHNC: jax.Array | None, keep_BHNC: jax.Array,
+                    m_start_BH: jax.Array | None = None) -> jax.Array | None:
   """`m_in` of every chunk at once: the max log-amplitude of the unpadded keys
-  in earlier chunks (`[B, H, N]`, `-inf` for the first), or None."""
+  in earlier chunks (`[B, H, N]`, `-inf` for the first), or None.
+  `m_start_BH`, if given, is the max over keys before the first chunk (those
+  of earlier devices, sequence.py): every m_in is at least it."""
   if amp_BHNC is None:
     return None
   chunk_max = jnp.max(jnp.where(keep_BHNC, amp_BHNC, -jnp.inf), axis=-1)
-  before = jnp.concatenate(
-      [jnp.full_like(chunk_max[..., :1], -jnp.inf), chunk_max[..., :-1]],
-      axis=-1)
+  first = (jnp.full_like(chunk_max[..., :1], -jnp.inf) if m_start_BH is None
+           else jnp.broadcast_to(m_start_BH[..., None],
+                                 chunk_max[..., :1].shape))
+  before = jnp.concatenate([first, chunk_max[..., :-1]], axis=-1)
   return jax.lax.cummax(before, axis=before.ndim - 1)
 
 
@@ -194,11 +199,19 @@ def initial_state(batch: int, heads: int, num_features: int, width: int
           jnp.full((batch, heads), -jnp.inf, jnp.float32))
 
 
+def _feature_shapes(kernel, proj, head_dim: int):
+  return jax.eval_shape(lambda x: feature_maps.resolve(kernel, proj)(x),
+                        jax.ShapeDtypeStruct((1, head_dim), jnp.float32))
+
+
 def feature_dim(kernel, proj, head_dim: int) -> int:
   """F, the number of features the kernel makes from `head_dim` inputs."""
-  feats = jax.eval_shape(lambda x: feature_maps.resolve(kernel, proj)(x)[0],
-                         jax.ShapeDtypeStruct((1, head_dim), jnp.float32))
-  return feats.shape[-1]
+  return _feature_shapes(kernel, proj, head_dim)[0].shape[-1]
+
+
+def has_amplitude(kernel, proj, head_dim: int) -> bool:
+  """Whether the kernel's features carry a log-amplitude (a stabilizer)."""
+  return _feature_shapes(kernel, proj, head_dim)[1] is not None
 
 
 def carry(state_XFE: jax.Array, terms: ChunkTerms) -> jax.Array:

@@ -39,6 +39,7 @@ import numpy as np
 from performer_jax.attention import chunked
 from performer_jax.attention import feature_maps
 from performer_jax.attention import fused
+from performer_jax.attention import vma
 from performer_jax.kernels import build
 
 _FWD = "performer_causal_favor_fwd"
@@ -82,8 +83,11 @@ def _register() -> None:
 
 
 def _call(name, results, *args, chunk):
-  return jax.ffi.ffi_call(name, results, vmap_method="broadcast_all")(
+  outs = jax.ffi.ffi_call(name, results, vmap_method="broadcast_all")(
       *args, chunk=np.int64(chunk))
+  # Inside shard_map an FFI call's results are typed invariant whatever its
+  # inputs: give them the inputs' varying axes (vma.py).
+  return tuple(vma.like(x, *args) for x in outs)
 
 
 def _f32(shape):
@@ -192,7 +196,9 @@ def causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array, v_BHLE: jax.Array,
     # [B, H] stay separate leading axes (the kernel flattens them): under a
     # mesh, batch and head shardings then pass through the kernel as they are.
     mask_B1L = None if key_mask_BL is None else key_mask_BL[:, None]
-    return _fused(x_q_BHLD, x_k_BHLD, v_BHLE, mask_B1L, w_FD,
+    # One varying-axes type for every input (vma.py), so that the custom
+    # VJP's cotangents have its inputs' types inside shard_map.
+    return _fused(*vma.align(x_q_BHLD, x_k_BHLD, v_BHLE, mask_B1L, w_FD),
                   int(chunk_size))
   feature_fn = feature_maps.resolve(kernel, projection)
   qf_BHLF, _ = feature_fn(x_q_BHLD)
@@ -205,4 +211,4 @@ def causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array, v_BHLE: jax.Array,
     kf_BHLF = kf_BHLF * weight_BHL[..., None]
   if mask_B1L is not None:
     kf_BHLF = jnp.where(mask_B1L[..., None], kf_BHLF, 0.0)
-  return _core(qf_BHLF, kf_BHLF, run_BHL, v_BHLE, int(chunk_size))
+  return _core(*vma.align(qf_BHLF, kf_BHLF, run_BHL, v_BHLE), int(chunk_size))

@@ -1,10 +1,17 @@
-"""One-token decoding steps: O(1) per token for FAVOR+, a KV cache otherwise.
+"""Decoding: a constant-size state for FAVOR+, a KV cache otherwise.
 
 Causal FAVOR+ is a linear recurrence: with S = sum_j phi(k_j) [v_j, 1]^T the
 output for a new token is phi(q)^T S normalized by its last column. The state
 is kept relative to a running max of the key log-amplitudes, and each token
 is one chunk of length 1 of the chunked causal pass (chunked.chunk_terms), so
 decoding reproduces the full forward pass with the same stabilizer.
+
+Several tokens at once (a prompt's prefill, `favor_extend`) are one more
+segment of the sequence, exactly as a device's block is under sequence
+parallelism (sequence.py): the state is the segment's seed, the outputs come
+from the chunked causal pass started from it, and the new state is the seed
+combined with the segment's summary (summary.py). `kv_extend` writes several
+keys and values into a KV cache and attends causally at their positions.
 """
 
 from __future__ import annotations
@@ -12,9 +19,19 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from performer_jax.attention import api
+from performer_jax.attention import autodiff
 from performer_jax.attention import chunked
+from performer_jax.attention import exact
 from performer_jax.attention import feature_maps
 from performer_jax.attention import layout
+from performer_jax.attention import parallel
+from performer_jax.attention import slim
+from performer_jax.attention import summary
+
+# The causal implementations that start from a seed state.
+_SEEDED = {"slim": slim.causal, "parallel": parallel.causal,
+           "autodiff": autodiff.causal}
 
 
 def init_favor_state(batch: int, heads: int, num_features: int,
@@ -57,3 +74,71 @@ def favor_decode_step(query_BHD: jax.Array, key_BHD: jax.Array,
   new_state = {"sums": chunked.carry(state["sums"], terms),
                "max_amp": terms.m_out}
   return out_BHD.astype(query_BHD.dtype), new_state
+
+
+def favor_extend(query_BLHD: jax.Array, key_BLHD: jax.Array,
+                 value_BLHD: jax.Array, state: dict[str, jax.Array],
+                 projection: jax.Array | None, *, kernel="softmax",
+                 chunk_size: int = api.DEFAULT_CHUNK_SIZE,
+                 implementation: str = "auto") -> tuple[jax.Array, dict]:
+  """Advances the causal FAVOR+ state by L tokens in one pass.
+
+  Equal, up to float32 rounding, to L calls of `favor_decode_step`, at the
+  cost of one chunked causal pass.
+
+  Args:
+    query_BLHD, key_BLHD: `[B, L, H, D]`, the new tokens in order.
+    value_BLHD: `[B, L, H, Dv]`.
+    state: from `init_favor_state` or an earlier step.
+    projection, kernel, chunk_size: as `favor_attention`.
+    implementation: as `favor_attention`; the compiled CPU kernel cannot
+      start from a state, so "kernel" (and "auto" on the CPU) run "slim".
+
+  Returns:
+    (`[B, L, H, Dv]` outputs in the query's dtype, the new state).
+  """
+  proj = None if projection is None else projection.astype(jnp.float32)
+  feature_fn = feature_maps.resolve(kernel, proj)
+  impl = api.resolve_implementation(implementation, kernel, True, None)
+  causal_fn = _SEEDED.get(impl, slim.causal)
+  flat = layout.flatten(query_BLHD, key_BLHD, value_BLHD, None)
+  x_q_BHLD, x_k_BHLD, v_BHLD = layout.favor_inputs(flat)
+  has_amp = chunked.has_amplitude(kernel, proj, x_q_BHLD.shape[-1])
+  seed = (state["max_amp"] if has_amp else None, state["sums"])
+  out_BHLD = causal_fn(x_q_BHLD, x_k_BHLD, v_BHLD, None, proj, kernel=kernel,
+                       chunk_size=chunk_size, seed=seed)
+  kf_BHLF, amp_BHL = feature_fn(x_k_BHLD)
+  m_BH, sums_BHFE = summary.combine(seed, summary.summarize(
+      kf_BHLF, amp_BHL, layout.append_ones(v_BHLD), None))
+  new_state = {"sums": sums_BHFE,
+               "max_amp": state["max_amp"] if m_BH is None else m_BH}
+  return layout.restore(jnp.swapaxes(out_BHLD, 1, 2), flat), new_state
+
+
+def kv_extend(query_BLHD: jax.Array, key_BLHD: jax.Array,
+              value_BLHD: jax.Array, cached_key_BTHD: jax.Array,
+              cached_value_BTHD: jax.Array, index: jax.Array, *,
+              kind: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Writes L tokens into a KV cache at positions `index..index+L-1` and
+  attends causally from them (`kind` "softmax" or "l2").
+
+  Args:
+    query_BLHD, key_BLHD, value_BLHD: the new tokens.
+    cached_key_BTHD, cached_value_BTHD: the caches, T >= index + L.
+    index: int32 scalar, the position of the first new token.
+
+  Returns:
+    (`[B, L, H, Dv]` outputs in the query's dtype, the updated caches).
+  """
+  start = (0, index, 0, 0)
+  cached_k = jax.lax.dynamic_update_slice(
+      cached_key_BTHD, key_BLHD.astype(cached_key_BTHD.dtype), start)
+  cached_v = jax.lax.dynamic_update_slice(
+      cached_value_BTHD, value_BLHD.astype(cached_value_BTHD.dtype), start)
+  flat = layout.flatten(query_BLHD, cached_k, cached_v, None)
+  # Causal at the tokens' own positions: cache slots past them stay unseen.
+  if kind == "softmax":
+    out = exact.softmax(flat, causal=True, q_offset=index)
+  else:
+    out = exact.l2(flat, causal=True, keep_self=True, q_offset=index)
+  return layout.restore(out, flat), cached_k, cached_v

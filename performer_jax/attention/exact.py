@@ -15,14 +15,17 @@ from performer_jax.attention import layout
 
 
 def _visibility_mask(q_len: int, kv_len: int, key_mask_BK: jax.Array | None,
-                     causal: bool, keep_self: bool) -> jax.Array | None:
+                     causal: bool, keep_self: bool,
+                     q_offset: jax.Array | int | None = None
+                     ) -> jax.Array | None:
   """Boolean `[B or 1, 1, Lq, Lk]` mask of which keys each query may see.
 
   Causal queries are aligned with the *end* of the keys, so query i sits at key
   position i + (Lk - Lq); this serves both self-attention and decoding with a
-  prefix.
+  prefix. `q_offset` (a traced integer allowed) replaces `Lk - Lq`: under a
+  sharded sequence the local queries sit elsewhere among the gathered keys.
   """
-  offset = kv_len - q_len
+  offset = kv_len - q_len if q_offset is None else q_offset
   q_pos = jnp.arange(q_len)[:, None] + offset
   k_pos = jnp.arange(kv_len)[None, :]
   mask = None
@@ -51,19 +54,23 @@ def _attend(logits_BHQK: jax.Array, value_BKHD: jax.Array,
                     value_BKHD.astype(jnp.float32))
 
 
-def softmax(flat: layout.Flat, *, causal: bool) -> jax.Array:
-  """Softmax attention on flattened inputs: float32 `[B, Lq, H, Dv]`."""
+def softmax(flat: layout.Flat, *, causal: bool,
+            q_offset: jax.Array | int | None = None) -> jax.Array:
+  """Softmax attention on flattened inputs: float32 `[B, Lq, H, Dv]`.
+  `q_offset`: the key position of query 0 (default `Lk - Lq`)."""
   q_f = flat.q_BLHD.astype(jnp.float32)
   k_f = flat.k_BSHD.astype(jnp.float32)
   logits_BHQK = jnp.einsum("bqhd,bkhd->bhqk", q_f, k_f) * (
       q_f.shape[-1] ** -0.5)
   mask = _visibility_mask(q_f.shape[1], k_f.shape[1], flat.key_mask_BS,
-                          causal, keep_self=False)
+                          causal, keep_self=False, q_offset=q_offset)
   return _attend(logits_BHQK, flat.v_BSHD, mask)
 
 
-def l2(flat: layout.Flat, *, causal: bool, keep_self: bool) -> jax.Array:
-  """L2 attention on flattened inputs: float32 `[B, Lq, H, Dv]`.
+def l2(flat: layout.Flat, *, causal: bool, keep_self: bool,
+       q_offset: jax.Array | int | None = None) -> jax.Array:
+  """L2 attention on flattened inputs: float32 `[B, Lq, H, Dv]`;
+  `q_offset` as in `softmax`.
 
   The squared distance is expanded as `||q||^2 - 2 q.k + ||k||^2` so no
   `[Lq, Lk, D]` difference tensor is built. The `||q_i||^2` term is constant
@@ -79,5 +86,5 @@ def l2(flat: layout.Flat, *, causal: bool, keep_self: bool) -> jax.Array:
   logits_BHQK = (2.0 * qk_BHQK - k_sq_BHK[:, :, None, :]) * (
       q_f.shape[-1] ** -0.5)
   mask = _visibility_mask(q_f.shape[1], k_f.shape[1], flat.key_mask_BS,
-                          causal, keep_self=keep_self)
+                          causal, keep_self=keep_self, q_offset=q_offset)
   return _attend(logits_BHQK, flat.v_BSHD, mask)

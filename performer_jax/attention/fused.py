@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from performer_jax.attention import feature_maps
+from performer_jax.attention import vma
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # Kernels whose features are exp(x W^T - |x|^2/2) for some W: written by hand.
@@ -159,6 +160,9 @@ def bidirectional(x_q_BHLD: jax.Array, x_k_BHSD: jax.Array, v_BHSE: jax.Array,
   mask_GS = None
   if key_mask_BS is not None:
     mask_GS = flat(jnp.broadcast_to(key_mask_BS[:, None], (b, h, s_len)))
-  out_GLE = _fused(flat(x_q_BHLD), flat(x_k_BHSD), flat(v_BHSE), mask_GS,
-                   fused_projection(kernel, projection_MD))
+  # One varying-axes type for every input (vma.py), so that the custom VJP's
+  # cotangents have its inputs' types inside shard_map.
+  out_GLE = _fused(*vma.align(flat(x_q_BHLD), flat(x_k_BHSD), flat(v_BHSE),
+                              mask_GS, fused_projection(kernel,
+                                                        projection_MD)))
   return out_GLE.reshape(b, h, length, -1)

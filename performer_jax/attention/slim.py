@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from performer_jax.attention import chunked
 from performer_jax.attention import feature_maps
+from performer_jax.attention import vma
 
 
 def _chunk(kernel, s_BHFE, m_BH, q_BHCD, k_BHCD, v_BHCE, keep_BC, proj):
@@ -97,15 +98,27 @@ _slim_core.defvjp(_slim_fwd, _slim_bwd)
 @functools.partial(jax.named_call, name="favor_causal_slim")
 def causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array, v_BHLE: jax.Array,
            key_mask_BL: jax.Array | None, projection: jax.Array | None, *,
-           kernel, chunk_size: int) -> jax.Array:
+           kernel, chunk_size: int, seed: tuple | None = None) -> jax.Array:
   """Normalized causal FAVOR+ on prepared inputs (layout.favor_inputs), with
-  the SLiM backward pass: float32 `[B, H, L, Dv]`."""
+  the SLiM backward pass: float32 `[B, H, L, Dv]`.
+
+  `seed`: None, or the summary `(m0 [B, H] or None, S0 [B, H, F, Dv+1])` of
+  the keys before the first token (sequence.py): the scan starts from it,
+  and the backward pass returns its cotangent."""
   b, h, length, d = x_q_BHLD.shape
   p = chunked.pad_inputs(x_q_BHLD, x_k_BHLD, v_BHLE, key_mask_BL, chunk_size)
   to_n = lambda x: jnp.moveaxis(chunked.to_chunks(x, p.c), 2, 0)
-  init = chunked.initial_state(
+  s0, m0 = chunked.initial_state(
       b, h, chunked.feature_dim(kernel, projection, d), p.v.shape[-1])
-  out_NBHCD = _slim_core(kernel, to_n(p.x_q), to_n(p.x_k), to_n(p.v),
-                         jnp.moveaxis(p.keep_BNC, 1, 0), projection, init)
+  if seed is not None:
+    # Kernels without amplitudes ignore the running max: keep it at -inf.
+    m0 = m0 if seed[0] is None else seed[0]
+    s0 = seed[1]
+  # One varying-axes type for every input (vma.py): the scan carries and the
+  # custom VJP's cotangents then keep their types inside shard_map.
+  q, k, v, keep, proj, s0, m0 = vma.align(
+      to_n(p.x_q), to_n(p.x_k), to_n(p.v), jnp.moveaxis(p.keep_BNC, 1, 0),
+      projection, s0, m0)
+  out_NBHCD = _slim_core(kernel, q, k, v, keep, proj, (s0, m0))
   return jnp.moveaxis(out_NBHCD, 0, 2).reshape(
       b, h, p.n * p.c, -1)[:, :, :length]

@@ -55,7 +55,7 @@ STABILIZED = ["softmax", "softmax_hyperbolic", "softmax_trig"]
 @pytest.mark.parametrize("causal,chunk,implementation", [
     (False, 64, "slim"), (False, 64, "autodiff"), (True, 5, "slim"),
     (True, 64, "slim"), (True, 5, "autodiff"), (True, 5, "kernel"),
-    (True, 64, "kernel")])
+    (True, 64, "kernel"), (True, 5, "parallel")])
 @pytest.mark.parametrize("masked", [False, True])
 def test_equals_brute_force_with_same_features(kernel, with_proj, causal,
                                                chunk, implementation, masked):
@@ -109,7 +109,8 @@ def test_converges_to_softmax_and_orthogonal_helps():
 
 @pytest.mark.parametrize("kernel", STABILIZED + ["relu"])
 @pytest.mark.parametrize("chunk", [4, 64])
-@pytest.mark.parametrize("implementation", ["slim", "autodiff", "kernel"])
+@pytest.mark.parametrize("implementation", ["slim", "autodiff", "kernel",
+                                            "parallel"])
 def test_no_future_leak_through_stabilizer(kernel, chunk, implementation):
   """Scaling the last key (the official code's leak: up to 0.96) must not
   move any earlier output, not even through the max stabilizer."""
@@ -145,7 +146,8 @@ def test_a_global_key_max_would_leak():
 
 
 @pytest.mark.parametrize("kernel", ["softmax", "relu"])
-@pytest.mark.parametrize("implementation", ["slim", "autodiff", "kernel"])
+@pytest.mark.parametrize("implementation", ["slim", "autodiff", "kernel",
+                                            "parallel"])
 def test_gradients_are_causal(kernel, implementation):
   q, k, v, _, proj = _inputs(b=1, length=12, scale=1.5)
   t = 6

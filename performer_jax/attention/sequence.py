@@ -1,0 +1,197 @@
+"""Sequence parallelism: attention with the length axis sharded over devices.
+
+Inside `jax.shard_map`, with the length axis of query, key, value (and of
+the masks) split over a manual mesh axis, `sequence_axis`, device p holds
+the p-th contiguous block of positions (`jax.lax.axis_index` order). The
+public functions called with `sequence_axis=...` (api.py) compute exactly
+what the unsharded call computes.
+
+FAVOR+ (after LASP-2, extended to the normalizer and the stabilizer). Each
+device summarizes its keys as `(m_p, S_p)` (summary.py: the max key
+log-amplitude and `sum_j exp(a_j - m_p) phi~(k_j) [v_j, 1]^T`, `[F, Dv+1]`
+per head), and one `all_gather` gives every device all P summaries:
+- causal: device p folds those of devices q < p (the exclusive prefix, with
+  summary.py's operator) into a seed, the state entering its first chunk;
+  its causal pass (parallel.py, slim.py or autodiff.py) starts from it. Each
+  query is still measured against the running max of the keys it sees,
+  earlier devices' keys included, so no later key, on this device or
+  another, can change an earlier output.
+- bidirectional: every device folds all P summaries into the total and
+  attends to it.
+Communication per call and layer: one all-gather whose result is
+`P x B x H x (F + 1) x (Dv + 1)` float32 per device (the maxima ride along
+as an extra row), and in the backward pass its transpose, one reduce-scatter
+of the same size (autodiff of `all_gather`). Neither depends on L.
+The local summary costs one extra pass over the device's key features; it is
+rematerialized in the backward pass (`jax.checkpoint`), so it stores nothing.
+
+Softmax and L2 attention have no such summary: with a sharded sequence each
+device gathers all keys, values and the key mask (`all_gather`, tiled) and
+attends from its own queries with their global positions. That is exact but
+neither memory- nor communication-efficient (O(L) gathered per device, the
+`[L/P, L]` logits, and a reduce-scatter of dk, dv backward).
+
+`shard_sequence` wraps an attention function in the `shard_map` that a
+module running under `jax.jit` with a mesh needs (docs/long_context.md).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+from performer_jax.attention import chunked
+from performer_jax.attention import feature_maps
+from performer_jax.attention import layout
+from performer_jax.attention import summary
+
+AxisName = str | tuple[str, ...]
+
+
+def axis_size(axis: AxisName, name: str) -> int:
+  """The number of devices along `axis`; a ValueError naming the fix when it
+  is not a manual mesh axis of the enclosing `shard_map`."""
+  try:
+    return jax.lax.axis_size(axis)
+  except NameError as err:
+    raise ValueError(
+        f"{name}: sequence_axis={axis!r} is not a manual mesh axis here. "
+        "Call it inside jax.shard_map over a mesh with that axis and the "
+        "length axis sharded over it (or wrap the call with "
+        "performer_jax.attention.shard_sequence); see "
+        "docs/long_context.md.") from err
+
+
+@functools.partial(jax.checkpoint, static_argnums=(0,))
+def _local_summary(kernel, x_k_BHSD, v_BHSE, keep_B1S, proj):
+  """`(m [B, H] or None, S [B, H, F, Dv+1])` of this device's keys.
+  Rematerialized in the backward pass: it keeps no features alive."""
+  kf_BHSF, amp_BHS = feature_maps.resolve(kernel, proj)(x_k_BHSD)
+  return summary.summarize(kf_BHSF, amp_BHS, layout.append_ones(v_BHSE),
+                           keep_B1S)
+
+
+def gather_summaries(m_BH: jax.Array | None, s_BHFE: jax.Array,
+                     axis: AxisName) -> tuple:
+  """Every device's summary: `(m [P, B, H] or None, S [P, B, H, F, E])`,
+  from one all-gather (the maxima travel as an extra row of S)."""
+  if m_BH is None:
+    return None, jax.lax.all_gather(s_BHFE, axis)
+  m_row = jnp.broadcast_to(m_BH[..., None, None],
+                           m_BH.shape + (1, s_BHFE.shape[-1]))
+  packed_PBHFE = jax.lax.all_gather(
+      jnp.concatenate([s_BHFE, jax.lax.stop_gradient(m_row)], axis=-2), axis)
+  return (jax.lax.stop_gradient(packed_PBHFE[..., -1, 0]),
+          packed_PBHFE[..., :-1, :])
+
+
+def fold_devices(m_PBH: jax.Array | None, s_PBHFE: jax.Array,
+                 visible_P: jax.Array) -> tuple:
+  """`(m, S)`: the summaries of the devices where `visible_P` is True, folded
+  with summary.py's operator (a P-term weighted sum, every weight <= 1)."""
+  vis_PBH = visible_P.reshape((-1,) + (1,) * (s_PBHFE.ndim - 3))
+  if m_PBH is None:
+    return None, jnp.sum(jnp.where(vis_PBH[..., None, None], s_PBHFE, 0.0),
+                         axis=0)
+  m_vis = jnp.where(vis_PBH, m_PBH, -jnp.inf)
+  m_BH = jnp.max(m_vis, axis=0)
+  w_PBH = jnp.exp(jnp.minimum(m_vis - chunked.finite_or_zero(m_BH), 0.0))
+  return m_BH, jnp.sum(w_PBH[..., None, None] * s_PBHFE, axis=0)
+
+
+def _device_summaries(x_k_BHSD, v_BHSE, key_mask_BS, proj, kernel, axis):
+  keep_B1S = None if key_mask_BS is None else key_mask_BS[:, None]
+  m_BH, s_BHFE = _local_summary(kernel, x_k_BHSD, v_BHSE, keep_B1S, proj)
+  return gather_summaries(m_BH, s_BHFE, axis)
+
+
+def causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array, v_BHLE: jax.Array,
+           key_mask_BL: jax.Array | None, projection: jax.Array | None, *,
+           kernel, chunk_size: int, axis: AxisName,
+           core: Callable) -> jax.Array:
+  """Causal FAVOR+ on this device's block of prepared inputs: float32
+  `[B, H, L/P, Dv]`. `core` is a causal implementation taking `seed=`
+  (parallel.causal, slim.causal or autodiff.causal)."""
+  m_PBH, s_PBHFE = _device_summaries(x_k_BHLD, v_BHLE, key_mask_BL,
+                                     projection, kernel, axis)
+  devices = jnp.arange(s_PBHFE.shape[0])
+  seed = fold_devices(m_PBH, s_PBHFE, devices < jax.lax.axis_index(axis))
+  return core(x_q_BHLD, x_k_BHLD, v_BHLE, key_mask_BL, projection,
+              kernel=kernel, chunk_size=chunk_size, seed=seed)
+
+
+def bidirectional(x_q_BHLD: jax.Array, x_k_BHSD: jax.Array,
+                  v_BHSE: jax.Array, key_mask_BS: jax.Array | None,
+                  projection: jax.Array | None, *, kernel,
+                  axis: AxisName) -> jax.Array:
+  """Bidirectional FAVOR+ of this device's queries against the keys of all
+  devices: float32 `[B, H, L/P, Dv]`."""
+  m_PBH, s_PBHFE = _device_summaries(x_k_BHSD, v_BHSE, key_mask_BS,
+                                     projection, kernel, axis)
+  _, s_BHFE = fold_devices(m_PBH, s_PBHFE,
+                           jnp.ones(s_PBHFE.shape[0], bool))
+  qf_BHLF, _ = feature_maps.resolve(kernel, projection)(x_q_BHLD)
+  num_BHLE = jnp.einsum("bhlf,bhfe->bhle", qf_BHLF, s_BHFE)
+  return feature_maps.normalize(num_BHLE[..., :-1], num_BHLE[..., -1:],
+                                signed_features=kernel == "softmax_trig")
+
+
+def gather_keys(flat: layout.Flat, axis: AxisName
+                ) -> tuple[layout.Flat, jax.Array]:
+  """The exact-attention fallback: `flat` with the keys, values and key mask
+  of all devices (gathered along the length), and the global position of
+  this device's first query, for causal masking (queries end-aligned with
+  the keys, as in the unsharded call)."""
+  gather = lambda x: None if x is None else jax.lax.all_gather(
+      x, axis, axis=1, tiled=True)
+  q_len, kv_len = flat.q_BLHD.shape[1], flat.k_BSHD.shape[1]
+  devices = axis_size(axis, "attention")
+  offset = (jax.lax.axis_index(axis) * q_len + devices * (kv_len - q_len))
+  return flat._replace(k_BSHD=gather(flat.k_BSHD), v_BSHD=gather(flat.v_BSHD),
+                       key_mask_BS=gather(flat.key_mask_BS)), offset
+
+
+def shard_sequence(attention_fn: Callable, *, mesh=None,
+                   sequence_axis: AxisName = "seq",
+                   batch_axes: AxisName | None = None,
+                   head_axis: AxisName | None = None) -> Callable:
+  """Wraps an attention function for global arrays under `jax.jit`.
+
+  Returns `call(query, key, value, *replicated, key_mask=None,
+  query_mask=None, **options)` taking `[B, L, H, D]` arrays (and `[B, L]`
+  masks) sharded as `P(batch_axes, sequence_axis, head_axis, None)`; it runs
+  `attention_fn(q, k, v, *replicated, key_mask=..., query_mask=...,
+  sequence_axis=sequence_axis, **options)` per device in `jax.shard_map`
+  and returns the output with the same sharding. `replicated` (e.g. the
+  FAVOR+ projection, or None) is passed whole to every device.
+
+  Args:
+    attention_fn: `favor_attention`, `softmax_attention` or `l2_attention`
+      (or a function with their signature).
+    mesh: a `jax.sharding.Mesh`, or None for the mesh set by
+      `jax.set_mesh` (the context mesh).
+    sequence_axis: the mesh axis (or axes) sharding the length.
+    batch_axes: the mesh axis (or axes) sharding the batch, or None.
+    head_axis: the mesh axis sharding the heads, or None.
+  """
+  spec = PartitionSpec(batch_axes, sequence_axis, head_axis, None)
+  mask_spec = PartitionSpec(batch_axes, sequence_axis)
+  named = [a for a in (batch_axes, sequence_axis, head_axis) if a is not None]
+  manual = frozenset(n for a in named for n in (
+      a if isinstance(a, tuple) else (a,)))
+
+  def call(query, key, value, *replicated: jax.Array | None,
+           key_mask=None, query_mask=None, **options):
+    def local(q, k, v, rep, km, qm):
+      return attention_fn(q, k, v, *rep, key_mask=km, query_mask=qm,
+                          sequence_axis=sequence_axis, **options)
+    mapped = jax.shard_map(
+        local, mesh=mesh, axis_names=manual,
+        in_specs=(spec, spec, spec, PartitionSpec(), mask_spec, mask_spec),
+        out_specs=spec)
+    return mapped(query, key, value, tuple(replicated), key_mask, query_mask)
+  return call
