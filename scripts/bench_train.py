@@ -6,6 +6,8 @@ copy task at each sequence length, and prints a table.
 
   python scripts/bench_train.py                       # L = 1024 and 4096
   python scripts/bench_train.py --lengths=128,256 --steps=2   # quick check
+  python scripts/bench_train.py --lengths=1024 --kinds=favor \
+      --model_api=linen,nnx          # the Linen and the NNX model side by side
 
 Each (kind, length) runs in its own subprocess: a setting that runs out of
 memory is reported as such and the table goes on.
@@ -48,6 +50,7 @@ def bench_config(kind, seq_len, args):
   config.model.attention.chunk_size = args.chunk_size
   config.model.attention.redraw_every = 0
   config.model.remat = args.remat
+  config.model_api = args.model_api
   if args.microbatch_tokens:
     # Same batch and update; sequential slices of a fixed token count, so
     # the working set (and cache behaviour) does not grow with L.
@@ -114,6 +117,8 @@ def main():
   parser.add_argument("--microbatch_tokens", type=int, default=0,
                       help="split each batch into sequential microbatches of "
                       "this many tokens (gradient accumulation; 0: off)")
+  parser.add_argument("--model_api", default="linen",
+                      help="linen, nnx, or both (linen,nnx): one row each")
   parser.add_argument("--no-tcmalloc", action="store_true",
                       help="keep the system malloc (see allocator.py)")
   parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
@@ -123,7 +128,9 @@ def main():
     compile_s, step_s = bench_one(kind, int(seq_len), args)
     print("RESULT " + json.dumps({"compile_s": compile_s, "step_s": step_s}))
     return
-  argv = [a for a in sys.argv[1:] if not a.startswith("--one")]
+  argv = [a for a in sys.argv[1:]
+          if not a.startswith(("--one", "--model_api"))]
+  apis = args.model_api.split(",")
   lengths = [int(x) for x in args.lengths.split(",")]
   kinds = args.kinds.split(",")
   print(f"batch {args.batch}, {args.layers} layers, d=256, 4 heads, "
@@ -139,15 +146,16 @@ def main():
   print("-" * len(header), flush=True)
   step_s = {}
   for seq_len in lengths:
-    for kind in kinds:
-      r = run_isolated(kind, seq_len, argv)
+    for kind, api in [(k, a) for k in kinds for a in apis]:
+      r = run_isolated(kind, seq_len, argv + [f"--model_api={api}"])
+      label = kind if len(apis) == 1 else f"{kind}/{api}"
       if "error" in r:
-        print(f"{kind:8} {seq_len:>6} {r['error']}", flush=True)
+        print(f"{label:8} {seq_len:>6} {r['error']}", flush=True)
         continue
-      step_s[kind, seq_len] = r["step_s"]
+      step_s[label, seq_len] = r["step_s"]
       tokens = args.batch * seq_len / r["step_s"]
-      print(f"{kind:8} {seq_len:>6} {tokens:>10.0f} {r['step_s'] * 1e3:>9.1f} "
-            f"{r['compile_s']:>10.1f}", flush=True)
+      print(f"{label:8} {seq_len:>6} {tokens:>10.0f} "
+            f"{r['step_s'] * 1e3:>9.1f} {r['compile_s']:>10.1f}", flush=True)
   # Linear attention: step time grows like L (ratio = length ratio).
   lo, hi = min(lengths), max(lengths)
   for kind in kinds:

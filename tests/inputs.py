@@ -38,6 +38,8 @@ def subprocess_env(**extra: str) -> dict[str, str]:
   return env
 
 
+# The tiny models of the model tests: vocabulary, batch and length.
+MODEL_VOCAB, MODEL_BATCH, MODEL_LEN = 13, 2, 16
 # The attention variants the model tests run: model.attention overrides.
 MODEL_KINDS = {
     "softmax": dict(kind="softmax"),
@@ -49,14 +51,18 @@ MODEL_KINDS = {
 }
 
 
-def tiny_model_config(kind="softmax", max_len=16, **overrides):
+def tiny_model_config(kind="softmax", max_len=MODEL_LEN, **overrides):
   """A 2-layer, width-32 model section (a ConfigDict) with attention `kind`
-  (a key of MODEL_KINDS) and top-level `overrides`."""
+  (a key of MODEL_KINDS) and top-level `overrides`; an override
+  `attention_<key>` sets `attention.<key>`."""
   cfg = models.default_model_config()
   cfg.num_layers, cfg.num_heads, cfg.emb_dim, cfg.mlp_dim = 2, 2, 32, 64
   cfg.max_len = max_len
   for key, value in MODEL_KINDS[kind].items():
     cfg.attention[key] = value
   for key, value in overrides.items():
-    cfg[key] = value
+    if key.startswith("attention_"):
+      cfg.attention[key[len("attention_"):]] = value
+    else:
+      cfg[key] = value
   return cfg

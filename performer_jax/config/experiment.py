@@ -23,6 +23,15 @@ from performer_jax.config import schema
 from performer_jax.config import sections
 from performer_jax.config.schema import ConfigError
 from performer_jax.lipschitz import model as invertible_model
+from performer_jax.nnx import functional as pnnx_functional
+
+# config.model_api -> builder of config.model_builder="transformer": the
+# Linen module, or the NNX one behind the same functional init/apply (the
+# variables, and so the checkpoints, are the same in both).
+MODEL_APIS: dict[str, Callable[..., Any]] = {
+    "linen": models.make_model,
+    "nnx": pnnx_functional.make_model,
+}
 
 # config.model_builder -> build(model, *, vocab_size, causal).
 MODEL_BUILDERS: dict[str, Callable[..., Any]] = {
@@ -40,6 +49,7 @@ class ExperimentConfig(schema.Section):
   trainer loop, the device mesh and the multi-process set-up."""
   task: str = "copy"
   model_builder: str = "transformer"
+  model_api: str = "linen"
   data: sections.DataConfig = dataclasses.field(
       default_factory=lambda: tasks_lib.TASKS["copy"].variant_data("cpu"))
   model: sections.ModelConfig = dataclasses.field(
@@ -56,6 +66,7 @@ class ExperimentConfig(schema.Section):
   def check(self) -> None:
     self._choice("task", sorted(tasks_lib.TASKS))
     self._choice("model_builder", tuple(MODEL_BUILDERS))
+    self._choice("model_api", tuple(MODEL_APIS))
     if not isinstance(self.data, tasks_lib.TASKS[self.task].data):
       self._fail("data", f"the data section of task {self.task!r}")
     validate(self)
@@ -77,10 +88,16 @@ class ExperimentConfig(schema.Section):
   def task_spec(self) -> tasks_lib.Task:
     return tasks_lib.TASKS[self.task]
 
-  def build_model(self, *, vocab_size: int, causal: bool, **kwargs):
-    """The model of `model_builder` for this config's model section."""
-    return MODEL_BUILDERS[self.model_builder](
-        self.model, vocab_size=vocab_size, causal=causal, **kwargs)
+  def build_model(self, *, vocab_size: int, causal: bool,
+                  api: str | None = None, **kwargs):
+    """The model of `model_builder` for this config's model section, in
+    `api` ("linen" or "nnx"; default: `model_api`)."""
+    api = self.model_api if api is None else api
+    if self.model_builder == "transformer":
+      build = MODEL_APIS[api]
+    else:
+      build = MODEL_BUILDERS[self.model_builder]
+    return build(self.model, vocab_size=vocab_size, causal=causal, **kwargs)
 
 
 def validate(cfg: ExperimentConfig) -> None:
@@ -88,6 +105,10 @@ def validate(cfg: ExperimentConfig) -> None:
   model, data, trainer = cfg.model, cfg.data, cfg.trainer
   if cfg.model_builder == "invertible_l2":
     invertible_model.check_model(model)
+  if cfg.model_api != "linen" and cfg.model_builder != "transformer":
+    raise ConfigError(f"config.model_api={cfg.model_api!r} builds the "
+                      "Transformer only; config.model_builder="
+                      f"{cfg.model_builder!r} needs model_api='linen'")
   if model.max_len < data.seq_len:
     raise ConfigError(f"config.model.max_len ({model.max_len}) must be >= "
                       f"config.data.seq_len ({data.seq_len})")

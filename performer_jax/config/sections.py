@@ -43,7 +43,8 @@ class AttentionConfig(Section):
     (`gaussian_orthogonal_random_matrix`).
   chunk_size: causal FAVOR+ chunk length.
   implementation: causal FAVOR+ implementation ("auto": the compiled CPU
-    kernel on the CPU backend when built, else "slim").
+    kernel on the CPU backend when built, else "slim"; "parallel" off the
+    CPU), or "kernel", "slim", "parallel", "autodiff".
   redraw_every: redraw the features every N training steps (0: never).
   """
   PATH = "model.attention"

@@ -13,7 +13,51 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from performer_jax.config.sections import POSEMB_KINDS
+from performer_jax.nn import core
+
 Dtype = jnp.dtype
+# Initializers and logical axes of the two tables (the NNX modules use them
+# too, see performer_jax.nnx.transformer).
+TOKEN_INIT = nn.initializers.normal(stddev=1.0)
+TOKEN_AXES = ("vocab", "embed")
+POSITION_INIT = nn.initializers.normal(stddev=0.02)
+POSITION_AXES = (None, "embed")
+
+
+def embed_tokens(table_VD: jax.Array, inputs_BL: jax.Array,
+                 dtype: Dtype) -> jax.Array:
+  """int32 [B, L] token ids -> [B, L, D] rows of the table, in `dtype`."""
+  return jnp.take(table_VD, inputs_BL, axis=0).astype(dtype)
+
+
+def tied_logits(table_VD: jax.Array, x_BLD: jax.Array,
+                dtype: Dtype) -> jax.Array:
+  """[B, L, D] features -> float32 [B, L, V] logits against the table."""
+  emb_VD = table_VD.astype(dtype)
+  logits_BLV = jnp.einsum("bld,vd->blv", x_BLD.astype(dtype), emb_VD,
+                          preferred_element_type=jnp.float32)
+  return logits_BLV * (table_VD.shape[-1] ** -0.5)
+
+
+def check_posemb(posemb: str) -> None:
+  if posemb not in POSEMB_KINDS:
+    raise ValueError(f"posemb must be one of {POSEMB_KINDS}, got "
+                     f"{posemb!r}")
+
+
+def add_positions(x_BLD: jax.Array, table_LD: jax.Array,
+                  index: jax.Array | None = None) -> jax.Array:
+  """Adds position codes: rows 0..L-1 of the `[max_len, D]` table, or, when
+  decoding, rows `index..index+L-1` (one token, or a prompt's prefill)."""
+  length = x_BLD.shape[1]
+  if length > table_LD.shape[0]:
+    raise ValueError(f"input length {length} exceeds model.max_len "
+                     f"{table_LD.shape[0]}; raise max_len in the model config")
+  if index is not None:
+    pos_LD = jax.lax.dynamic_slice_in_dim(table_LD, index, length, axis=0)
+    return x_BLD + pos_LD[None].astype(x_BLD.dtype)
+  return x_BLD + table_LD[None, :length].astype(x_BLD.dtype)
 
 
 class TiedEmbedding(nn.Module):
@@ -37,21 +81,16 @@ class TiedEmbedding(nn.Module):
 
   def setup(self):
     self.embedding_VD = self.param(
-        "embedding",
-        nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0),
-                                     ("vocab", "embed")),
+        "embedding", core.logical_init(TOKEN_INIT, TOKEN_AXES),
         (self.vocab_size, self.emb_dim), self.param_dtype)
 
   def __call__(self, inputs_BL: jax.Array) -> jax.Array:
     """int32 [B, L] token ids -> [B, L, D] in `dtype`."""
-    return jnp.take(self.embedding_VD, inputs_BL, axis=0).astype(self.dtype)
+    return embed_tokens(self.embedding_VD, inputs_BL, self.dtype)
 
   def attend(self, x_BLD: jax.Array) -> jax.Array:
     """[B, L, D] features -> float32 [B, L, V] logits."""
-    emb_VD = self.embedding_VD.astype(self.dtype)
-    logits_BLV = jnp.einsum("bld,vd->blv", x_BLD.astype(self.dtype), emb_VD,
-                            preferred_element_type=jnp.float32)
-    return logits_BLV * (self.emb_dim ** -0.5)
+    return tied_logits(self.embedding_VD, x_BLD, self.dtype)
 
 
 def sinusoidal_table(max_len: int, emb_dim: int) -> np.ndarray:
@@ -90,33 +129,20 @@ class PositionEmbedding(nn.Module):
   def __call__(self, x_BLD: jax.Array) -> jax.Array:
     """[B, L, D] -> [B, L, D], same dtype; L must be <= max_len (1 when
     decoding)."""
-    length = x_BLD.shape[1]
+    check_posemb(self.posemb)
     if self.posemb == "learned":
       table_LD = self.param(
-          "pos_embedding",
-          nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02),
-                                       (None, "embed")),
+          "pos_embedding", core.logical_init(POSITION_INIT, POSITION_AXES),
           (self.max_len, self.emb_dim), self.param_dtype)
-    elif self.posemb == "sinusoidal":
-      table_LD = jnp.asarray(sinusoidal_table(self.max_len, self.emb_dim))
     else:
-      raise ValueError(f"posemb must be 'learned' or 'sinusoidal', got "
-                       f"{self.posemb!r}")
+      table_LD = jnp.asarray(sinusoidal_table(self.max_len, self.emb_dim))
 
     if self.decode:
       is_initialized = self.has_variable("cache", "cache_index")
       cache_index = self.variable("cache", "cache_index",
                                   lambda: jnp.zeros((), jnp.int32))
       if is_initialized:
-        if length != 1:
-          raise ValueError(f"decode mode takes one token per call, got "
-                           f"length {length}")
         index = cache_index.value
-        cache_index.value = index + 1
-        pos_1D = jax.lax.dynamic_slice_in_dim(table_LD, index, 1, axis=0)
-        return x_BLD + pos_1D[None].astype(x_BLD.dtype)
-
-    if length > self.max_len:
-      raise ValueError(f"input length {length} exceeds model.max_len "
-                       f"{self.max_len}; raise max_len in the model config")
-    return x_BLD + table_LD[None, :length].astype(x_BLD.dtype)
+        cache_index.value = index + x_BLD.shape[1]
+        return add_positions(x_BLD, table_LD, index)
+    return add_positions(x_BLD, table_LD)

@@ -15,11 +15,16 @@ the compute dtype.
 The blocks can be rematerialized (`remat`) and scanned (`scan_layers`): with
 `nn.scan` the parameters, random features and decode caches of all layers are
 stacked along a leading "layers" axis, so a 36-layer model compiles one block.
+
+The model's structure (`forward`, `residual_block`, `mlp`) is written once,
+over layers passed in as callables: the Linen modules below and the NNX
+modules of `performer_jax.nnx` both run it, so the two APIs build the same
+function with the same parameter tree.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -27,6 +32,7 @@ import jax.numpy as jnp
 
 from performer_jax.config.sections import ModelConfig
 from performer_jax.models import embeddings
+from performer_jax.nn import core
 from performer_jax.nn import MultiHeadAttention
 
 # Logical axis names used by the parameters -> mesh axes. Model parallelism
@@ -44,24 +50,76 @@ LOGICAL_AXIS_RULES = (
 )
 
 
+# The logical axes of the MLP's "wi" and "wo" kernels (biases: the last).
+MLP_AXES = {"wi": ("embed", "mlp"), "wo": ("mlp", "embed")}
+LN_AXES = ("embed",)
+
+Layer = Callable[..., jax.Array]
+
+
+def check_inputs(inputs_BL: jax.Array,
+                 key_mask_BL: jax.Array | None) -> jax.Array | None:
+  """Raises unless inputs are int [B, L] ids (and the mask [B, L]); returns
+  the mask as bool."""
+  if inputs_BL.ndim != 2 or not jnp.issubdtype(inputs_BL.dtype,
+                                                jnp.integer):
+    raise ValueError(f"inputs must be integer token ids of shape [B, L], "
+                     f"got {inputs_BL.dtype} {inputs_BL.shape}")
+  if key_mask_BL is not None and key_mask_BL.shape != inputs_BL.shape:
+    raise ValueError(f"key_mask shape {key_mask_BL.shape} must equal the "
+                     f"inputs shape {inputs_BL.shape}")
+  return None if key_mask_BL is None else key_mask_BL.astype(jnp.bool_)
+
+
+def mlp(x_BLD: jax.Array, wi: Layer, wo: Layer) -> jax.Array:
+  """[B, L, D] -> [B, L, D]: wi (Dense to mlp_dim) -> gelu -> wo."""
+  return wo(nn.gelu(wi(x_BLD)))
+
+
+def residual_block(x_BLD: jax.Array, key_mask_BL: jax.Array | None,
+                   deterministic: bool | None, *, ln_attention: Layer,
+                   attention: Layer, ln_mlp: Layer, mlp_block: Layer,
+                   dropout: Layer) -> jax.Array:
+  """One pre-LN block: x + Dropout(Attention(LN(x))), then
+  x + Dropout(MLP(LN(x))). `dropout(x, deterministic=...)` is called once
+  per branch."""
+  # The residual dropout already drops the attention output, so the
+  # attention module's own dropout (on the head outputs) stays off.
+  h_BLD = attention(ln_attention(x_BLD), key_mask=key_mask_BL,
+                    deterministic=deterministic)
+  x_BLD = x_BLD + dropout(h_BLD, deterministic=deterministic)
+  h_BLD = mlp_block(ln_mlp(x_BLD))
+  return x_BLD + dropout(h_BLD, deterministic=deterministic)
+
+
+def forward(inputs_BL: jax.Array, key_mask_BL: jax.Array | None,
+            deterministic: bool | None, *, token_embed: Any,
+            pos_embed: Layer, dropout: Layer, layers: Layer,
+            ln_final: Layer) -> jax.Array:
+  """Token ids -> logits: embed, add positions, dropout, the blocks
+  (`layers(x, key_mask, deterministic)`), a final LayerNorm and the tied
+  output embedding (`token_embed.attend`)."""
+  key_mask_BL = check_inputs(inputs_BL, key_mask_BL)
+  x_BLD = pos_embed(token_embed(inputs_BL))
+  x_BLD = dropout(x_BLD, deterministic=deterministic)
+  x_BLD = layers(x_BLD, key_mask_BL, deterministic)
+  return token_embed.attend(ln_final(x_BLD))
+
+
 def _ln(cfg: ModelConfig, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(
       dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, name=name,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones,
-                                              ("embed",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
-                                             ("embed",)))
+      scale_init=core.logical_init(nn.initializers.ones, LN_AXES),
+      bias_init=core.logical_init(nn.initializers.zeros, LN_AXES))
 
 
-def _dense(cfg: ModelConfig, features: int, axes: tuple[str, str],
-           name: str) -> nn.Dense:
+def _dense(cfg: ModelConfig, features: int, name: str) -> nn.Dense:
+  axes = MLP_AXES[name]
   return nn.Dense(
       features, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
       name=name,
-      kernel_init=nn.with_logical_partitioning(
-          nn.initializers.xavier_uniform(), axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
-                                             (axes[1],)))
+      kernel_init=core.logical_init(nn.initializers.xavier_uniform(), axes),
+      bias_init=core.logical_init(nn.initializers.zeros, axes[1:]))
 
 
 class MlpBlock(nn.Module):
@@ -71,9 +129,8 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x_BLD: jax.Array) -> jax.Array:
     cfg = self.config
-    h_BLF = _dense(cfg, cfg.mlp_dim, ("embed", "mlp"), "wi")(x_BLD)
-    h_BLF = nn.gelu(h_BLF)
-    return _dense(cfg, cfg.emb_dim, ("mlp", "embed"), "wo")(h_BLF)
+    return mlp(x_BLD, _dense(cfg, cfg.mlp_dim, "wi"),
+               _dense(cfg, cfg.emb_dim, "wo"))
 
 
 class TransformerBlock(nn.Module):
@@ -86,21 +143,17 @@ class TransformerBlock(nn.Module):
   def __call__(self, x_BLD: jax.Array, key_mask_BL: jax.Array | None,
                deterministic: bool) -> tuple[jax.Array, None]:
     cfg = self.config
-    h_BLD = _ln(cfg, "ln_attention")(x_BLD)
-    # The residual dropout below already drops the attention output, so the
-    # module's own dropout (on the head outputs) stays off.
-    h_BLD = MultiHeadAttention.from_config(
+    attention = MultiHeadAttention.from_config(
         cfg.attention, num_heads=cfg.num_heads, causal=self.causal,
         dropout_rate=0.0, dtype=cfg.compute_dtype,
-        param_dtype=cfg.storage_dtype, decode=self.decode, name="attention")(
-            h_BLD, key_mask=key_mask_BL, deterministic=deterministic)
-    h_BLD = nn.Dropout(cfg.dropout_rate)(h_BLD, deterministic=deterministic)
-    x_BLD = x_BLD + h_BLD
-
-    h_BLD = _ln(cfg, "ln_mlp")(x_BLD)
-    h_BLD = MlpBlock(cfg, name="mlp")(h_BLD)
-    h_BLD = nn.Dropout(cfg.dropout_rate)(h_BLD, deterministic=deterministic)
-    return x_BLD + h_BLD, None
+        param_dtype=cfg.storage_dtype, decode=self.decode, name="attention")
+    dropout = lambda h, deterministic: nn.Dropout(cfg.dropout_rate)(
+        h, deterministic=deterministic)
+    return residual_block(
+        x_BLD, key_mask_BL, deterministic,
+        ln_attention=_ln(cfg, "ln_attention"), attention=attention,
+        ln_mlp=_ln(cfg, "ln_mlp"), mlp_block=MlpBlock(cfg, name="mlp"),
+        dropout=dropout), None
 
 
 class Transformer(nn.Module):
@@ -139,26 +192,23 @@ class Transformer(nn.Module):
       float32 [B, L, vocab_size] logits.
     """
     cfg = self.config
-    if inputs_BL.ndim != 2 or not jnp.issubdtype(inputs_BL.dtype,
-                                                  jnp.integer):
-      raise ValueError(f"inputs must be integer token ids of shape [B, L], "
-                       f"got {inputs_BL.dtype} {inputs_BL.shape}")
-    if key_mask_BL is not None and key_mask_BL.shape != inputs_BL.shape:
-      raise ValueError(f"key_mask shape {key_mask_BL.shape} must equal the "
-                       f"inputs shape {inputs_BL.shape}")
-    if key_mask_BL is not None:
-      key_mask_BL = key_mask_BL.astype(jnp.bool_)
-
     embed = embeddings.TiedEmbedding(self.vocab_size, cfg.emb_dim,
                                      dtype=cfg.compute_dtype,
                                      param_dtype=cfg.storage_dtype,
                                      name="token_embed")
-    x_BLD = embed(inputs_BL)
-    x_BLD = embeddings.PositionEmbedding(
+    pos_embed = embeddings.PositionEmbedding(
         cfg.max_len, cfg.emb_dim, posemb=cfg.posemb, decode=self.decode,
-        param_dtype=cfg.storage_dtype, name="pos_embed")(x_BLD)
-    x_BLD = nn.Dropout(cfg.dropout_rate)(x_BLD, deterministic=deterministic)
+        param_dtype=cfg.storage_dtype, name="pos_embed")
+    dropout = lambda x, deterministic: nn.Dropout(cfg.dropout_rate)(
+        x, deterministic=deterministic)
+    return forward(inputs_BL, key_mask_BL, deterministic, token_embed=embed,
+                   pos_embed=pos_embed, dropout=dropout,
+                   layers=self._layers(),
+                   ln_final=lambda x: _ln(cfg, "ln_final")(x))
 
+  def _layers(self) -> Layer:
+    """The blocks as one function `(x, key_mask, deterministic) -> x`."""
+    cfg = self.config
     block = TransformerBlock
     if cfg.remat:
       # Argument 0 is `self`, so `deterministic` (a Python bool) is 3.
@@ -173,15 +223,16 @@ class Transformer(nn.Module):
           in_axes=(nn.broadcast, nn.broadcast),
           length=cfg.num_layers,
           metadata_params={nn.PARTITION_NAME: "layers"})
-      x_BLD, _ = block(cfg, self.causal, self.decode, name="layers")(
-          x_BLD, key_mask_BL, deterministic)
+      blocks = [block(cfg, self.causal, self.decode, name="layers")]
     else:
-      for i in range(cfg.num_layers):
-        x_BLD, _ = block(cfg, self.causal, self.decode, name=f"layer_{i}")(
-            x_BLD, key_mask_BL, deterministic)
+      blocks = [block(cfg, self.causal, self.decode, name=f"layer_{i}")
+                for i in range(cfg.num_layers)]
 
-    x_BLD = _ln(cfg, "ln_final")(x_BLD)
-    return embed.attend(x_BLD)
+    def layers(x_BLD, key_mask_BL, deterministic):
+      for layer in blocks:
+        x_BLD, _ = layer(x_BLD, key_mask_BL, deterministic)
+      return x_BLD
+    return layers
 
 
 def make_model(model: ModelConfig | Any, *, vocab_size: int, causal: bool,
@@ -199,14 +250,23 @@ def make_model(model: ModelConfig | Any, *, vocab_size: int, causal: bool,
   Raises:
     ValueError: naming the bad key or argument.
   """
+  model = parse_model_args(model, vocab_size=vocab_size, causal=causal,
+                           decode=decode)
+  return Transformer(model, vocab_size=vocab_size, causal=bool(causal),
+                     decode=bool(decode))
+
+
+def parse_model_args(model: ModelConfig | Any, *, vocab_size: int,
+                     causal: bool, decode: bool) -> ModelConfig:
+  """`make_model`'s arguments checked (for Linen and NNX): the parsed model
+  section."""
   model = model if isinstance(model, ModelConfig) else ModelConfig.parse(
       model)
   check_vocab_size(vocab_size)
   if decode and not causal:
     raise ValueError("decode=True needs causal=True: only the decoder-only "
                      "model can generate token by token")
-  return Transformer(model, vocab_size=vocab_size, causal=bool(causal),
-                     decode=bool(decode))
+  return model
 
 
 def check_vocab_size(vocab_size: Any) -> None:

@@ -20,7 +20,6 @@ formed: P_h (X W_Q,h) is computed first and then multiplied by the small
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -28,39 +27,43 @@ import jax
 import jax.numpy as jnp
 
 from performer_jax.attention import api
-from performer_jax.attention import decoding
-from performer_jax.attention import feature_maps
-from performer_jax.attention import random_features
 from performer_jax.config.sections import AttentionConfig
+from performer_jax.nn import core
 
 ATTENTION_KINDS = api.ATTENTION_KINDS
-EXACT_FUNCTIONS = {"softmax": api.softmax_attention,
-                   "l2": api.l2_attention}
 RF_COLLECTION = "random_features"
-QKV_AXES = ("embed", "heads", "kv")
-OUT_AXES = ("heads", "kv", "embed")
 
 
-def _logical(init, axes):
-  return nn.with_logical_partitioning(init, axes)
+class ProjectionWeights(nn.Module):
+  """The kernel (and bias) of one projection, as a `core.WeightSpec` says.
 
-
-class HeadKernel(nn.Module):
-  """A bare `[in, heads, head_dim]` kernel, for L2's tied weights."""
-  heads: int
-  head_dim: int
+  A `nn.DenseGeneral` without the product: the same names, shapes and
+  initial values (the kernel initializer sees DenseGeneral's flat shape), so
+  the parameter tree is the one a DenseGeneral or a bare head kernel makes.
+  """
+  spec: core.WeightSpec
   kernel_init: Callable
   param_dtype: Any
 
   @nn.compact
-  def __call__(self, in_features: int) -> jax.Array:
-    return self.param("kernel", _logical(self.kernel_init, QKV_AXES),
-                      (in_features, self.heads, self.head_dim),
-                      self.param_dtype)
+  def __call__(self) -> dict[str, jax.Array]:
+    spec = self.spec
+    init = lambda rng: spec.init_kernel(self.kernel_init, rng,
+                                        self.param_dtype)
+    weights = {"kernel": self.param(
+        "kernel", core.logical_init(init, spec.kernel_axes))}
+    if spec.use_bias:
+      weights["bias"] = self.param(
+          "bias", core.logical_init(lambda rng: spec.init_bias(
+              self.param_dtype), spec.bias_axes))
+    return weights
 
 
 class MultiHeadAttention(nn.Module):
   """Multi-head attention with a choice of softmax, FAVOR+ or L2 attention.
+
+  The math is `core.AttentionCore`'s, shared with the NNX module
+  (`performer_jax.nnx.MultiHeadAttention`); this module owns the variables.
 
   Attributes:
     num_heads: H.
@@ -76,9 +79,10 @@ class MultiHeadAttention(nn.Module):
       `gaussian_orthogonal_random_matrix`).
     chunk_size: causal FAVOR+ chunk length.
     implementation: causal FAVOR+ implementation, "auto" (the compiled CPU
-      kernel on the CPU backend when built, else "slim"), "kernel", "slim"
-      (recompute inside each chunk: sub-linear memory) or "autodiff" (see
-      `favor_attention`).
+      kernel on the CPU backend when built, else "slim"; "parallel" off
+      the CPU), "kernel", "slim" (recompute inside each chunk: sub-linear
+      memory), "parallel" (no sequential loop over chunks) or "autodiff"
+      (see `favor_attention`).
     causal: autoregressive masking.
     dropout_rate: dropout on the concatenated head outputs (FAVOR+ has no
       attention matrix to drop from, so every kind uses the same place).
@@ -109,39 +113,34 @@ class MultiHeadAttention(nn.Module):
                   ) -> "MultiHeadAttention":
     """The module for a `model.attention` section; `kwargs` set the other
     attributes (num_heads, causal, dtype, ...)."""
-    return cls(attention=config.kind, kernel=config.kernel,
-               num_features=config.num_features,
-               orthogonal=config.orthogonal, scaling=config.scaling,
-               chunk_size=config.chunk_size,
-               implementation=config.implementation, **kwargs)
+    return cls(**core.config_fields(config), **kwargs)
 
   def attention_config(self) -> AttentionConfig:
     """These attributes as a checked AttentionConfig (the one place their
     values are validated, for modules and configs alike)."""
-    return _ModuleAttention(
-        kind=self.attention, kernel=self.kernel,
+    return core.module_config(
+        attention=self.attention, kernel=self.kernel,
         num_features=self.num_features, orthogonal=self.orthogonal,
         scaling=self.scaling, chunk_size=self.chunk_size,
         implementation=self.implementation)
 
-  def _check_fields(self) -> AttentionConfig:
-    if self.decode and not self.causal:
-      raise ValueError("decode=True needs causal=True: only autoregressive "
-                       "models decode token by token.")
-    return self.attention_config()
+  def attention_core(self, in_features: int) -> core.AttentionCore:
+    """The checked attributes and the math, for inputs `[..., in_features]`."""
+    return core.AttentionCore.create(
+        self.attention_config(), in_features=in_features,
+        num_heads=self.num_heads, qkv_features=self.qkv_features,
+        out_features=self.out_features, causal=self.causal,
+        decode=self.decode, use_bias=self.use_bias, dtype=self.dtype)
 
-  def _projection(self, config: AttentionConfig,
-                  head_dim: int) -> jax.Array | None:
-    if not config.uses_projection:
+  def _projection(self, layer: core.AttentionCore) -> jax.Array | None:
+    if not layer.config.uses_projection:
       return None
-    def draw():
-      # Without a dedicated rng the projection is derived from the params rng,
-      # so `model.init(key, x)` still works and is reproducible by seed.
-      name = RF_COLLECTION if self.has_rng(RF_COLLECTION) else "params"
-      return random_features.gaussian_orthogonal_random_matrix(
-          self.make_rng(name), self.num_features, head_dim,
-          scaling=self.scaling, orthogonal=self.orthogonal)
-    return self.variable(RF_COLLECTION, "projection", draw).value
+    # Without a dedicated rng the projection is derived from the params rng,
+    # so `model.init(key, x)` still works and is reproducible by seed.
+    name = RF_COLLECTION if self.has_rng(RF_COLLECTION) else "params"
+    return self.variable(RF_COLLECTION, "projection",
+                         lambda: layer.draw_projection(self.make_rng(name))
+                         ).value
 
   @nn.compact
   def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array | None = None,
@@ -158,124 +157,36 @@ class MultiHeadAttention(nn.Module):
     Returns:
       `[B, Lq, out_features]` in `dtype`.
     """
-    config = self._check_fields()
-    inputs_kv = inputs_q if inputs_kv is None else inputs_kv
-    in_features = inputs_q.shape[-1]
-    features = self.qkv_features or in_features
-    if features % self.num_heads:
-      raise ValueError(f"qkv_features={features} must be divisible by "
-                       f"num_heads={self.num_heads}.")
-    head_dim = features // self.num_heads
-    dense = functools.partial(
-        nn.DenseGeneral, features=(self.num_heads, head_dim), axis=-1,
-        dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=_logical(self.kernel_init, QKV_AXES),
-        bias_init=_logical(nn.initializers.zeros_init(), QKV_AXES[1:]),
-        use_bias=self.use_bias)
-
-    if self.attention == "l2":
-      head_kernel = functools.partial(HeadKernel, self.num_heads, head_dim,
-                                      self.kernel_init, self.param_dtype)
-      wq_DHK = head_kernel(name="query")(in_features).astype(self.dtype)
-      wv_DHK = head_kernel(name="value")(in_features).astype(self.dtype)
-      q = jnp.einsum("bld,dhk->blhk", inputs_q.astype(self.dtype), wq_DHK)
-      k = jnp.einsum("bld,dhk->blhk", inputs_kv.astype(self.dtype), wq_DHK)
-      v = k  # P_h (X W_Q,h); A_h's second factor is applied below.
-    else:
-      q = dense(name="query")(inputs_q)
-      k = dense(name="key")(inputs_kv)
-      v = dense(name="value")(inputs_kv)
-
-    projection = self._projection(config, head_dim)
-    if self.decode and not self.is_initializing():
-      if key_mask is not None:
-        raise ValueError("key_mask is not supported while decoding; decode "
-                         "only real tokens.")
-      x = self._decode_step(q, k, v, projection)
-    elif self.attention == "favor":
-      x = api.favor_attention(q, k, v, projection, kernel=self.kernel,
-                                causal=self.causal, key_mask=key_mask,
-                                chunk_size=self.chunk_size,
-                                implementation=self.implementation)
-    else:
-      x = EXACT_FUNCTIONS[self.attention](q, k, v, causal=self.causal,
-                                          key_mask=key_mask)
-    if self.decode and self.is_initializing():
-      self._init_cache(k, v, projection)
-
-    if self.attention == "l2":
-      # (P_h X W_Q,h) (W_Q,h^T W_V,h) / sqrt(D/H) = P_h X A_h W_V,h.
-      qv_HKV = jnp.einsum("dhk,dhv->hkv", wq_DHK, wv_DHK) / math.sqrt(head_dim)
-      x = jnp.einsum("blhk,hkv->blhv", x.astype(self.dtype), qv_HKV)
-    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
-    return nn.DenseGeneral(
-        features=self.out_features or in_features, axis=(-2, -1),
-        dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=_logical(self.kernel_init, OUT_AXES),
-        bias_init=_logical(nn.initializers.zeros_init(), OUT_AXES[-1:]),
-        use_bias=self.use_bias, name="out")(x.astype(self.dtype))
-
-  # Decoding: the cache is created by `init` on a full-length input, which
-  # fixes max_len (KV cache) and the batch size.
-  def _init_cache(self, k_BLHD, v_BLHD, projection):
-    b, max_len, h, _ = k_BLHD.shape
-    self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
-    if self.attention == "favor":
-      num_features = self._feature_dim(k_BLHD, projection)
-      init = decoding.init_favor_state(b, h, num_features, v_BLHD.shape[-1])
-      for name, value in init.items():
+    layer = self.attention_core(inputs_q.shape[-1])
+    weights = {spec.name: ProjectionWeights(spec, self.kernel_init,
+                                            self.param_dtype,
+                                            name=spec.name)()
+               for spec in layer.weight_specs()}
+    projection = self._projection(layer)
+    dropout = functools.partial(nn.Dropout(rate=self.dropout_rate),
+                                deterministic=deterministic)
+    decoding = self.decode and not self.is_initializing()
+    out, cache = layer(weights, projection, inputs_q, inputs_kv,
+                       key_mask=key_mask, dropout=dropout,
+                       cache=self._read_cache(layer) if decoding else None)
+    if decoding:
+      for name, value in cache.items():
+        self.put_variable("cache", name, value)
+    elif self.decode:
+      # `init` on a full-length input sizes the cache: max_len and batch.
+      batch, max_len = (inputs_q if inputs_kv is None else inputs_kv
+                        ).shape[:2]
+      for name, value in layer.init_cache(batch, max_len,
+                                          projection).items():
         self.variable("cache", name, lambda value=value: value)
-    else:
-      self.variable("cache", "cached_key", jnp.zeros, k_BLHD.shape,
-                    k_BLHD.dtype)
-      self.variable("cache", "cached_value", jnp.zeros, v_BLHD.shape,
-                    v_BLHD.dtype)
+    return out
 
-  def _feature_dim(self, k_BLHD, projection) -> int:
-    fn = feature_maps.resolve(self.kernel, projection)
-    return jax.eval_shape(lambda x: fn(x)[0], k_BLHD[:, :1].astype(
-        jnp.float32)).shape[-1]
-
-  def _decode_step(self, q, k, v, projection):
-    if q.shape[1] != 1:
-      raise ValueError(f"decode mode takes one token at a time, got inputs of "
-                       f"length {q.shape[1]}.")
-    if not self.has_variable("cache", "cache_index"):
-      raise ValueError("decode=True needs a cache: call init with a full-length "
-                       "input [batch, max_len, features] first.")
-    index = self.variable("cache", "cache_index", None)
-    if self.attention == "favor":
-      names = ("sums", "max_amp")
-      cache = {n: self.variable("cache", n, None) for n in names}
-      out_BHD, state = decoding.favor_decode_step(
-          q[:, 0], k[:, 0], v[:, 0], {n: c.value for n, c in cache.items()},
-          projection, kernel=self.kernel)
-      for name in names:
-        cache[name].value = state[name]
-      index.value = index.value + 1
-      return out_BHD[:, None]
-    cached_k = self.variable("cache", "cached_key", None)
-    cached_v = self.variable("cache", "cached_value", None)
-    i = index.value
-    cached_k.value = jax.lax.dynamic_update_slice(
-        cached_k.value, k.astype(cached_k.value.dtype), (0, i, 0, 0))
-    cached_v.value = jax.lax.dynamic_update_slice(
-        cached_v.value, v.astype(cached_v.value.dtype), (0, i, 0, 0))
-    b, max_len = cached_k.value.shape[:2]
-    visible_BL = jnp.broadcast_to(jnp.arange(max_len) <= i, (b, max_len))
-    index.value = i + 1
-    kwargs = {"keep_self": False} if self.attention == "l2" else {}
-    return EXACT_FUNCTIONS[self.attention](
-        q, cached_k.value, cached_v.value, key_mask=visible_BL, **kwargs)
-
-
-class _ModuleAttention(AttentionConfig):
-  """AttentionConfig whose messages name the module's attributes."""
-
-  @classmethod
-  def key(cls, name: str) -> str:
-    attribute = "attention" if name == "kind" else name
-    return f"MultiHeadAttention({attribute}=...)"
+  def _read_cache(self, layer: core.AttentionCore) -> dict[str, jax.Array]:
+    if not self.has_variable("cache", core.CACHE_INDEX):
+      raise ValueError("decode=True needs a cache: call init with a "
+                       "full-length input [batch, max_len, features] first.")
+    return {name: self.get_variable("cache", name)
+            for name in layer.cache_names()}
 
 
 def redraw_random_features(variables: dict, rng: jax.Array, *,
@@ -297,13 +208,7 @@ def redraw_random_features(variables: dict, rng: jax.Array, *,
   if RF_COLLECTION not in variables:
     return variables
   leaves, treedef = jax.tree_util.tree_flatten(variables[RF_COLLECTION])
-  new_leaves = []
-  for i, leaf in enumerate(leaves):
-    *lead, m, d = leaf.shape
-    keys = jax.random.split(jax.random.fold_in(rng, i), math.prod(lead))
-    draw = jax.vmap(lambda key, m=m, d=d: (
-        random_features.gaussian_orthogonal_random_matrix(
-            key, m, d, scaling=scaling, orthogonal=orthogonal)))
-    new_leaves.append(draw(keys).reshape(leaf.shape).astype(leaf.dtype))
+  new_leaves = core.redraw_leaves(leaves, rng, orthogonal=orthogonal,
+                                  scaling=scaling)
   return {**variables,
           RF_COLLECTION: jax.tree_util.tree_unflatten(treedef, new_leaves)}

@@ -1,12 +1,20 @@
-"""A drop-in `attention_fn` for `flax.linen.MultiHeadDotProductAttention`.
+"""A drop-in `attention_fn` for `flax.linen.MultiHeadDotProductAttention` and
+`flax.nnx.MultiHeadAttention`.
 
-Flax hands its attention function a dense mask `[batch..., H or 1, Lq, Lk]`.
-FAVOR+ never forms the attention matrix, so it can honour only masks of the
-form `key_padding & (causal tril if causal)` (rows of padded queries may be
-all False). Anything else - an arbitrary mask, an additive bias, attention
-dropout - cannot be represented, and instead of silently ignoring it (the
-official code does) the function raises. A traced mask is checked at run time
-through a host callback, so a jitted model fails loudly too.
+Flax hands its attention function a dense mask `[batch..., H or 1, Lq, Lk]`,
+and NNX also `is_causal`. FAVOR+ never forms the attention matrix, so it can
+honour only masks of the form `key_padding & (causal tril if causal)` (rows
+of padded queries may be all False). Anything else - an arbitrary mask, an
+additive bias, attention dropout, sowing attention weights - cannot be
+represented, and instead of silently ignoring it (the official code does) the
+function raises. A traced mask is checked at run time through a host
+callback, so a jitted model fails loudly too.
+
+Flax's `decode=True` keeps a key-value cache and asks for one query against
+it; causal FAVOR+ decodes with a constant-size state instead, which the
+modules of this library keep (`performer_jax.nnx.MultiHeadAttention` and
+`performer_jax.nn.MultiHeadAttention` with `decode=True`). A causal call with
+fewer queries than keys is refused with that pointer.
 """
 
 from __future__ import annotations
@@ -38,8 +46,9 @@ def _raise_if(bad, causal):
         f"make_favor_attention_fn(causal={causal}) can only honour a "
         f"{kind} mask (e.g. flax.linen.make_attention_mask(q_pad, k_pad)"
         f"{' & make_causal_mask' if causal else ''}); it was given a mask of "
-        "another form, which FAVOR+ cannot represent. Pass causal=True for a "
-        "causal mask, or use exact attention for arbitrary masks.")
+        "another form, which FAVOR+ cannot represent. Pass causal=True (or "
+        "call NNX's MultiHeadAttention with is_causal=True) for a causal "
+        "mask, or use exact attention for arbitrary masks.")
 
 
 def make_favor_attention_fn(projection: jax.Array | None, *,
@@ -51,12 +60,15 @@ def make_favor_attention_fn(projection: jax.Array | None, *,
   """Returns an `attention_fn` running FAVOR+ with a fixed projection.
 
   Usage: `nn.MultiHeadDotProductAttention(num_heads=4,
-  attention_fn=make_favor_attention_fn(proj, causal=True))`.
+  attention_fn=make_favor_attention_fn(proj, causal=True))`, or
+  `nnx.MultiHeadAttention(4, 64, attention_fn=make_favor_attention_fn(proj),
+  rngs=rngs)` called with `is_causal=True` for causal attention.
 
   Args:
     projection: `[M, head_dim]` from `gaussian_orthogonal_random_matrix`.
     kernel: as `favor_attention`.
-    causal: build causal FAVOR+; a causal Flax mask is then accepted.
+    causal: build causal FAVOR+; a causal Flax mask is then accepted. A call
+      with `is_causal=True` (NNX) is causal too.
     chunk_size: causal chunk length.
     implementation: as `favor_attention` ("auto", "kernel", "slim" or
       "autodiff").
@@ -66,11 +78,23 @@ def make_favor_attention_fn(projection: jax.Array | None, *,
   def attention_fn(query, key, value, bias=None, mask=None,
                    broadcast_dropout=True, dropout_rng=None,
                    dropout_rate=0.0, deterministic=False, dtype=None,
-                   precision=None, module=None, **unused):
-    del broadcast_dropout, dropout_rng, precision, module
+                   precision=None, module=None, is_causal=False, **unused):
+    del broadcast_dropout, dropout_rng, precision
     if unused:
       raise ValueError("FAVOR+ attention_fn got unsupported arguments "
                        f"{sorted(unused)}.")
+    causal_call = causal or bool(is_causal)
+    if causal_call and query.shape[-3] != key.shape[-3]:
+      raise ValueError(
+          f"causal FAVOR+ got {query.shape[-3]} queries against "
+          f"{key.shape[-3]} keys: this is a decoding step against a key-value "
+          "cache (flax's decode=True), which cannot serve causal FAVOR+. "
+          "Decode with performer_jax.nnx.MultiHeadAttention(decode=True) "
+          "(NNX) or performer_jax.nn.MultiHeadAttention(decode=True) (Linen), "
+          "which keep FAVOR+'s constant-size decoding state.")
+    if module is not None:
+      raise ValueError("FAVOR+ never forms attention weights, so it cannot "
+                       "sow them; set sow_weights=False.")
     if bias is not None:
       raise ValueError("FAVOR+ cannot add an attention bias (it never forms "
                        "the attention matrix); remove the bias or use exact "
@@ -89,15 +113,15 @@ def make_favor_attention_fn(projection: jax.Array | None, *,
             f"matching {expected}, got {mask.shape}.")
       mask = jnp.broadcast_to(mask.astype(bool), query.shape[:-3] +
                               mask.shape[-3:])
-      key_mask, implied = _implied_mask(mask, causal)
+      key_mask, implied = _implied_mask(mask, causal_call)
       if check_mask:
         bad = jnp.any(implied != mask)
         if isinstance(bad, jax.core.Tracer):
-          jax.debug.callback(_raise_if, bad, causal)
+          jax.debug.callback(_raise_if, bad, causal_call)
         else:
-          _raise_if(np.asarray(bad), causal)
+          _raise_if(np.asarray(bad), causal_call)
     out = api.favor_attention(query, key, value, projection, kernel=kernel,
-                                causal=causal, key_mask=key_mask,
+                                causal=causal_call, key_mask=key_mask,
                                 chunk_size=chunk_size,
                                 implementation=implementation)
     return out if dtype is None else out.astype(dtype)

@@ -36,6 +36,9 @@ METRICS_FILE = "metrics.jsonl"
 # (Data keys that only steer evaluation are in RESUMABLE_DATA_KEYS.)
 RESUMABLE_SECTIONS = ("trainer", "optimizer", "mesh", "distributed")
 RESUMABLE_DATA_KEYS = ("num_eval_batches", "eval_path", "eval_split")
+# Top-level keys that may differ: model_api changes the code that runs, not
+# the variables (Linen and NNX share the checkpoint layout).
+RESUMABLE_KEYS = ("model_api",)
 
 
 class IncompatibleWorkdirError(ValueError):
@@ -68,7 +71,7 @@ def differences(saved: Mapping[str, Any], new: Mapping[str, Any]
 
 def resumable(key: str) -> bool:
   section, _, rest = key.partition(".")
-  return section in RESUMABLE_SECTIONS or (
+  return key in RESUMABLE_KEYS or section in RESUMABLE_SECTIONS or (
       section == "data" and rest in RESUMABLE_DATA_KEYS)
 
 

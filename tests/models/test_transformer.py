@@ -14,15 +14,9 @@ from performer_jax import nn as pjnn
 from performer_jax.models import embeddings
 from tests import inputs
 
-VOCAB = 13
-BATCH = 2
-LEN = 16
-
+VOCAB, BATCH, LEN = inputs.MODEL_VOCAB, inputs.MODEL_BATCH, inputs.MODEL_LEN
 KINDS = inputs.MODEL_KINDS
-
-
-def tiny_config(kind="softmax", **overrides):
-  return inputs.tiny_model_config(kind, max_len=LEN, **overrides)
+tiny_config = inputs.tiny_model_config
 
 
 def init_variables(model, seed=0):

@@ -185,3 +185,28 @@ def test_bad_fields_are_named():
                      match=r"MultiHeadAttention\(kernel=\.\.\.\) must be "
                      "one of"):
     _module("favor", kernel="cos").init(RNGS, X)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_nan_in_padded_rows_reaches_no_real_gradient(kind, causal):
+  """Self-attention with a key mask and a loss over real tokens: whatever
+  padded rows hold, the parameters' and real inputs' gradients are those of
+  clean padding (padded rows are zeroed before the projections)."""
+  module = _module(kind, causal=causal)
+  variables = nn.unbox(module.init(RNGS, X))
+  mask = jnp.ones((2, 9), bool).at[0, 6:].set(False).at[1, 3:].set(False)
+  weight = mask[:, :, None].astype(jnp.float32)
+
+  def loss(params, x):
+    y = module.apply({**variables, "params": params}, x, key_mask=mask)
+    return jnp.sum(jnp.sin(y) * weight)
+
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  clean = grad(variables["params"], jnp.where(mask[..., None], X, 0.0))
+  poisoned = grad(variables["params"], jnp.where(mask[..., None], X,
+                                                  jnp.nan))
+  for a, b in zip(jax.tree_util.tree_leaves(poisoned),
+                  jax.tree_util.tree_leaves(clean)):
+    assert np.isfinite(a).all()
+    np.testing.assert_allclose(a, b, atol=1e-6)

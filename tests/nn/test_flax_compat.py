@@ -70,3 +70,20 @@ def test_bias_and_dropout_raise():
   out = attention_fn(q, q, q, dropout_rate=0.1, deterministic=True,
                      dtype=jnp.bfloat16)
   assert out.dtype == jnp.bfloat16
+
+
+def test_decode_with_a_kv_cache_points_to_the_modules():
+  module = nn.MultiHeadDotProductAttention(
+      num_heads=2, decode=True,
+      attention_fn=make_favor_attention_fn(PROJ, causal=True))
+  variables = module.init(jax.random.PRNGKey(2), X)
+  with pytest.raises(ValueError, match=r"performer_jax\.nn\.MultiHeadAttenti"
+                     r"on\(decode=True\)"):
+    module.apply(variables, X[:, :1], mutable=["cache"])
+
+
+def test_sowing_attention_weights_raises():
+  module = _mha(False)
+  variables = module.init(jax.random.PRNGKey(2), X)
+  with pytest.raises(ValueError, match="sow_weights=False"):
+    module.apply(variables, X, sow_weights=True, mutable=["intermediates"])
