@@ -3,7 +3,7 @@
 Launch (from any directory):
   performer-train --config=pixel_lm:cpu --workdir=/tmp/pixels
   performer-train --config=pixel_lm:paper --workdir=/tmp/imagenet64
-  python -m experiments.pixel_lm.sample --workdir=/tmp/pixels  # PNG grid
+  performer-generate --workdir=/tmp/pixels --num-samples=16  # PNG grid
 
 Argument: `<variant>[,<attention>]` as protein_mlm. Default data:
 Fashion-MNIST (Debian dataset-fashion-mnist), 784 tokens per image; `paper`

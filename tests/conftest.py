@@ -36,7 +36,9 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # while the other works through a long tail.
 _FIRST = ("train/test_multihost.py", "train/test_e2e.py",
           "configs/test_task_configs.py", "test_packaging.py",
-          "experiments/test_claims.py", "config/test_experiment.py")
+          "experiments/test_claims.py", "config/test_experiment.py",
+          "inference/test_commands.py", "nnx/test_sharding.py",
+          "attention/test_sharded.py")
 
 
 def pytest_collection_modifyitems(config, items):

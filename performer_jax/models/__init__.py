@@ -5,6 +5,7 @@ from performer_jax.models.decoding import decode_logits
 from performer_jax.models.decoding import decode_step
 from performer_jax.models.decoding import generate
 from performer_jax.models.decoding import init_cache
+from performer_jax.models.decoding import prefill
 from performer_jax.models.decoding import sample_logits
 from performer_jax.models.transformer import LOGICAL_AXIS_RULES
 from performer_jax.models.transformer import make_model

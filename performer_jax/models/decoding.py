@@ -1,13 +1,16 @@
 """Autoregressive decoding for the decoder-only `Transformer`.
 
 A model built with `make_model(..., causal=True, decode=True)` shares its
-parameters (and random features) with the training model but runs one token
-per call, carrying a "cache" collection: a key-value cache for softmax and L2
-attention, a constant-size prefix-sum state for FAVOR, and the position
-index of the positional embedding.
+parameters (and random features) with the training model but runs on a
+"cache" collection: a key-value cache for softmax and L2 attention, a
+constant-size prefix-sum state for FAVOR, and the position index of the
+positional embedding. Each call feeds the next tokens: a whole prompt at
+once (`prefill`: one causal pass that fills the cache) or one token
+(`decode_step`).
 
   variables = init_cache(decode_model, train_variables, batch_size, max_len)
-  tokens_BT = generate(decode_model, variables, prompt_BP, rng,
+  logits_BPV, cache = prefill(decode_model, variables, prompt_BP)
+  tokens_BT = generate(decode_model, train_variables, prompt_BP, rng,
                        max_len=..., temperature=..., top_k=...)
 """
 
@@ -74,6 +77,32 @@ def decode_step(model: Transformer, variables: Variables,
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
+def prefill(model: Transformer, variables: Variables,
+            tokens_BP: jax.Array) -> tuple[jax.Array, Any]:
+  """Feeds P tokens per sequence in one pass and advances the cache by P.
+
+  FAVOR+ runs one chunked causal pass that starts from the cached state and
+  returns the state after the last token; softmax and L2 write all P keys and
+  values into the cache and attend causally. The result equals P calls of
+  `decode_step` up to float32 rounding, at the cost of one forward pass.
+
+  Args:
+    model: a decode-mode model (`decode=True`).
+    variables: trained variables with a cache (from `init_cache`, or from an
+      earlier call: prefill continues where the cache stopped).
+    tokens_BP: int [B, P]; the cache must have room for P more tokens.
+
+  Returns:
+    (float32 [B, P, V] logits, the updated cache).
+  """
+  _check_decode_model(model)
+  if tokens_BP.ndim != 2:
+    raise ValueError(f"tokens must be [B, P], got shape {tokens_BP.shape}")
+  logits_BPV, mutated = model.apply(variables, tokens_BP, mutable=["cache"])
+  return logits_BPV, mutated["cache"]
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
 def decode_logits(model: Transformer, variables: Variables,
                   tokens_BL: jax.Array) -> tuple[jax.Array, Any]:
   """Teacher-forced decoding: feeds `tokens_BL` one position at a time.
@@ -120,26 +149,31 @@ def generate(model: Transformer, variables: Variables, prompt_BP: jax.Array,
              rng: jax.Array, *, max_len: int,
              temperature: float | jax.Array = 1.0, top_k: int = 0,
              greedy: bool = False,
-             prompt_lengths_B: jax.Array | None = None) -> jax.Array:
+             prompt_lengths_B: jax.Array | None = None,
+             suppress_tokens: tuple[int, ...] = ()) -> jax.Array:
   """Extends prompts to `max_len` tokens by sampling (or greedy decoding).
 
-  The prompt is fed through the cache token by token (the same `lax.scan`
-  step as generation), so prompts of different lengths batch together. The
-  work is jitted; it compiles once per (model, shapes, max_len, top_k,
-  greedy).
+  The prompt is prefilled in one pass (`prefill`); with prompts of different
+  lengths, the length they all share is prefilled and each longer prompt's
+  remaining tokens are fed through the same one-token steps as generation,
+  given rather than sampled. The work is jitted; it compiles once per
+  (model, shapes, max_len, top_k, greedy, shared prompt length).
 
   Args:
     model: a decode-mode model (`decode=True`).
     variables: trained variables ("params", "random_features"); a cache is
       created here.
     prompt_BP: int [B, P] prompt tokens, 1 <= P <= max_len.
-    rng: PRNG key for sampling.
-    max_len: total output length T.
+    rng: PRNG key for sampling; token t is drawn with `fold_in(rng, t - 1)`.
+    max_len: total output length T, at most the model's max_len + 1 (the
+      last token is sampled from the logits at position T - 2 and never
+      fed, so the cache holds T - 1 tokens).
     temperature: softmax temperature (> 0) for sampling.
     top_k: if > 0, sample only among the k most likely tokens.
     greedy: take the argmax instead of sampling.
     prompt_lengths_B: optional int [B] in [1, P]: sequence b's prompt is
       prompt_BP[b, :prompt_lengths_B[b]]. Defaults to P for every sequence.
+    suppress_tokens: ids never generated (e.g. padding and start tokens).
 
   Returns:
     int32 [B, T]: the prompts followed by generated tokens.
@@ -151,6 +185,10 @@ def generate(model: Transformer, variables: Variables, prompt_BP: jax.Array,
   if not 1 <= prompt_len <= max_len:
     raise ValueError(f"prompt length {prompt_len} must be in [1, max_len="
                      f"{max_len}]")
+  if max_len > model.config.max_len + 1:
+    raise ValueError(f"max_len={max_len} exceeds the model's max_len + 1 = "
+                     f"{model.config.max_len + 1} (the last token is sampled, "
+                     "never fed)")
   if not 0 <= top_k <= model.vocab_size:
     raise ValueError(f"top_k must be in [0, vocab_size="
                      f"{model.vocab_size}], got {top_k}")
@@ -162,36 +200,59 @@ def generate(model: Transformer, variables: Variables, prompt_BP: jax.Array,
   elif prompt_lengths_B.shape != (batch,):
     raise ValueError(f"prompt_lengths must have shape [{batch}], got "
                      f"{prompt_lengths_B.shape}")
+  try:
+    shared = int(jnp.min(prompt_lengths_B))
+  except jax.errors.ConcretizationTypeError:
+    shared = 1  # traced lengths: only the first token is surely given
+  if not 1 <= shared <= prompt_len:
+    raise ValueError(f"prompt_lengths must be in [1, {prompt_len}], got a "
+                     f"minimum of {shared}")
+  suppress_tokens = tuple(sorted({int(t) for t in suppress_tokens}))
+  if any(not 0 <= t < model.vocab_size for t in suppress_tokens) or (
+      len(suppress_tokens) >= model.vocab_size):
+    raise ValueError(f"suppress_tokens must be ids in [0, "
+                     f"{model.vocab_size}) and leave one, got "
+                     f"{suppress_tokens}")
   return _generate(model, variables, prompt_BP.astype(jnp.int32), rng,
                    jnp.asarray(temperature, jnp.float32),
                    prompt_lengths_B.astype(jnp.int32), max_len=max_len,
-                   top_k=top_k, greedy=greedy)
+                   top_k=top_k, greedy=greedy, shared=shared,
+                   suppress=suppress_tokens)
 
 
-@functools.partial(jax.jit,
-                   static_argnames=("model", "max_len", "top_k", "greedy"))
+@functools.partial(jax.jit, static_argnames=("model", "max_len", "top_k",
+                                             "greedy", "shared", "suppress"))
 def _generate(model, variables, prompt_BP, rng, temperature, prompt_lengths_B,
-              *, max_len, top_k, greedy):
+              *, max_len, top_k, greedy, shared, suppress):
   batch, prompt_len = prompt_BP.shape
-  variables = init_cache(model, variables, batch, max_len)
   tokens_BT = jnp.zeros((batch, max_len), jnp.int32)
   tokens_BT = tokens_BT.at[:, :prompt_len].set(prompt_BP)
+  if shared == max_len:
+    return tokens_BT
+  variables = init_cache(model, variables, batch, max_len - 1)
+
+  def choose(t, logits_BV, tokens_BT):
+    """Token t + 1: sampled, or given inside a sequence's prompt."""
+    if suppress:
+      logits_BV = logits_BV.at[:, jnp.asarray(suppress)].set(-jnp.inf)
+    sampled_B = sample_logits(jax.random.fold_in(rng, t), logits_BV,
+                              temperature=temperature, top_k=top_k,
+                              greedy=greedy)
+    given_B = jax.lax.dynamic_slice_in_dim(tokens_BT, t + 1, 1, axis=1)[:, 0]
+    next_B = jnp.where(t + 1 < prompt_lengths_B, given_B, sampled_B)
+    return jax.lax.dynamic_update_slice_in_dim(tokens_BT, next_B[:, None],
+                                               t + 1, axis=1)
+
+  logits_BSV, cache = prefill(model, variables, tokens_BT[:, :shared])
+  tokens_BT = choose(shared - 1, logits_BSV[:, -1], tokens_BT)
 
   def step(carry, t):
     cache, tokens_BT = carry
     tokens_B1 = jax.lax.dynamic_slice_in_dim(tokens_BT, t, 1, axis=1)
     logits_BV, cache = decode_step(model, {**variables, "cache": cache},
                                    tokens_B1)
-    sampled_B = sample_logits(jax.random.fold_in(rng, t), logits_BV,
-                              temperature=temperature, top_k=top_k,
-                              greedy=greedy)
-    # Inside a sequence's prompt the next token is given, not sampled.
-    given_B = jax.lax.dynamic_slice_in_dim(tokens_BT, t + 1, 1, axis=1)[:, 0]
-    next_B = jnp.where(t + 1 < prompt_lengths_B, given_B, sampled_B)
-    tokens_BT = jax.lax.dynamic_update_slice_in_dim(tokens_BT, next_B[:, None],
-                                                    t + 1, axis=1)
-    return (cache, tokens_BT), None
+    return (cache, choose(t, logits_BV, tokens_BT)), None
 
-  (_, tokens_BT), _ = jax.lax.scan(step, (variables["cache"], tokens_BT),
-                                   jnp.arange(max_len - 1))
+  (_, tokens_BT), _ = jax.lax.scan(step, (cache, tokens_BT),
+                                   jnp.arange(shared, max_len - 1))
   return tokens_BT

@@ -70,6 +70,40 @@ class TaskData:
 
 
 @dataclasses.dataclass(frozen=True)
+class TaskIO:
+  """What a trained model of a task reads and writes, known without any
+  data (for loading, generating and scoring).
+
+  Attributes:
+    vocab_size: token ids the model reads and predicts.
+    causal: decoder-only (causal LM) if True, else masked LM.
+    loss_unit: "token", "byte" or "dim", for bits per unit.
+    encode: user text (a protein sequence, text bytes) -> int32 token ids,
+      without the start token; raises ValueError naming a character that
+      is not in the vocabulary.
+    decode: token ids -> text (special tokens shown as symbols).
+    bos: the token a sequence starts from (None: none, e.g. bytes).
+    eos: the token that ends a sequence (None: none).
+    mask: the mask token of a masked LM (None for causal tasks).
+    special: ids that are never part of a sequence's content.
+    fasta: sequences are written as FASTA records (proteins).
+    image_shape: `(H, W, C)` of the images a pixel model streams, else None.
+  """
+
+  vocab_size: int
+  causal: bool
+  loss_unit: str
+  encode: Callable[[str], np.ndarray]
+  decode: Callable[[np.ndarray], str]
+  bos: int | None = None
+  eos: int | None = None
+  mask: int | None = None
+  special: tuple[int, ...] = ()
+  fasta: bool = False
+  image_shape: tuple[int, int, int] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Task:
   """How the trainer finds a task: every task is registered as one of these.
 
@@ -80,12 +114,15 @@ class Task:
       of that variant.
     build: `build(data, *, process_index, process_count) -> TaskData`, the
       process's view of the task.
+    io: `io(data) -> TaskIO`: the vocabulary and tokenization, without
+      loading data.
   """
 
   name: str
   data: type[sections.DataConfig]
   variant_data: Callable[[str], sections.DataConfig]
   build: Callable[..., TaskData]
+  io: Callable[[sections.DataConfig], TaskIO]
 
 
 def check_variant(variant: str, task: str) -> str:

@@ -136,4 +136,16 @@ def build(data: CopyData, *, process_index: int = 0,
       unigram_bits=math.log2(data.vocab_size - NUM_SPECIAL))
 
 
-TASK = base.Task("copy", CopyData, variant_data, build)
+def io(data: CopyData) -> base.TaskIO:
+  """Tokens are written as their ids (space-separated)."""
+  causal = data.variant == "causal"
+  encode = lambda text: np.asarray([int(t) for t in text.split()], np.int32)
+  decode = lambda ids: " ".join(str(int(i)) for i in ids)
+  return base.TaskIO(vocab_size=data.vocab_size, causal=causal,
+                     loss_unit="token", encode=encode, decode=decode,
+                     bos=BOS if causal else None,
+                     mask=None if causal else MASK,
+                     special=(PAD, BOS, MASK))
+
+
+TASK = base.Task("copy", CopyData, variant_data, build, io)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import math
 import os
 
 import numpy as np
@@ -174,4 +175,44 @@ def build(data: PixelData, *, process_index: int = 0,
       unigram_bits=sampling.entropy_bits(counts))
 
 
-TASK = base.Task("pixel_lm", PixelData, variant_data, build)
+def encode(text: str) -> np.ndarray:
+  """Comma- or space-separated intensities 0-255 -> int32 token ids."""
+  try:
+    values = [int(v) for v in text.replace(",", " ").split()]
+  except ValueError:
+    raise ValueError(f"a pixel prompt is a list of intensities 0-255, got "
+                     f"{text[:40]!r}") from None
+  if any(not 0 <= v <= 255 for v in values):
+    raise ValueError("pixel intensities must be in [0, 255]")
+  return np.asarray(values, np.int32)
+
+
+def decode(ids: np.ndarray) -> str:
+  return " ".join("BOS" if int(i) == BOS else str(int(i)) for i in ids)
+
+
+# The image shapes of the datasets whose shape is fixed.
+IMAGE_SHAPES = {"fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
+
+
+def image_shape(data: PixelData) -> tuple[int, int, int] | None:
+  """`(H, W, C)` of the dataset's images, known without reading them: fixed
+  for Fashion-MNIST and CIFAR-10, else the square RGB (or grey) image of
+  data.seq_len intensities (ImageNet 32 and 64: 3,072 and 12,288); None
+  if seq_len is neither."""
+  if data.dataset in IMAGE_SHAPES:
+    return IMAGE_SHAPES[data.dataset]
+  for channels in (3, 1):
+    side = math.isqrt(data.seq_len // channels)
+    if side * side * channels == data.seq_len:
+      return (side, side, channels)
+  return None  # samples are then written as lists of intensities
+
+
+def io(data: PixelData) -> base.TaskIO:
+  return base.TaskIO(vocab_size=VOCAB_SIZE, causal=True, loss_unit="dim",
+                     encode=encode, decode=decode, bos=BOS, special=(BOS,),
+                     image_shape=image_shape(data))
+
+
+TASK = base.Task("pixel_lm", PixelData, variant_data, build, io)

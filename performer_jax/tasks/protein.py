@@ -56,11 +56,14 @@ for _i, _c in enumerate(fasta.AMINO_ACIDS):
 
 
 def encode(sequence: str) -> np.ndarray:
-  """Amino-acid letters -> uint8 token ids."""
-  ids = _LUT[np.frombuffer(sequence.encode("ascii"), np.uint8)]
+  """Amino-acid letters (any case) -> int32 token ids."""
+  data = sequence.strip().upper().encode("ascii", errors="replace")
+  ids = _LUT[np.frombuffer(data, np.uint8)]
   if (ids == 255).any():
-    raise ValueError(f"sequence has characters outside {fasta.AMINO_ACIDS}")
-  return ids
+    bad = chr(data[int(np.flatnonzero(ids == 255)[0])])
+    raise ValueError(f"sequence has the character {bad!r}, which is not an "
+                     f"amino acid of the vocabulary {fasta.AMINO_ACIDS}")
+  return ids.astype(np.int32)
 
 
 def decode(ids: np.ndarray) -> str:
@@ -232,7 +235,16 @@ def build(data: ProteinLMData, *, process_index: int = 0,
       unigram_bits=sampling.entropy_bits(counts))
 
 
+def io(data: ProteinLMData) -> base.TaskIO:
+  masked = isinstance(data, ProteinMLMData)
+  return base.TaskIO(vocab_size=VOCAB_SIZE, causal=not masked,
+                     loss_unit="token", encode=encode, decode=decode,
+                     bos=None if masked else BOS, eos=None if masked else EOS,
+                     mask=MASK if masked else None,
+                     special=(PAD, MASK, BOS, EOS), fasta=True)
+
+
 MLM = base.Task("protein_mlm", ProteinMLMData,
-                _variant_data(ProteinMLMData, "protein_mlm"), build)
+                _variant_data(ProteinMLMData, "protein_mlm"), build, io)
 LM = base.Task("protein_lm", ProteinLMData,
-               _variant_data(ProteinLMData, "protein_lm"), build)
+               _variant_data(ProteinLMData, "protein_lm"), build, io)

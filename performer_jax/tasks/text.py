@@ -154,4 +154,21 @@ def build(data: TextData, *, process_index: int = 0,
       unigram_bits=sampling.entropy_bits(counts))
 
 
-TASK = base.Task("text_lm", TextData, variant_data, build)
+def encode(text: str) -> np.ndarray:
+  """Text -> its UTF-8 bytes as int32 token ids."""
+  return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32)
+
+
+def decode(ids: np.ndarray) -> str:
+  """Token ids -> text (invalid UTF-8 shown as U+FFFD)."""
+  return bytes(np.asarray(ids, np.uint8).tolist()).decode("utf-8",
+                                                          errors="replace")
+
+
+def io(data: TextData) -> base.TaskIO:
+  del data
+  return base.TaskIO(vocab_size=VOCAB_SIZE, causal=True, loss_unit="byte",
+                     encode=encode, decode=decode)
+
+
+TASK = base.Task("text_lm", TextData, variant_data, build, io)

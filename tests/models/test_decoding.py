@@ -11,15 +11,9 @@ import pytest
 from performer_jax import models
 from tests import inputs
 
-VOCAB = 13
-BATCH = 2
-LEN = 16
-
+VOCAB, BATCH, LEN = inputs.MODEL_VOCAB, inputs.MODEL_BATCH, inputs.MODEL_LEN
 KINDS = inputs.MODEL_KINDS
-
-
-def tiny_config(kind="softmax", **overrides):
-  return inputs.tiny_model_config(kind, max_len=LEN, **overrides)
+tiny_config = inputs.tiny_model_config
 
 
 def to_scan_layout(variables, num_layers=2):
@@ -81,6 +75,43 @@ def test_token_by_token_matches_full_forward(kind, overrides):
   np.testing.assert_allclose(stepped, full, atol=1e-4 * scale, rtol=1e-4)
 
 
+PREFILL_CASES = DECODE_CASES + [("favor_softmax", dict(
+    attention_chunk_size=3, attention_implementation="parallel"))]
+
+
+@pytest.mark.parametrize(
+    "kind,overrides", PREFILL_CASES,
+    ids=[kind + "".join(f"-{k}" for k in o) for kind, o in PREFILL_CASES])
+def test_prefill_equals_token_by_token(kind, overrides):
+  """One prefill pass, or a prefill continued by another, gives the logits
+  and the cache of feeding the same tokens one at a time; decoding then
+  continues identically from either cache."""
+  _, decode_model, variables = built(kind, **overrides)
+  x = random_tokens(10)
+  decode_vars = models.init_cache(decode_model, variables, BATCH, LEN)
+  stepped, stepped_cache = models.decode_logits(decode_model, decode_vars,
+                                                x[:, :12])
+  scale = np.abs(stepped).max()
+  close = functools.partial(np.testing.assert_allclose, atol=1e-5 * scale,
+                            rtol=1e-5)
+  whole, cache = models.prefill(decode_model, decode_vars, x[:, :12])
+  assert whole.shape == (BATCH, 12, VOCAB) and whole.dtype == jnp.float32
+  close(whole, stepped)
+  first, cache_a = models.prefill(decode_model, decode_vars, x[:, :7])
+  rest, cache_b = models.prefill(decode_model, {**decode_vars,
+                                                "cache": cache_a}, x[:, 7:12])
+  close(jnp.concatenate([first, rest], axis=1), stepped)
+  for c in (cache, cache_b):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        a, b, atol=1e-5 * max(1.0, float(np.abs(b).max())), rtol=1e-5),
+                 c, stepped_cache)
+    after, _ = models.decode_logits(decode_model, {**decode_vars, "cache": c},
+                                    x[:, 12:])
+    reference, _ = models.decode_logits(
+        decode_model, {**decode_vars, "cache": stepped_cache}, x[:, 12:])
+    close(after, reference)
+
+
 @pytest.mark.parametrize("kind", ["softmax", "favor_softmax"])
 def test_cache_index_advances_and_state_size(kind):
   _, decode_model, variables = built(kind)
@@ -119,7 +150,9 @@ def assert_greedy(model, variables, tokens_BL, prompt_lengths):
   """Every token after row b's prompt is an argmax (up to TIE_TOL) of the full
   causal model's logits at the previous position: what greedy decoding means,
   checked by re-running the whole model on the decoded sequence."""
-  logits = np.asarray(jax.jit(model.apply)(variables, jnp.asarray(tokens_BL)))
+  # The last token is never an input: T may be the model's max_len + 1.
+  logits = np.asarray(jax.jit(model.apply)(variables,
+                                           jnp.asarray(tokens_BL[:, :-1])))
   tokens_BL = np.asarray(tokens_BL)
   for b, start in enumerate(prompt_lengths):
     for t in range(start - 1, tokens_BL.shape[1] - 1):
@@ -132,12 +165,13 @@ def test_greedy_matches_brute_force_and_top1_sampling(kind):
   model, decode_model, variables = built(kind)
   prompt = random_tokens(1, (BATCH, 5))
   greedy = models.generate(decode_model, variables, prompt,
-                           jax.random.PRNGKey(0), max_len=LEN, greedy=True)
-  assert greedy.shape == (BATCH, LEN) and greedy.dtype == jnp.int32
+                           jax.random.PRNGKey(0), max_len=LEN + 1,
+                           greedy=True)
+  assert greedy.shape == (BATCH, LEN + 1) and greedy.dtype == jnp.int32
   np.testing.assert_array_equal(greedy[:, :5], prompt)
   assert_greedy(model, variables, greedy, [5] * BATCH)
   top1 = models.generate(decode_model, variables, prompt,
-                         jax.random.PRNGKey(7), max_len=LEN, top_k=1,
+                         jax.random.PRNGKey(7), max_len=LEN + 1, top_k=1,
                          temperature=0.7)
   # Same decode path, same logits: top-1 sampling is the same argmax.
   np.testing.assert_array_equal(top1, greedy)
@@ -166,6 +200,37 @@ def test_sampling_stays_in_vocab_and_depends_on_rng():
   assert np.all((np.asarray(a) >= 0) & (np.asarray(a) < VOCAB))
   np.testing.assert_array_equal(a[:, :2], prompt)
   assert np.any(np.asarray(a) != np.asarray(b))
+
+
+def test_suppressed_tokens_are_never_generated():
+  model, decode_model, variables = built("favor_softmax")
+  prompt = random_tokens(5, (BATCH, 2))
+  rng = jax.random.PRNGKey(3)
+  free = models.generate(decode_model, variables, prompt, rng, max_len=LEN,
+                         greedy=True)
+  # Ban the tokens greedy decoding chose most (at most half the vocabulary):
+  # the output must avoid them and be the argmax over the tokens left.
+  ids, counts = np.unique(np.asarray(free[:, 2:]), return_counts=True)
+  banned = tuple(int(t) for t in ids[np.argsort(-counts)][:VOCAB // 2])
+  out = models.generate(decode_model, variables, prompt, rng, max_len=LEN,
+                        greedy=True, suppress_tokens=banned)
+  np.testing.assert_array_equal(out[:, :2], prompt)
+  assert not np.isin(np.asarray(out[:, 2:]), banned).any()
+  logits = np.array(jax.jit(model.apply)(variables, out[:, :-1]))
+  logits[..., list(banned)] = -np.inf
+  chosen = np.take_along_axis(logits[:, 1:], np.asarray(out[:, 2:, None]),
+                              -1)[..., 0]
+  assert (chosen >= logits[:, 1:].max(-1) - TIE_TOL).all()
+  sampled = models.generate(decode_model, variables, prompt, rng,
+                            max_len=LEN, temperature=5.0,
+                            suppress_tokens=banned)
+  assert not np.isin(np.asarray(sampled[:, 2:]), banned).any()
+  with pytest.raises(ValueError, match="suppress_tokens"):
+    models.generate(decode_model, variables, prompt, rng, max_len=LEN,
+                    suppress_tokens=tuple(range(VOCAB)))
+  with pytest.raises(ValueError, match="suppress_tokens"):
+    models.generate(decode_model, variables, prompt, rng, max_len=LEN,
+                    suppress_tokens=(VOCAB,))
 
 
 def test_sample_logits_distribution():
@@ -197,6 +262,9 @@ def test_decoding_rejects_bad_use():
   with pytest.raises(ValueError, match="temperature"):
     models.generate(decode_model, variables, prompt, jax.random.PRNGKey(0),
                     max_len=LEN, temperature=0.0)
+  with pytest.raises(ValueError, match=r"max_len \+ 1"):
+    models.generate(decode_model, variables, prompt, jax.random.PRNGKey(0),
+                    max_len=LEN + 2)
   with pytest.raises(ValueError, match="prompt length"):
     models.generate(decode_model, variables, random_tokens(4, (BATCH, 17)),
                     jax.random.PRNGKey(0), max_len=LEN)

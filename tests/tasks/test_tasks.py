@@ -525,3 +525,30 @@ def test_real_embedded_data_if_installed():
   counts = np.array([residues.count(c) for c in fasta.AMINO_ACIDS])
   assert task.unigram_bits == pytest.approx(sampling.entropy_bits(counts))
   base.check_batch(task.train.get_batch(0), cfg.batch_size, cfg.seq_len)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_io_agrees_with_the_built_task(name, data_files):
+  task = TASKS[name]
+  if name == "copy":
+    data = task.variant_data("smoke")
+  else:
+    data = task.data.parse(task_config(name, data_files))
+  built = task.build(data)
+  io = task.io(data)
+  assert (io.vocab_size, io.causal, io.loss_unit) == (
+      built.vocab_size, built.causal, built.loss_unit)
+  for token in (io.bos, io.eos, io.mask, *io.special):
+    assert token is None or 0 <= token < io.vocab_size
+
+
+def test_encode_decode_round_trips_and_names_bad_characters():
+  ids = protein.encode("mkvACD")
+  assert ids.dtype == np.int32 and protein.decode(ids) == "MKVACD"
+  with pytest.raises(ValueError, match=r"character 'J'.*ACDEF"):
+    protein.encode("MKJ")
+  from performer_jax.tasks import text  # pylint: disable=g-import-not-at-top
+  assert text.decode(text.encode("héllo")) == "héllo"
+  assert pixels.decode(pixels.encode("0, 255 7")) == "0 255 7"
+  with pytest.raises(ValueError, match=r"\[0, 255\]"):
+    pixels.encode("300")

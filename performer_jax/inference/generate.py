@@ -1,0 +1,202 @@
+"""`performer-generate`: samples from a trained causal model.
+
+  performer-generate --workdir /tmp/protein_lm --prompt MKV --num-samples 4
+  performer-generate --workdir /tmp/text_lm --prompt "The " --max-len 200 \
+      --temperature 0.8 --top-k 40
+  performer-generate --workdir /tmp/pixels --num-samples 16 \
+      --output samples.png
+
+Text models write text, protein models FASTA (one record per sample, cut at
+the end token) and pixel models a PNG grid of the images. Prompts come from
+`--prompt` or `--prompt-file` (FASTA, or one per line); a model with a start
+token (proteins, pixels) samples from it when no prompt is given. Each
+prompt is prefilled in one pass, then `--num-samples` continuations are
+decoded in batches of `--batch-size` (FAVOR+ from its constant-size state,
+softmax and L2 from a key-value cache). Padding, start and mask tokens are
+never sampled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from performer_jax.inference import cli
+from performer_jax.inference import loading
+from performer_jax.models import decoding
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="performer-generate", description=__doc__.splitlines()[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  cli.add_model_arguments(parser)
+  source = parser.add_mutually_exclusive_group()
+  source.add_argument("--prompt", default=None, help="one prompt")
+  source.add_argument("--prompt-file", default=None,
+                      help="prompts: FASTA, or one per line")
+  parser.add_argument("--num-samples", type=int, default=1,
+                      help="samples per prompt")
+  parser.add_argument("--max-len", type=int, default=None,
+                      help="tokens per sample, prompt included, start token "
+                      "not counted (default and maximum: the training "
+                      "length data.seq_len)")
+  parser.add_argument("--temperature", type=float, default=1.0)
+  parser.add_argument("--top-k", type=int, default=0,
+                      help="sample among the k most likely tokens (0: all)")
+  parser.add_argument("--greedy", action="store_true",
+                      help="take the most likely token (ignores temperature)")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--batch-size", type=int, default=32)
+  parser.add_argument("--output", default="-",
+                      help="file to write ('-': stdout; pixel models: a "
+                      "PNG, default samples.png)")
+  return parser
+
+
+def prompts(args: argparse.Namespace, io_) -> list[cli.Record]:
+  """The prompts as records (token ids without the start token)."""
+  if args.prompt_file is not None:
+    return list(cli.iter_records(args.prompt_file, io_))
+  if args.prompt is not None:
+    if not args.prompt.strip():
+      raise ValueError("--prompt is empty; give some text, or leave "
+                       "--prompt out to sample from the start token")
+    return [cli.Record("prompt", cli.encode(io_, args.prompt, "--prompt"))]
+  if io_.bos is None:
+    raise ValueError("this model has no start token: give --prompt or "
+                     "--prompt-file")
+  return [cli.Record("sample", np.zeros((0,), np.int32))]
+
+
+def sample(loaded: loading.LoadedModel, records: list[cli.Record], *,
+           num_samples: int, max_len: int, temperature: float, top_k: int,
+           greedy: bool, seed: int, batch_size: int
+           ) -> list[tuple[str, np.ndarray]]:
+  """`(name, int32 tokens)` per sample: the prompt and its continuation,
+  start token dropped, cut after the end token."""
+  io_ = loaded.io
+  start = [] if io_.bos is None else [io_.bos]
+  total = max_len + len(start)
+  rows = [(f"{r.name}_sample{k + 1}", np.concatenate(
+      [start, r.tokens]).astype(np.int32)) for r in records
+          for k in range(num_samples)]
+  width = max(len(row) for _, row in rows)
+  decoder = loaded.make_model(decode=True)
+  suppress = tuple(t for t in io_.special if t != io_.eos)
+  out = []
+  for i, chunk in enumerate(cli.batches(len(rows), batch_size)):
+    prompt_BP = np.zeros((batch_size, width), np.int32)
+    lengths_B = np.full((batch_size,), width, np.int32)
+    for b, r in enumerate(chunk):
+      prompt_BP[b, :len(rows[r][1])] = rows[r][1]
+      lengths_B[b] = len(rows[r][1])
+    # Unused rows of the last batch repeat row 0: one compiled shape.
+    prompt_BP[len(chunk):], lengths_B[len(chunk):] = prompt_BP[0], lengths_B[0]
+    tokens_BT = decoding.generate(
+        decoder, loaded.variables, jnp.asarray(prompt_BP),
+        jax.random.fold_in(jax.random.PRNGKey(seed), i), max_len=total,
+        temperature=temperature, top_k=top_k, greedy=greedy,
+        prompt_lengths_B=jnp.asarray(lengths_B), suppress_tokens=suppress)
+    for b, r in enumerate(chunk):
+      tokens = np.asarray(tokens_BT[b, len(start):])
+      if io_.eos is not None:
+        ends = np.flatnonzero(tokens[len(rows[r][1]) - len(start):]
+                              == io_.eos)
+        if ends.size:
+          tokens = tokens[:len(rows[r][1]) - len(start) + ends[0]]
+      out.append((rows[r][0], tokens))
+  return out
+
+
+def image_grid(images_NHWC: np.ndarray, cols: int = 8) -> np.ndarray:
+  """uint8 `[rows * (H + 2), cols * (W + 2), C]`: the images tiled with a
+  2-pixel border."""
+  n, h, w, c = images_NHWC.shape
+  cols = min(cols, n)
+  rows = math.ceil(n / cols)
+  grid = np.full((rows * (h + 2), cols * (w + 2), c), 255, np.uint8)
+  for i, image in enumerate(images_NHWC):
+    y, x = (i // cols) * (h + 2) + 1, (i % cols) * (w + 2) + 1
+    grid[y:y + h, x:x + w] = image
+  return grid
+
+
+def _write(loaded: loading.LoadedModel, samples, output: str) -> None:
+  io_ = loaded.io
+  if io_.image_shape is not None:
+    # pylint: disable-next=g-import-not-at-top
+    import matplotlib.pyplot as plt
+    images = np.stack([s for _, s in samples]).reshape(
+        (-1,) + io_.image_shape).astype(np.uint8)
+    grid = image_grid(images)
+    path = "samples.png" if output == "-" else output
+    plt.imsave(path, grid[..., 0] if grid.shape[-1] == 1 else grid,
+               cmap="gray", vmin=0, vmax=255)
+    print(f"wrote {len(samples)} images to {path}")
+    return
+  if io_.fasta:
+    text = "".join(f">{name}\n" + "\n".join(
+        seq[i:i + 60] for i in range(0, len(seq), 60)) + "\n"
+                   for name, seq in ((n, io_.decode(s)) for n, s in samples))
+  else:
+    text = "".join(f"=== {name} ===\n{io_.decode(s)}\n" for name, s in samples)
+  if output == "-":
+    sys.stdout.write(text)
+  else:
+    with open(output, "w", encoding="utf-8") as f:
+      f.write(text)
+
+
+def _main(argv: Sequence[str] | None) -> None:
+  args = _parser().parse_args(argv)
+  for name in ("num_samples", "batch_size"):
+    if getattr(args, name) < 1:
+      raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+  loaded = cli.load(args)
+  io_ = loaded.io
+  if not io_.causal:
+    raise ValueError(f"{args.workdir} holds a masked language model "
+                     f"({loaded.config.task}); it scores and embeds "
+                     "(performer-score) but does not generate")
+  seq_len = loaded.config.data.seq_len
+  max_len = seq_len if args.max_len is None else args.max_len
+  if not 1 <= max_len <= seq_len:
+    raise ValueError(f"--max-len must be in [1, {seq_len}] (the training "
+                     f"length), got {max_len}")
+  if io_.image_shape is not None:
+    pixels = math.prod(io_.image_shape)
+    if seq_len < pixels:
+      raise ValueError(f"this model was trained on windows of {seq_len} "
+                       f"intensities, not whole {io_.image_shape} images; "
+                       "train the cpu or paper variant to sample images")
+    if args.max_len is not None and max_len != pixels:
+      raise ValueError(f"pixel samples are whole {io_.image_shape} images: "
+                       f"--max-len must be {pixels}")
+  records = prompts(args, io_)
+  for r in records:
+    if len(r.tokens) >= max_len:
+      raise ValueError(f"prompt {r.name!r} has {len(r.tokens)} tokens, which "
+                       f"leaves nothing to generate within --max-len "
+                       f"{max_len}; shorten it or raise --max-len")
+  samples = sample(loaded, records, num_samples=args.num_samples,
+                   max_len=max_len, temperature=args.temperature,
+                   top_k=args.top_k, greedy=args.greedy, seed=args.seed,
+                   batch_size=min(args.batch_size,
+                                  len(records) * args.num_samples))
+  _write(loaded, samples, args.output)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """Entry point of `performer-generate`."""
+  cli.run(_main, argv)
+
+
+if __name__ == "__main__":
+  main()
