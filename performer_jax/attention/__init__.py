@@ -14,6 +14,7 @@ from performer_jax.attention.api import softmax_attention
 from performer_jax.attention.feature_maps import KERNELS
 from performer_jax.attention.random_features import (
     gaussian_orthogonal_random_matrix)
+from performer_jax.attention.sequence import sequence_sharding
 from performer_jax.attention.sequence import shard_sequence
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "favor_attention",
     "gaussian_orthogonal_random_matrix",
     "l2_attention",
+    "sequence_sharding",
     "shard_sequence",
     "slim_favor_attention",
     "softmax_attention",

@@ -37,8 +37,11 @@ module running under `jax.jit` with a mesh needs (docs/long_context.md).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import functools
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -195,3 +198,51 @@ def shard_sequence(attention_fn: Callable, *, mesh=None,
         out_specs=spec)
     return mapped(query, key, value, tuple(replicated), key_mask, query_mask)
   return call
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceSharding:
+  """How the attention layers shard sequences: the mesh, its axis over the
+  length, and the axes over batch and heads (see `shard_sequence`)."""
+  mesh: Any
+  sequence_axis: AxisName = "seq"
+  batch_axes: AxisName | None = None
+  head_axis: AxisName | None = None
+
+  def wrap(self, attention_fn: Callable) -> Callable:
+    return shard_sequence(attention_fn, mesh=self.mesh,
+                          sequence_axis=self.sequence_axis,
+                          batch_axes=self.batch_axes,
+                          head_axis=self.head_axis)
+
+
+_CURRENT: contextvars.ContextVar[SequenceSharding | None] = (
+    contextvars.ContextVar("performer_jax_sequence_sharding", default=None))
+
+
+@contextlib.contextmanager
+def sequence_sharding(mesh, *, sequence_axis: AxisName = "seq",
+                      batch_axes: AxisName | None = None,
+                      head_axis: AxisName | None = None) -> Iterator[None]:
+  """Makes the attention layers traced inside it sequence-parallel.
+
+  The self-attention of `performer_jax.nn.MultiHeadAttention` and
+  `performer_jax.nnx.MultiHeadAttention` (not decoding) then runs in
+  `shard_sequence(...)` with these axes: on global `[B, L, ...]` arrays
+  under `jax.jit`, with L split over `sequence_axis`. The rest of a model
+  (embeddings, MLPs, the loss) is partitioned by XLA from the inputs'
+  sharding, as any jitted code. Like `nn.logical_axis_rules` it acts at
+  trace time: enter it around the `jit`-compiled call (or its first call).
+  The trainer enters it when `config.mesh.seq > 1`.
+  """
+  token = _CURRENT.set(SequenceSharding(mesh, sequence_axis, batch_axes,
+                                        head_axis))
+  try:
+    yield
+  finally:
+    _CURRENT.reset(token)
+
+
+def current_sequence_sharding() -> SequenceSharding | None:
+  """The innermost active `sequence_sharding`, or None."""
+  return _CURRENT.get()

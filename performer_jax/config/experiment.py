@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+import math
+from typing import Any, Callable, Mapping
 
 import ml_collections
 
@@ -131,6 +132,10 @@ def _check_mesh_divides(cfg: ExperimentConfig, axis: str, size: int) -> None:
   if axis == "data" and cfg.data.batch_size % size:
     raise ConfigError(f"config.data.batch_size ({cfg.data.batch_size}) must "
                       f"be divisible by the data-parallel mesh size ({size})")
+  if axis == "seq" and cfg.data.seq_len % size:
+    raise ConfigError(f"config.data.seq_len ({cfg.data.seq_len}) must be "
+                      f"divisible by the sequence-parallel mesh size "
+                      f"config.mesh.seq ({size})")
   if axis == "model":
     for key in ("num_heads", "mlp_dim"):
       if getattr(cfg.model, key) % size:
@@ -141,31 +146,36 @@ def _check_mesh_divides(cfg: ExperimentConfig, axis: str, size: int) -> None:
 
 def resolve_mesh_shape(cfg: ExperimentConfig, num_devices: int,
                        num_local_devices: int, process_count: int
-                       ) -> tuple[int, int]:
-  """Returns (data, model) with -1 resolved; checks it fits the devices."""
-  data, model = cfg.mesh.data, cfg.mesh.model
-  fixed = (data if data > 0 else 1) * (model if model > 0 else 1)
+                       ) -> tuple[int, int, int]:
+  """Returns (data, seq, model) with -1 resolved; checks it fits the
+  devices."""
+  sizes = {a: getattr(cfg.mesh, a) for a in sections.MeshConfig.AXES}
+  fixed = math.prod(s for s in sizes.values() if s > 0)
+  listing = ", ".join(f"{a}={s}" for a, s in sizes.items())
   if num_devices % fixed:
-    raise ConfigError(f"config.mesh (data={data}, model={model}) needs a "
-                      f"multiple of {fixed} devices, but there are "
-                      f"{num_devices}")
-  data = num_devices // fixed if data == -1 else data
-  model = num_devices // fixed if model == -1 else model
-  if data * model != num_devices:
-    raise ConfigError(f"config.mesh data*model = {data}*{model} = "
-                      f"{data * model} must equal the number of devices "
-                      f"({num_devices}); use -1 for one axis to fill it")
-  if num_local_devices % model:
-    raise ConfigError(f"config.mesh.model ({model}) must divide the devices "
-                      f"per process ({num_local_devices}): model parallelism "
-                      "stays inside one process")
-  _check_mesh_divides(cfg, "data", data)
-  _check_mesh_divides(cfg, "model", model)
+    raise ConfigError(f"config.mesh ({listing}) needs a multiple of {fixed} "
+                      f"devices, but there are {num_devices}")
+  sizes = {a: num_devices // fixed if s == -1 else s
+           for a, s in sizes.items()}
+  if math.prod(sizes.values()) != num_devices:
+    product = "*".join(str(s) for s in sizes.values())
+    raise ConfigError(f"config.mesh data*seq*model = {product} = "
+                      f"{math.prod(sizes.values())} must equal the number of "
+                      f"devices ({num_devices}); use -1 for one axis to "
+                      "fill it")
+  inner = sizes["seq"] * sizes["model"]
+  if num_local_devices % inner:
+    raise ConfigError(f"config.mesh.seq * config.mesh.model ({inner}) must "
+                      f"divide the devices per process ({num_local_devices}):"
+                      " sequence and model parallelism stay inside one "
+                      "process")
+  for axis, size in sizes.items():
+    _check_mesh_divides(cfg, axis, size)
   if cfg.data.batch_size % process_count:
     raise ConfigError(f"config.data.batch_size ({cfg.data.batch_size}) "
                       f"must be divisible by the number of processes "
                       f"({process_count})")
-  return data, model
+  return sizes["data"], sizes["seq"], sizes["model"]
 
 
 def base_config(task: str, variant: str = "cpu") -> ml_collections.ConfigDict:
@@ -194,3 +204,24 @@ def base_config(task: str, variant: str = "cpu") -> ml_collections.ConfigDict:
 def parse(config: Any) -> ExperimentConfig:
   """`ExperimentConfig.parse`: a ConfigDict (or mapping) -> checked config."""
   return ExperimentConfig.parse(config)
+
+
+def parse_saved(saved: Mapping[str, Any]) -> ExperimentConfig:
+  """A resolved config read back from a workdir or an exported model.
+
+  Keys that performer-jax added after the file was written (e.g.
+  `mesh.seq`, `model_api`) take their defaults; every other rule of `parse`
+  holds.
+  """
+  task = saved.get("task")
+  if task not in tasks_lib.TASKS:
+    raise ConfigError(f"the saved config names task {task!r}; this "
+                      f"performer-jax knows {sorted(tasks_lib.TASKS)}")
+
+  def merge(base: dict, over: Mapping) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+      out[key] = (merge(base[key], value) if isinstance(value, Mapping)
+                  and isinstance(base.get(key), dict) else value)
+    return out
+  return parse(merge(base_config(task).to_dict(), saved))

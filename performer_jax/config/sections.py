@@ -202,21 +202,25 @@ class TrainerConfig(Section):
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig(Section):
-  """`mesh`: the ("data", "model") device mesh; -1 takes all remaining
-  devices (at most one axis). Model parallelism stays inside a process."""
+  """`mesh`: the ("data", "seq", "model") device mesh; -1 takes all
+  remaining devices (at most one axis). "seq" shards each sequence (the
+  attention layers then run sequence-parallel); sequence and model
+  parallelism stay inside a process."""
   PATH = "mesh"
   data: int = -1
+  seq: int = 1
   model: int = 1
 
-  AXES = ("data", "model")
+  AXES = ("data", "seq", "model")
 
   def check(self) -> None:
     for name in self.AXES:
       if getattr(self, name) != -1:
         self._int(name, 1)
     if [getattr(self, a) for a in self.AXES].count(-1) > 1:
-      raise ConfigError("at most one of config.mesh.data and "
-                        "config.mesh.model may be -1 (all remaining devices)")
+      raise ConfigError("at most one of config.mesh.data, config.mesh.seq "
+                        "and config.mesh.model may be -1 (all remaining "
+                        "devices)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -130,7 +130,7 @@ def load(path: str, step: int | None = None) -> LoadedModel:
   if saved is None:
     raise ModelLoadError(f"{path} has no config.json: is it a performer-train "
                          "workdir?")
-  config = experiment.parse(saved)
+  config = experiment.parse_saved(saved)
   model, io = _build(config)
   target = _abstract_variables(model, config.data.seq_len)
   variables, step = _restore_checkpoint(path, step, target)
@@ -165,7 +165,7 @@ def _load_export(path: str) -> LoadedModel:
   if payload.get("version") != EXPORT_VERSION:
     raise ModelLoadError(f"{path} has export version {payload.get('version')}"
                          f", this performer-jax reads {EXPORT_VERSION}")
-  config = experiment.parse(json.loads(payload["config"]))
+  config = experiment.parse_saved(json.loads(payload["config"]))
   model, io = _build(config)
   target = _abstract_variables(model, config.data.seq_len)
   variables = {}

@@ -23,6 +23,7 @@ with logical axis rules, and are plain metadata otherwise.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Mapping
 
@@ -35,6 +36,7 @@ from performer_jax.attention import api
 from performer_jax.attention import decoding
 from performer_jax.attention import feature_maps
 from performer_jax.attention import random_features
+from performer_jax.attention import sequence
 from performer_jax.config.sections import AttentionConfig
 
 EXACT_FUNCTIONS = {"softmax": api.softmax_attention,
@@ -274,7 +276,7 @@ class AttentionCore:
     Returns:
       (`[B, Lq, O]` in `dtype`, the advanced cache or None).
     """
-    query_mask = None
+    query_mask, self_attention = None, inputs_kv is None
     if key_mask is not None:
       pad = lambda x, m: jnp.where(m[..., None], x, jnp.zeros((), x.dtype))
       if inputs_kv is None:  # self-attention: the queries are padded too
@@ -290,17 +292,20 @@ class AttentionCore:
         raise ValueError("key_mask is not supported while decoding; decode "
                          "only real tokens.")
       x, new_cache = self.decode_step(q, k, v, cache, projection)
-    elif self.kind == "favor":
-      c = self.config
-      x = api.favor_attention(q, k, v, projection, kernel=c.kernel,
-                              causal=self.causal, key_mask=key_mask,
-                              query_mask=query_mask,
-                              chunk_size=c.chunk_size,
-                              implementation=c.implementation)
     else:
-      x = EXACT_FUNCTIONS[self.kind](q, k, v, causal=self.causal,
-                                     key_mask=key_mask,
-                                     query_mask=query_mask)
+      if self.kind == "favor":
+        c = self.config
+        attend = functools.partial(
+            api.favor_attention, kernel=c.kernel, chunk_size=c.chunk_size,
+            implementation=c.implementation)
+        extra = (projection,)
+      else:
+        attend, extra = EXACT_FUNCTIONS[self.kind], ()
+      sharding = sequence.current_sequence_sharding()
+      if sharding is not None and self_attention:
+        attend = sharding.wrap(attend)
+      x = attend(q, k, v, *extra, causal=self.causal, key_mask=key_mask,
+                 query_mask=query_mask)
     if self.kind == "l2":
       # (P_h X W_Q,h) (W_Q,h^T W_V,h) / sqrt(D/H) = P_h X A_h W_V,h.
       wq_DHK, wv_DHK = (weights[n]["kernel"].astype(self.dtype)

@@ -95,7 +95,8 @@ def maybe_initialize(dist_config: sections.DistributedConfig,
 
 
 def make_mesh(config: experiment.ExperimentConfig) -> Mesh:
-  """The ("data", "model") mesh over all devices, -1 sizes resolved."""
+  """The ("data", "seq", "model") mesh over all devices, -1 sizes
+  resolved."""
   shape = experiment.resolve_mesh_shape(
       config, jax.device_count(), jax.local_device_count(),
       jax.process_count())
@@ -106,8 +107,9 @@ def make_mesh(config: experiment.ExperimentConfig) -> Mesh:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Batches [B, L] are split over "data" and replicated over "model"."""
-  return NamedSharding(mesh, P("data", None))
+  """Batches [B, L]: rows split over "data", positions over "seq",
+  replicated over "model"."""
+  return NamedSharding(mesh, P("data", "seq"))
 
 
 def global_batch(local_batch: Mapping[str, np.ndarray],

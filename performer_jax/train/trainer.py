@@ -7,6 +7,7 @@ a workdir (loop.py: checkpoints, metrics, preemption, resume).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -19,6 +20,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from performer_jax import models
+from performer_jax.attention import sequence as sequence_lib
 from performer_jax.config import experiment
 from performer_jax.nn import attention as attention_lib
 from performer_jax.tasks import base
@@ -90,14 +92,23 @@ class Trainer:
         in_shardings=(self.shardings, self.batch_sharding),
         out_shardings=replicated)
 
+  @contextlib.contextmanager
   def context(self):
-    """Logical-axis rules, active whenever the model is traced.
+    """Logical-axis rules, and with `mesh.seq > 1` sequence-parallel
+    attention (`attention.sequence_sharding`), active whenever the model is
+    traced.
 
     No mesh context on purpose: parameters and batches get their placement
     from the jit in/out shardings, and without a mesh flax's logical
     constraints are no-ops, so models need not annotate every activation.
     """
-    return nn.logical_axis_rules(self.rules)
+    with contextlib.ExitStack() as stack:
+      stack.enter_context(nn.logical_axis_rules(self.rules))
+      if self.mesh.shape["seq"] > 1:
+        stack.enter_context(sequence_lib.sequence_sharding(
+            self.mesh, sequence_axis="seq", batch_axes="data",
+            head_axis="model"))
+      yield
 
   def _check_task(self) -> None:
     cfg = self.config.data

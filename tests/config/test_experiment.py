@@ -90,18 +90,26 @@ def test_bad_values_are_rejected(mutate, message):
 def test_resolve_mesh_shape():
   cfg = experiment.parse(smoke())  # batch 8, heads 2, mlp 64
   with_mesh = lambda **mesh: experiment.parse(
-      {**cfg.to_dict(), "mesh": mesh})
+      {**cfg.to_dict(), "mesh": {"data": -1, "seq": 1, "model": 1, **mesh}})
   resolve = experiment.resolve_mesh_shape
-  assert resolve(cfg, 8, 8, 1) == (8, 1)
-  assert resolve(with_mesh(data=-1, model=2), 8, 4, 2) == (4, 2)
+  assert resolve(cfg, 8, 8, 1) == (8, 1, 1)
+  assert resolve(with_mesh(data=-1, model=2), 8, 4, 2) == (4, 1, 2)
+  assert resolve(with_mesh(data=2, seq=-1), 8, 8, 1) == (2, 4, 1)
+  assert resolve(with_mesh(data=-1, seq=2), 8, 4, 2) == (4, 2, 1)
+  with pytest.raises(ConfigError, match="inside one process"):
+    resolve(with_mesh(data=-1, seq=4), 8, 2, 4)  # 4 > 2 local devices
+  with pytest.raises(ConfigError, match=r"seq_len \(16\) must be divisible "
+                     r"by the sequence-parallel mesh size config.mesh.seq"):
+    experiment.parse({**cfg.to_dict(), "mesh": {"data": -1, "seq": 3, "model": 1},
+                      "data": {**cfg.data.to_dict(), "seq_len": 16}})
   with pytest.raises(ConfigError, match="num_heads"):
     resolve(with_mesh(data=2, model=-1), 8, 8, 1)  # model = 4 vs 2 heads
   with pytest.raises(ConfigError, match=r"must equal the number "
                      r"of devices \(8\)"):
     resolve(with_mesh(data=2, model=2), 8, 8, 1)
-  with pytest.raises(ConfigError, match="stays inside one process"):
+  with pytest.raises(ConfigError, match="inside one process"):
     resolve(with_mesh(data=-1, model=2), 2, 1, 2)  # spans two processes
-  three = experiment.parse({**cfg.to_dict(), "mesh": {"data": 3, "model": 1},
+  three = experiment.parse({**cfg.to_dict(), "mesh": {"data": 3, "seq": 1, "model": 1},
                             "data": {**cfg.data.to_dict(), "batch_size": 24}})
   with pytest.raises(ConfigError, match="multiple of 3 devices"):
     resolve(three, 8, 8, 1)
@@ -136,3 +144,18 @@ def test_cli_reports_missing_config(tmp_path):
     assert proc.returncode != 0
     assert "could not load the --config file" in proc.stderr
     assert "no_such_task" in proc.stderr
+
+
+def test_saved_configs_of_older_versions_take_new_defaults():
+  saved = experiment.parse(smoke()).to_dict()
+  del saved["mesh"]["seq"], saved["model_api"]
+  with pytest.raises(ConfigError, match="missing key config"):
+    experiment.parse(saved)
+  config = experiment.parse_saved(saved)
+  assert config.mesh.seq == 1 and config.model_api == "linen"
+  assert config.to_dict() == experiment.parse(smoke()).to_dict()
+  saved["model"]["num_layers"] = 0  # the rules still hold
+  with pytest.raises(ConfigError, match="num_layers"):
+    experiment.parse_saved(saved)
+  with pytest.raises(ConfigError, match="names task 'resnet'"):
+    experiment.parse_saved({**saved, "task": "resnet"})

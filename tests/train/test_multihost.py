@@ -2,11 +2,13 @@
 
 The cases run in fresh subprocesses (XLA_FLAGS must be set before jax is
 imported) executing this file as a worker, in parallel with the reference:
-  * one process with 8 CPU devices, mesh 8x1 (data parallel) and 4x2
+  * one process with 8 CPU devices, mesh 8x1x1 (data parallel) and 4x1x2
     (data + model parallel);
   * two processes with 4 CPU devices each, joined by
-    jax.distributed.initialize on a free localhost port, mesh 4x2, each
+    jax.distributed.initialize on a free localhost port, mesh 2x2x2 (data
+    across the processes; sequence and model parallel inside each), each
     process loading only its half of every batch.
+Meshes are DATAxSEQxMODEL.
 Their per-step losses and final parameters must match a 1-device run of the
 same config (computed in the pytest process) to float32 round-off.
 """
@@ -32,7 +34,7 @@ STEPS = 4
 ATOL = 2e-5
 
 
-def make_config(mesh_data, mesh_model):
+def make_config(mesh_data, mesh_seq, mesh_model):
   from performer_jax.configs import copy as copy_config  # pylint: disable=g-import-not-at-top
   config = copy_config.get_config("smoke,favor")
   config.model.dropout_rate = 0.1  # the dropout rng must not depend on mesh
@@ -44,6 +46,7 @@ def make_config(mesh_data, mesh_model):
   config.trainer.progress = "log"
   config.optimizer.warmup_steps = 1
   config.mesh.data = mesh_data
+  config.mesh.seq = mesh_seq
   config.mesh.model = mesh_model
   return config
 
@@ -72,15 +75,14 @@ def run_and_dump(config, workdir, out_path):
 
 
 def worker(argv):
-  """python test_multihost.py OUT:DATAxMODEL[,OUT:DATAxMODEL] [PORT PID N].
+  """python test_multihost.py OUT:DxSxM[,OUT:DxSxM] [PORT PID N].
 
   Runs each (output, mesh) in turn; with PORT PID N it joins an N-process
   job first.
   """
   for run in argv[0].split(","):
     out, mesh = run.rsplit(":", 1)
-    mesh_data, mesh_model = (int(x) for x in mesh.split("x"))
-    config = make_config(mesh_data, mesh_model)
+    config = make_config(*(int(x) for x in mesh.split("x")))
     if len(argv) == 1:  # eval does not change params: only test it multi-host
       config.data.num_eval_batches = 0
     if len(argv) > 1:
@@ -129,13 +131,13 @@ def runs(tmp_path_factory):
   """Starts all workers, computes the 1-device reference meanwhile."""
   tmp = tmp_path_factory.mktemp("multihost")
   port = free_port()
-  procs = [launch([f"{tmp / '8x1'}:8x1,{tmp / '4x2'}:4x2"], 8)]
-  procs += [launch([f"{tmp / '2proc_4x2'}:4x2", port, i, 2], 4)
+  procs = [launch([f"{tmp / '8x1x1'}:8x1x1,{tmp / '4x1x2'}:4x1x2"], 8)]
+  procs += [launch([f"{tmp / '2proc_2x2x2'}:2x2x2", port, i, 2], 4)
             for i in range(2)]
   try:
     import jax  # pylint: disable=g-import-not-at-top
     assert jax.device_count() == 1, "the reference must run on one device"
-    ref_config = make_config(-1, 1)
+    ref_config = make_config(-1, 1, 1)
     ref_config.data.num_eval_batches = 0
     run_and_dump(ref_config, str(tmp / "ref_workdir"), str(tmp / "ref"))
     for proc in procs:
@@ -146,13 +148,13 @@ def runs(tmp_path_factory):
         proc.kill()
         proc.wait()
   return {name: load(str(tmp / name))
-          for name in ["ref", "8x1", "4x2", "2proc_4x2"]}
+          for name in ["ref", "8x1x1", "4x1x2", "2proc_2x2x2"]}
 
 
 @pytest.mark.parametrize("name,mesh,processes", [
-    ("8x1", {"data": 8, "model": 1}, 1),
-    ("4x2", {"data": 4, "model": 2}, 1),
-    ("2proc_4x2", {"data": 4, "model": 2}, 2),
+    ("8x1x1", {"data": 8, "seq": 1, "model": 1}, 1),
+    ("4x1x2", {"data": 4, "seq": 1, "model": 2}, 1),
+    ("2proc_2x2x2", {"data": 2, "seq": 2, "model": 2}, 2),
 ])
 def test_matches_single_device(runs, name, mesh, processes):
   ref_meta, ref_params = runs["ref"]
@@ -162,7 +164,7 @@ def test_matches_single_device(runs, name, mesh, processes):
   if processes > 1:  # evaluation over global arrays spanning processes
     assert 0.0 <= meta["eval"]["accuracy"] <= 1.0
     assert np.isfinite(meta["eval"]["loss"])
-  assert ref_meta["mesh"] == {"data": 1, "model": 1}
+  assert ref_meta["mesh"] == {"data": 1, "seq": 1, "model": 1}
   np.testing.assert_allclose(meta["losses"], ref_meta["losses"], atol=ATOL,
                              rtol=0)
   assert sorted(params) == sorted(ref_params)
