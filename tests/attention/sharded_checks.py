@@ -9,10 +9,8 @@ inside the same jit (or against "autodiff"), forward and backward.
 """
 
 import functools
-import json
 import re
 import sys
-import traceback
 
 import jax
 import jax.numpy as jnp
@@ -23,30 +21,12 @@ from jax.sharding import PartitionSpec as P
 
 from performer_jax import attention
 from performer_jax.attention import cpu_kernel
+from tests import multidevice
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-RESULTS = {}
-
-
-def record(name):
-  """Stores what the decorated check returns, or its error, under name."""
-  def wrap(fn):
-    try:
-      RESULTS[name] = fn()
-    except Exception:  # pylint: disable=broad-except
-      RESULTS[name] = traceback.format_exc()[-3000:]
-    return fn
-  return wrap
-
-
-def rel_error(got, want) -> float:
-  """Largest |got - want| of each leaf over the leaf's largest |want|."""
-  errs = []
-  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    scale = max(float(jnp.max(jnp.abs(w))), 1e-30)
-    errs.append(float(jnp.max(jnp.abs(g - w))) / scale)
-  return max(errs)
+record = multidevice.Recorder()
+rel_error = multidevice.rel_error
 
 
 def out_and_grads(fn):
@@ -269,5 +249,5 @@ def _():
   return rel_error(got, want)
 
 
-print(json.dumps(RESULTS))
+record.print()
 sys.stdout.flush()

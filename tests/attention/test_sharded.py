@@ -9,40 +9,19 @@ Tolerances: the same math summed in another order, ~1e-5 relative to the
 largest value of each output or gradient.
 """
 
-import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from performer_jax.attention import cpu_kernel
-from tests import inputs
+from tests import multidevice
 
 TOL = 1e-5
 # One worker runs the module: the subprocess runs once.
 pytestmark = pytest.mark.xdist_group("sharded")
-
-
-@pytest.fixture(scope="module")
-def results():
-  env = inputs.subprocess_env(
-      XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  proc = subprocess.run(
-      [sys.executable, "-m", "tests.attention.sharded_checks"], env=env,
-      cwd=inputs.REPO, capture_output=True, text=True, timeout=600,
-      check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _check(results, prefix):
-  found = {k: v for k, v in results.items() if k.startswith(prefix)}
-  assert found, prefix
-  for name, value in found.items():
-    assert not isinstance(value, str), f"{name} failed:\n{value}"
-  return found
+results = multidevice.fixture("tests.attention.sharded_checks")
+_check = multidevice.found
 
 
 @pytest.mark.parametrize("causal,implementation", [

@@ -7,8 +7,6 @@ JAX starts).
 a string (an error message).
 """
 
-import json
-import traceback
 
 import jax
 import jax.numpy as jnp
@@ -22,35 +20,18 @@ from performer_jax import models
 from performer_jax.configs import copy as copy_config
 from performer_jax.train import trainer as trainer_lib
 from tests import inputs
+from tests import multidevice
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-RESULTS = {}
+record = multidevice.Recorder()
 BATCH, LEN = 4, 32
 
 
-def record(name):
-  def wrap(fn):
-    try:
-      RESULTS[name] = fn()
-    except Exception:  # pylint: disable=broad-except
-      RESULTS[name] = traceback.format_exc()[-3000:]
-    return fn
-  return wrap
-
-
 def rel_error(got, want) -> float:
-  """Largest |got - want| of each leaf over that leaf's largest |want|,
-  floored at 1e-3 of the largest over all leaves: some gradients are zero in
-  exact arithmetic (softmax is invariant to the key bias) and float32 noise
-  in them has no scale of its own."""
-  leaves = jax.tree.leaves(want)
-  floor = 1e-3 * max(float(jnp.max(jnp.abs(w))) for w in leaves)
-  errs = []
-  for g, w in zip(jax.tree.leaves(got), leaves):
-    scale = max(float(jnp.max(jnp.abs(w))), floor, 1e-30)
-    errs.append(float(jnp.max(jnp.abs(g - w))) / scale)
-  return max(errs)
+  # Some gradients are zero in exact arithmetic (softmax is invariant to the
+  # key bias): their float32 noise is measured against 1e-3 of the largest.
+  return multidevice.rel_error(got, want, floor=1e-3)
 
 
 def mesh_of(data, seq):
@@ -132,7 +113,7 @@ def main():
       record(f"train/{kind}/{'mlm' if mlm else 'causal'}/{data}x{seq}")(
           lambda kind=kind, mlm=mlm, data=data, seq=seq: train_losses(
               kind, mlm, data, seq))
-  print(json.dumps(RESULTS))
+  record.print()
 
 
 if __name__ == "__main__":

@@ -7,37 +7,15 @@ above its ~1e-6 rounding and far below any real difference (a leaked or
 dropped block changes results by O(1)).
 """
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
-from tests import inputs
+from tests import multidevice
 
 pytestmark = pytest.mark.xdist_group("seq_parallel")
 TOL = 2e-5
-
-
-@pytest.fixture(scope="module")
-def results():
-  env = inputs.subprocess_env(
-      XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  proc = subprocess.run(
-      [sys.executable, "-m", "tests.train.seq_parallel_checks"], env=env,
-      cwd=inputs.REPO, capture_output=True, text=True, timeout=600,
-      check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _found(results, prefix):
-  found = {k: v for k, v in results.items() if k.startswith(prefix)}
-  assert found, prefix
-  for name, value in found.items():
-    assert not isinstance(value, str), f"{name} failed:\n{value}"
-  return found
+results = multidevice.fixture("tests.train.seq_parallel_checks")
+_found = multidevice.found
 
 
 def test_sequence_sharded_models_equal_one_device(results):
