@@ -56,4 +56,6 @@ def pytest_sessionfinish(session, exitstatus):
   """The controller (not an xdist worker) removes the run's prepared cache."""
   del exitstatus
   if not hasattr(session.config, "workerinput"):
-    shutil.rmtree(os.environ["PERFORMER_PREPARED_DIR"], ignore_errors=True)
+    for suffix in ("", "_jax_cache"):  # see inputs.subprocess_env
+      shutil.rmtree(os.environ["PERFORMER_PREPARED_DIR"] + suffix,
+                    ignore_errors=True)

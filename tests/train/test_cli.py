@@ -15,10 +15,10 @@ from tests import inputs
 
 pytestmark = pytest.mark.xdist_group("cli")
 TIMING = ("steps_per_sec", "tokens_per_sec", "data_wait")
-STEPS = 240
+STEPS = 120
 ARGS = ["--config=copy:smoke,softmax", f"--config.trainer.steps={STEPS}",
-        "--config.trainer.log_every=3", "--config.trainer.eval_every=60",
-        "--config.trainer.checkpoint_every=50",
+        "--config.trainer.log_every=3", "--config.trainer.eval_every=40",
+        "--config.trainer.checkpoint_every=25",
         "--config.optimizer.warmup_steps=1", "--config.trainer.progress=log"]
 
 
@@ -66,11 +66,11 @@ def test_metrics_and_exit_codes_across_sigterm_and_sigkill(tmp_path):
   full, interrupted = tmp_path / "full", tmp_path / "interrupted"
   code, output = finish(start(full))
   assert code == cli.ExitCode.FINISHED, output[-3000:]
-  code, output = interrupt_after(start(interrupted), interrupted, 30,
+  code, output = interrupt_after(start(interrupted), interrupted, 15,
                                  signal.SIGTERM)
   assert code == cli.ExitCode.PREEMPTED, output[-3000:]
   assert "SIGTERM: saved step" in output
-  code, output = interrupt_after(start(interrupted), interrupted, 120,
+  code, output = interrupt_after(start(interrupted), interrupted, 60,
                                  signal.SIGKILL)
   assert code == -signal.SIGKILL, output[-3000:]
   code, output = finish(start(interrupted))

@@ -57,10 +57,10 @@ def test_maybe_initialize_single_process_is_a_no_op():
 def test_global_batch_on_one_device():
   config = experiment.parse(copy_config.get_config("smoke"))
   mesh = distributed.make_mesh(config)
-  assert dict(mesh.shape) == {"data": jax.device_count(), "model": 1}
+  assert dict(mesh.shape) == {"data": jax.device_count(), "seq": 1, "model": 1}
   local = {"inputs": np.arange(12, dtype=np.int32).reshape(4, 3)}
   batch = distributed.global_batch(local, distributed.batch_sharding(mesh), 4)
   np.testing.assert_array_equal(np.asarray(batch["inputs"]), local["inputs"])
   assert batch["inputs"].sharding.spec == jax.sharding.PartitionSpec(
-      "data", None)
+      "data", "seq")
   json.dumps(dict(mesh.shape))  # the trainer logs it
