@@ -19,6 +19,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # not the user's (pytest-xdist workers share it: preparation is atomic).
 os.environ.setdefault("PERFORMER_PREPARED_DIR", os.path.join(
     tempfile.gettempdir(), f"performer_jax_test_prepared_{os.getppid()}"))
+# One compilation cache per test run, shared by both xdist workers and every
+# subprocess: many tests build the same tiny programs, and a hit skips XLA's
+# compile (not tracing). Entries are keyed by the program, the flags and the
+# devices, so results are those of a fresh compile; an unreadable entry is
+# compiled again with a warning. A cache the user set is theirs: kept.
+_OWN_JAX_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.environ["PERFORMER_PREPARED_DIR"] + "_jax_cache")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 _FAST_COMPILE = ("--xla_backend_optimization_level=0",
                  "--xla_cpu_use_fusion_emitters=false")
 for _flag in _FAST_COMPILE:
@@ -30,6 +39,8 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 # Modules whose tests start subprocesses or train whole models: they run
 # first, so that the two xdist workers finish together instead of one idling
@@ -53,9 +64,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_sessionfinish(session, exitstatus):
-  """The controller (not an xdist worker) removes the run's prepared cache."""
+  """The controller (not an xdist worker) removes the run's caches."""
   del exitstatus
   if not hasattr(session.config, "workerinput"):
-    for suffix in ("", "_jax_cache"):  # see inputs.subprocess_env
-      shutil.rmtree(os.environ["PERFORMER_PREPARED_DIR"] + suffix,
+    shutil.rmtree(os.environ["PERFORMER_PREPARED_DIR"], ignore_errors=True)
+    if _OWN_JAX_CACHE:
+      shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"],
                     ignore_errors=True)

@@ -31,11 +31,6 @@ def subprocess_env(**extra: str) -> dict[str, str]:
   XLA_FLAGS or set."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-  # Subprocesses of one test run share compiled programs (many start the
-  # same tiny model); results are unchanged, only compile time is saved.
-  env.setdefault("JAX_COMPILATION_CACHE_DIR",
-                 os.environ["PERFORMER_PREPARED_DIR"] + "_jax_cache")
-  env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   for name, value in extra.items():
     if name == "XLA_FLAGS":
       value = (env.get("XLA_FLAGS", "") + " " + value).strip()

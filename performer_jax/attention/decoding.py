@@ -16,12 +16,15 @@ keys and values into a KV cache and attends causally at their positions.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from performer_jax.attention import api
 from performer_jax.attention import autodiff
 from performer_jax.attention import chunked
+from performer_jax.attention import cpu_kernel
 from performer_jax.attention import exact
 from performer_jax.attention import feature_maps
 from performer_jax.attention import layout
@@ -91,8 +94,9 @@ def favor_extend(query_BLHD: jax.Array, key_BLHD: jax.Array,
     value_BLHD: `[B, L, H, Dv]`.
     state: from `init_favor_state` or an earlier step.
     projection, kernel, chunk_size: as `favor_attention`.
-    implementation: as `favor_attention`; the compiled CPU kernel cannot
-      start from a state, so "kernel" (and "auto" on the CPU) run "slim".
+    implementation: as `favor_attention`. The compiled CPU kernel ("kernel",
+      and "auto" on the CPU) serves a prefill from the empty state; one that
+      continues an earlier state runs "slim", which can start from it.
 
   Returns:
     (`[B, L, H, Dv]` outputs in the query's dtype, the new state).
@@ -100,13 +104,24 @@ def favor_extend(query_BLHD: jax.Array, key_BLHD: jax.Array,
   proj = None if projection is None else projection.astype(jnp.float32)
   feature_fn = feature_maps.resolve(kernel, proj)
   impl = api.resolve_implementation(implementation, kernel, True, None)
-  causal_fn = _SEEDED.get(impl, slim.causal)
   flat = layout.flatten(query_BLHD, key_BLHD, value_BLHD, None)
   x_q_BHLD, x_k_BHLD, v_BHLD = layout.favor_inputs(flat)
   has_amp = chunked.has_amplitude(kernel, proj, x_q_BHLD.shape[-1])
   seed = (state["max_amp"] if has_amp else None, state["sums"])
-  out_BHLD = causal_fn(x_q_BHLD, x_k_BHLD, v_BHLD, None, proj, kernel=kernel,
-                       chunk_size=chunk_size, seed=seed)
+  seeded = functools.partial(
+      _SEEDED.get(impl, slim.causal), x_q_BHLD, x_k_BHLD, v_BHLD, None, proj,
+      kernel=kernel, chunk_size=chunk_size, seed=seed)
+  if impl == "kernel":
+    # The compiled kernel starts from an empty state only. A prompt that
+    # starts its sequence (the usual prefill) has one: with zero sums the
+    # seed adds nothing to numerator or normalizer, so the unseeded pass is
+    # the same function. On the CPU `cond` runs only the branch it takes.
+    unseeded = functools.partial(
+        cpu_kernel.causal, x_q_BHLD, x_k_BHLD, v_BHLD, None, proj,
+        kernel=kernel, chunk_size=chunk_size)
+    out_BHLD = jax.lax.cond(jnp.all(state["sums"] == 0), unseeded, seeded)
+  else:
+    out_BHLD = seeded()
   kf_BHLF, amp_BHL = feature_fn(x_k_BHLD)
   m_BH, sums_BHFE = summary.combine(seed, summary.summarize(
       kf_BHLF, amp_BHL, layout.append_ones(v_BHLD), None))

@@ -1,0 +1,69 @@
+"""Tests for performer_jax.attention.decoding: the FAVOR+ recurrence, several
+tokens at once (`favor_extend`, a prompt's prefill) from the empty state and
+from an earlier one, against the full causal pass and token-by-token steps."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from performer_jax.attention import cpu_kernel
+from performer_jax.attention import decoding
+from performer_jax.attention import favor_attention
+from tests import inputs
+
+IMPLEMENTATIONS = ["slim", "parallel", "autodiff"] + (
+    ["kernel", "auto"] if cpu_kernel.built() else [])
+
+
+def stepwise(q, k, v, state, proj, kernel):
+  outs = []
+  for t in range(q.shape[1]):
+    out, state = decoding.favor_decode_step(q[:, t], k[:, t], v[:, t], state,
+                                            proj, kernel=kernel)
+    outs.append(out)
+  return jnp.stack(outs, axis=1), state
+
+
+def close(got, want):
+  # float32 sums over <= 23 keys, normalized: relative to the output scale.
+  scale = max(1.0, float(np.abs(want).max()))
+  np.testing.assert_allclose(got, want, atol=2e-5 * scale, rtol=2e-5)
+
+
+@pytest.mark.parametrize("kernel", ["softmax", "relu"])
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_extend_from_empty_and_continued_equals_steps(implementation, kernel):
+  q, k, v, _, proj = inputs.qkv(length=23, scale=1.5)
+  b, _, h, d = q.shape
+  empty = decoding.init_favor_state(b, h, proj.shape[0], d)
+  extend = jax.jit(lambda q, k, v, s: decoding.favor_extend(
+      q, k, v, s, proj, kernel=kernel, chunk_size=4,
+      implementation=implementation))
+  want, want_state = stepwise(q, k, v, empty, proj, kernel)
+  full = favor_attention(q, k, v, proj, causal=True, kernel=kernel,
+                         implementation="autodiff")
+  close(want, full)
+  # One pass from the empty state (a prompt's prefill).
+  got, state = extend(q, k, v, empty)
+  close(got, want)
+  jax.tree.map(close, state, want_state)
+  # 9 tokens, then 14 more continuing from the state the first 9 left.
+  first, mid = extend(q[:, :9], k[:, :9], v[:, :9], empty)
+  rest, state = extend(q[:, 9:], k[:, 9:], v[:, 9:], mid)
+  close(jnp.concatenate([first, rest], axis=1), want)
+  jax.tree.map(close, state, want_state)
+
+
+def test_kernel_serves_the_empty_state_only():
+  """On the CPU the compiled kernel runs a prefill from the empty state;
+  a continued one takes the seeded pass (both branches are in the program,
+  one runs)."""
+  if not cpu_kernel.built():
+    pytest.skip("causal FAVOR+ CPU kernel not built")
+  q, k, v, _, proj = inputs.qkv(length=8)
+  empty = decoding.init_favor_state(q.shape[0], q.shape[2], proj.shape[0],
+                                    q.shape[3])
+  jaxpr = str(jax.make_jaxpr(lambda s: decoding.favor_extend(
+      q, k, v, s, proj, implementation="kernel"))(empty))
+  assert "cond" in jaxpr and "ffi" in jaxpr.lower(), jaxpr[:2000]
