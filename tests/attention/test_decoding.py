@@ -2,6 +2,8 @@
 tokens at once (`favor_extend`, a prompt's prefill) from the empty state and
 from an earlier one, against the full causal pass and token-by-token steps."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,13 +18,22 @@ IMPLEMENTATIONS = ["slim", "parallel", "autodiff"] + (
     ["kernel", "auto"] if cpu_kernel.built() else [])
 
 
-def stepwise(q, k, v, state, proj, kernel):
-  outs = []
-  for t in range(q.shape[1]):
-    out, state = decoding.favor_decode_step(q[:, t], k[:, t], v[:, t], state,
-                                            proj, kernel=kernel)
-    outs.append(out)
-  return jnp.stack(outs, axis=1), state
+@functools.lru_cache(maxsize=None)
+def reference(kernel):
+  """Inputs, the empty state, and the outputs and final state of feeding
+  the tokens one `favor_decode_step` at a time (shared by the tests)."""
+  q, k, v, _, proj = inputs.qkv(length=23, scale=1.5)
+  b, _, h, d = q.shape
+  empty = decoding.init_favor_state(b, h, proj.shape[0], d)
+
+  def step(state, qkv_t):
+    out, state = decoding.favor_decode_step(*qkv_t, state, proj,
+                                            kernel=kernel)
+    return state, out
+
+  state, outs = jax.jit(lambda: jax.lax.scan(
+      step, empty, tuple(jnp.swapaxes(x, 0, 1) for x in (q, k, v))))()
+  return (q, k, v, proj), empty, jnp.swapaxes(outs, 0, 1), state
 
 
 def close(got, want):
@@ -34,13 +45,10 @@ def close(got, want):
 @pytest.mark.parametrize("kernel", ["softmax", "relu"])
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_extend_from_empty_and_continued_equals_steps(implementation, kernel):
-  q, k, v, _, proj = inputs.qkv(length=23, scale=1.5)
-  b, _, h, d = q.shape
-  empty = decoding.init_favor_state(b, h, proj.shape[0], d)
+  (q, k, v, proj), empty, want, want_state = reference(kernel)
   extend = jax.jit(lambda q, k, v, s: decoding.favor_extend(
       q, k, v, s, proj, kernel=kernel, chunk_size=4,
       implementation=implementation))
-  want, want_state = stepwise(q, k, v, empty, proj, kernel)
   full = favor_attention(q, k, v, proj, causal=True, kernel=kernel,
                          implementation="autodiff")
   close(want, full)
