@@ -39,6 +39,7 @@ import numpy as np
 from performer_jax.attention import chunked
 from performer_jax.attention import feature_maps
 from performer_jax.attention import fused
+from performer_jax.attention import layout
 from performer_jax.attention import vma
 from performer_jax.kernels import build
 
@@ -212,3 +213,40 @@ def causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array, v_BHLE: jax.Array,
   if mask_B1L is not None:
     kf_BHLF = jnp.where(mask_B1L[..., None], kf_BHLF, 0.0)
   return _core(*vma.align(qf_BHLF, kf_BHLF, run_BHL, v_BHLE), int(chunk_size))
+
+
+def causal_from_empty(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array,
+                      v_BHLD: jax.Array, projection: jax.Array | None, *,
+                      kernel, chunk_size: int
+                      ) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+  """`causal` without a mask, plus the decoding state after the last token
+  (a prompt's prefill), from the same key features.
+
+  Returns:
+    (float32 `[B, H, L, Dv]` outputs, the max key log-amplitude `[B, H]` (or
+    None for kernels without amplitudes), the sums `[B, H, F, Dv+1]`
+    relative to it: `summary.summarize` of all keys).
+  """
+  if not supports(kernel):
+    raise ValueError(f"implementation='kernel' does not support kernel "
+                     f"{kernel!r} (signed features); use implementation="
+                     "'slim'.")
+  _register()
+  feature_fn = feature_maps.resolve(kernel, projection)
+  qf_BHLF, _ = feature_fn(x_q_BHLD)
+  kf_BHLF, amp_BHL = feature_fn(x_k_BHLD)
+  v1_BHLE = layout.append_ones(v_BHLD)
+  if amp_BHL is None:
+    run_BHL = jnp.zeros(kf_BHLF.shape[:-1], jnp.float32)
+    m_BH, to_end_BHL = None, jnp.ones_like(run_BHL)
+  else:
+    weight_BHL, run_BHL = chunked.running_max(amp_BHL, None)
+    kf_BHLF = kf_BHLF * weight_BHL[..., None]
+    # The running max only grows: every key is rescaled to the last one's.
+    m_BH = run_BHL[..., -1]
+    to_end_BHL = jnp.exp(run_BHL - m_BH[..., None])
+  out_BHLD = _core(*vma.align(qf_BHLF, kf_BHLF, run_BHL, v_BHLD),
+                   int(chunk_size))
+  sums_BHFE = jnp.einsum("...lf,...le->...fe",
+                         kf_BHLF * to_end_BHL[..., None], v1_BHLE)
+  return out_BHLD, m_BH, sums_BHFE

@@ -108,23 +108,30 @@ def favor_extend(query_BLHD: jax.Array, key_BLHD: jax.Array,
   x_q_BHLD, x_k_BHLD, v_BHLD = layout.favor_inputs(flat)
   has_amp = chunked.has_amplitude(kernel, proj, x_q_BHLD.shape[-1])
   seed = (state["max_amp"] if has_amp else None, state["sums"])
-  seeded = functools.partial(
-      _SEEDED.get(impl, slim.causal), x_q_BHLD, x_k_BHLD, v_BHLD, None, proj,
-      kernel=kernel, chunk_size=chunk_size, seed=seed)
+  v1_BHLE = layout.append_ones(v_BHLD)
+
+  def seeded():
+    out_BHLD = _SEEDED.get(impl, slim.causal)(
+        x_q_BHLD, x_k_BHLD, v_BHLD, None, proj, kernel=kernel,
+        chunk_size=chunk_size, seed=seed)
+    kf_BHLF, amp_BHL = feature_fn(x_k_BHLD)
+    m_BH, sums_BHFE = summary.combine(
+        seed, summary.summarize(kf_BHLF, amp_BHL, v1_BHLE, None))
+    return out_BHLD, m_BH, sums_BHFE
+
   if impl == "kernel":
     # The compiled kernel starts from an empty state only. A prompt that
     # starts its sequence (the usual prefill) has one: with zero sums the
     # seed adds nothing to numerator or normalizer, so the unseeded pass is
-    # the same function. On the CPU `cond` runs only the branch it takes.
-    unseeded = functools.partial(
-        cpu_kernel.causal, x_q_BHLD, x_k_BHLD, v_BHLD, None, proj,
-        kernel=kernel, chunk_size=chunk_size)
-    out_BHLD = jax.lax.cond(jnp.all(state["sums"] == 0), unseeded, seeded)
+    # the same function, and its key features give the new state too. On
+    # the CPU `cond` runs only the branch it takes.
+    out_BHLD, m_BH, sums_BHFE = jax.lax.cond(
+        jnp.all(state["sums"] == 0),
+        functools.partial(cpu_kernel.causal_from_empty, x_q_BHLD, x_k_BHLD,
+                          v_BHLD, proj, kernel=kernel, chunk_size=chunk_size),
+        seeded)
   else:
-    out_BHLD = seeded()
-  kf_BHLF, amp_BHL = feature_fn(x_k_BHLD)
-  m_BH, sums_BHFE = summary.combine(seed, summary.summarize(
-      kf_BHLF, amp_BHL, layout.append_ones(v_BHLD), None))
+    out_BHLD, m_BH, sums_BHFE = seeded()
   new_state = {"sums": sums_BHFE,
                "max_amp": state["max_amp"] if m_BH is None else m_BH}
   return layout.restore(jnp.swapaxes(out_BHLD, 1, 2), flat), new_state
