@@ -201,10 +201,19 @@ def causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array, v_BHLE: jax.Array,
     # VJP's cotangents have its inputs' types inside shard_map.
     return _fused(*vma.align(x_q_BHLD, x_k_BHLD, v_BHLE, mask_B1L, w_FD),
                   int(chunk_size))
+  mask_B1L = None if key_mask_BL is None else key_mask_BL[:, None, :]
+  qf_BHLF, kf_BHLF, _, run_BHL = _features(x_q_BHLD, x_k_BHLD, mask_B1L,
+                                           projection, kernel)
+  return _core(*vma.align(qf_BHLF, kf_BHLF, run_BHL, v_BHLE), int(chunk_size))
+
+
+def _features(x_q_BHLD, x_k_BHLD, mask_B1L, projection, kernel):
+  """The kernel's inputs: query features, key features relative to the
+  running max (zero at padded keys), whether keys have amplitudes, and the
+  running max `[B, H, L]` (zeros without amplitudes)."""
   feature_fn = feature_maps.resolve(kernel, projection)
   qf_BHLF, _ = feature_fn(x_q_BHLD)
   kf_BHLF, amp_BHL = feature_fn(x_k_BHLD)
-  mask_B1L = None if key_mask_BL is None else key_mask_BL[:, None, :]
   if amp_BHL is None:
     run_BHL = jnp.zeros(kf_BHLF.shape[:-1], jnp.float32)
   else:
@@ -212,7 +221,7 @@ def causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array, v_BHLE: jax.Array,
     kf_BHLF = kf_BHLF * weight_BHL[..., None]
   if mask_B1L is not None:
     kf_BHLF = jnp.where(mask_B1L[..., None], kf_BHLF, 0.0)
-  return _core(*vma.align(qf_BHLF, kf_BHLF, run_BHL, v_BHLE), int(chunk_size))
+  return qf_BHLF, kf_BHLF, amp_BHL is not None, run_BHL
 
 
 def causal_from_empty(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array,
@@ -232,19 +241,15 @@ def causal_from_empty(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array,
                      f"{kernel!r} (signed features); use implementation="
                      "'slim'.")
   _register()
-  feature_fn = feature_maps.resolve(kernel, projection)
-  qf_BHLF, _ = feature_fn(x_q_BHLD)
-  kf_BHLF, amp_BHL = feature_fn(x_k_BHLD)
+  qf_BHLF, kf_BHLF, has_amp, run_BHL = _features(x_q_BHLD, x_k_BHLD, None,
+                                                  projection, kernel)
   v1_BHLE = layout.append_ones(v_BHLD)
-  if amp_BHL is None:
-    run_BHL = jnp.zeros(kf_BHLF.shape[:-1], jnp.float32)
-    m_BH, to_end_BHL = None, jnp.ones_like(run_BHL)
-  else:
-    weight_BHL, run_BHL = chunked.running_max(amp_BHL, None)
-    kf_BHLF = kf_BHLF * weight_BHL[..., None]
+  if has_amp:
     # The running max only grows: every key is rescaled to the last one's.
     m_BH = run_BHL[..., -1]
     to_end_BHL = jnp.exp(run_BHL - m_BH[..., None])
+  else:
+    m_BH, to_end_BHL = None, jnp.ones_like(run_BHL)
   out_BHLD = _core(*vma.align(qf_BHLF, kf_BHLF, run_BHL, v_BHLD),
                    int(chunk_size))
   sums_BHFE = jnp.einsum("...lf,...le->...fe",
