@@ -118,8 +118,8 @@ def test_generate_rejects_bad_input(tmp_path, capsys):
 def brute_causal(loaded, tokens):
   """Sum of log p(next) over the stream, one unpadded sequence at a time."""
   stream = np.concatenate([[loaded.io.bos], tokens, [loaded.io.eos]])
-  logp = jax.nn.log_softmax(jax.jit(loaded.model.apply)(
-      loaded.variables, stream[None, :-1])[0])
+  logp = jax.nn.log_softmax(loaded.model.apply(loaded.variables,
+                                               stream[None, :-1])[0])
   return float(np.sum(np.asarray(logp)[np.arange(len(stream) - 1),
                                        stream[1:]])), len(stream) - 1
 
@@ -128,8 +128,7 @@ def brute_pll(loaded, tokens):
   # Every position masked in turn: one batch, one full-model call.
   masked = np.tile(tokens, (len(tokens), 1))
   masked[np.arange(len(tokens)), np.arange(len(tokens))] = loaded.io.mask
-  logp = jax.nn.log_softmax(jax.jit(loaded.model.apply)(loaded.variables,
-                                                        masked))
+  logp = jax.nn.log_softmax(loaded.model.apply(loaded.variables, masked))
   return float(np.sum(np.asarray(logp)[np.arange(len(tokens)),
                                        np.arange(len(tokens)), tokens]))
 

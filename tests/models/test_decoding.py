@@ -46,7 +46,10 @@ def built(kind, **overrides):
   else:
     rngs = {"params": jax.random.PRNGKey(0),
             "random_features": jax.random.PRNGKey(1)}
-    variables = model.init(rngs, jnp.zeros((BATCH, LEN), jnp.int32))
+    init = model.init
+    if overrides.get("attention_implementation") == "parallel":
+      init = jax.jit(init)  # op by op, its associative prefix takes seconds
+    variables = init(rngs, jnp.zeros((BATCH, LEN), jnp.int32))
   return model, decode_model, variables
 
 
