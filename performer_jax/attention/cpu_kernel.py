@@ -166,6 +166,14 @@ def _fused_bwd(chunk, saved, g):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
+def _check_and_register(kernel) -> None:
+  if not supports(kernel):
+    raise ValueError(f"implementation='kernel' does not support kernel "
+                     f"{kernel!r} (signed features); use implementation="
+                     "'slim'.")
+  _register()
+
+
 @functools.partial(jax.named_call, name="favor_causal_kernel")
 def causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array, v_BHLE: jax.Array,
            key_mask_BL: jax.Array | None, projection: jax.Array | None, *,
@@ -184,11 +192,7 @@ def causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array, v_BHLE: jax.Array,
   Returns:
     float32 `[B, H, L, E]`.
   """
-  if not supports(kernel):
-    raise ValueError(f"implementation='kernel' does not support kernel "
-                     f"{kernel!r} (signed features); use implementation="
-                     "'slim'.")
-  _register()
+  _check_and_register(kernel)
   if kernel in fused.FUSED_KERNELS and projection is not None:
     # Features and feature gradients written by hand (fused.py): one fused
     # exp each way instead of autodiff's passes over the [G, L, F] features,
@@ -236,11 +240,7 @@ def causal_from_empty(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array,
     None for kernels without amplitudes), the sums `[B, H, F, Dv+1]`
     relative to it: `summary.summarize` of all keys).
   """
-  if not supports(kernel):
-    raise ValueError(f"implementation='kernel' does not support kernel "
-                     f"{kernel!r} (signed features); use implementation="
-                     "'slim'.")
-  _register()
+  _check_and_register(kernel)
   qf_BHLF, kf_BHLF, has_amp, run_BHL = _features(x_q_BHLD, x_k_BHLD, None,
                                                   projection, kernel)
   v1_BHLE = layout.append_ones(v_BHLD)

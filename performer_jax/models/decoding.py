@@ -77,7 +77,6 @@ def decode_step(model: Transformer, variables: Variables,
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-@functools.partial(jax.jit, static_argnames=("model",))
 def prefill(model: Transformer, variables: Variables,
             tokens_BP: jax.Array) -> tuple[jax.Array, Any]:
   """Feeds P tokens per sequence in one pass and advances the cache by P.
