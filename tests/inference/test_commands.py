@@ -2,6 +2,7 @@
 checked against brute-force computations with the full model, and every bad
 input named."""
 
+import functools
 import math
 
 import jax
@@ -67,7 +68,8 @@ def test_greedy_generation_is_the_full_models_argmax(capsys):
                                "12"], capsys)
   seq = next(iter(read_fasta(out).values()))
   tokens = np.concatenate([[protein.BOS], protein.encode(seq)])
-  full = np.array(loaded.model.apply(loaded.variables, tokens[None]))[0]
+  full = np.array(jax.jit(loaded.model.apply)(loaded.variables,
+                                              tokens[None]))[0]
   banned = [protein.PAD, protein.MASK, protein.BOS]
   full[:, banned] = -np.inf
   for t in range(4, len(tokens) - 1):
@@ -115,30 +117,34 @@ def test_generate_rejects_bad_input(tmp_path, capsys):
                             str(empty)], capsys, "holds no sequence")
 
 
+def full_model(loaded, tokens_BL):
+  """The full model's log-probabilities [B, L, V] and final layer-norm
+  outputs [B, L, D] (what the embeddings pool), in one jitted call."""
+  apply = functools.partial(loaded.model.apply, capture_intermediates=True,
+                            mutable=["intermediates"])
+  logits, state = jax.jit(apply)(loaded.variables, jnp.asarray(tokens_BL))
+  return (np.asarray(jax.nn.log_softmax(logits)),
+          np.asarray(state["intermediates"]["ln_final"]["__call__"][0]))
+
+
 def brute_causal(loaded, tokens):
-  """Sum of log p(next) over the stream, one unpadded sequence at a time."""
+  """Sum of log p(next) over the stream, one unpadded sequence at a time,
+  its count, and the mean final features of the inputs [BOS] + tokens."""
   stream = np.concatenate([[loaded.io.bos], tokens, [loaded.io.eos]])
-  logp = jax.nn.log_softmax(loaded.model.apply(loaded.variables,
-                                               stream[None, :-1])[0])
-  return float(np.sum(np.asarray(logp)[np.arange(len(stream) - 1),
-                                       stream[1:]])), len(stream) - 1
+  logp, features = full_model(loaded, stream[None, :-1])
+  return (float(np.sum(logp[0, np.arange(len(stream) - 1), stream[1:]])),
+          len(stream) - 1, features[0].mean(0))
 
 
 def brute_pll(loaded, tokens):
-  # Every position masked in turn: one batch, one full-model call.
-  masked = np.tile(tokens, (len(tokens), 1))
-  masked[np.arange(len(tokens)), np.arange(len(tokens))] = loaded.io.mask
-  logp = jax.nn.log_softmax(loaded.model.apply(loaded.variables, masked))
-  return float(np.sum(np.asarray(logp)[np.arange(len(tokens)),
-                                       np.arange(len(tokens)), tokens]))
-
-
-def brute_embedding(loaded, inputs):
-  _, state = loaded.model.apply(
-      loaded.variables, inputs[None], capture_intermediates=True,
-      mutable=["intermediates"])
-  return np.asarray(state["intermediates"]["ln_final"]["__call__"][0][0]
-                    ).mean(0)
+  """Every position masked in turn (one row each), and the unmasked
+  sequence in the last row for its mean final features."""
+  n = len(tokens)
+  rows = np.tile(tokens, (n + 1, 1))
+  rows[np.arange(n), np.arange(n)] = loaded.io.mask
+  logp, features = full_model(loaded, rows)
+  return (float(np.sum(logp[np.arange(n), np.arange(n), tokens])), n,
+          features[n].mean(0))
 
 
 def read_tsv(path):
@@ -164,20 +170,14 @@ def test_score_equals_brute_force(task, tmp_path, capsys):
   emb = np.load(npy)
   assert emb.shape == (len(seqs), loaded.config.model.emb_dim)
   for seq, row, vector in zip(seqs, rows, emb):
-    tokens = protein.encode(seq)
-    if task == "protein_lm":
-      want, count = brute_causal(loaded, tokens)
-      inputs = np.concatenate([[protein.BOS], tokens])
-    else:
-      want, count = brute_pll(loaded, tokens), len(tokens)
-      inputs = tokens
+    brute = brute_causal if task == "protein_lm" else brute_pll
+    want, count, embedding = brute(loaded, protein.encode(seq))
     assert int(row[1]) == count
     # float32 log-softmax sums over up to 21 tokens: 1e-4 relative.
     np.testing.assert_allclose(float(row[2]), want, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(float(row[3]), -want / count / math.log(2),
                                rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(vector, brute_embedding(loaded, inputs),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(vector, embedding, rtol=1e-4, atol=1e-5)
 
 
 def test_score_text_and_errors(tmp_path, capsys):
