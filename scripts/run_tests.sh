@@ -7,4 +7,8 @@ bash scripts/setup.sh
 export JAX_PLATFORMS=cpu
 # setup.sh has built the CPU kernel: its tests must run, not skip.
 export PERFORMER_JAX_REQUIRE_KERNEL="${PERFORMER_JAX_REQUIRE_KERNEL:-1}"
+# Bytecode (and pytest's rewritten test modules) is written once and reused
+# by both workers and every subprocess, even where the environment turns
+# that off (git ignores __pycache__/).
+unset PYTHONDONTWRITEBYTECODE
 exec "${PYTHON:-python3}" -m pytest -q -n 2 --dist loadgroup --durations=15 "$@" tests

@@ -81,13 +81,17 @@ def _finite(metrics: dict[str, Any]) -> tuple[bool, float, float, float]:
   return (all(map(math.isfinite, (loss, grad, param))), loss, grad, param)
 
 
+@jax.jit
+def _all_finite(leaves):
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
 def all_finite(state: state_lib.TrainState) -> bool:
   """True if every float leaf of the state is finite (one device reduce)."""
   leaves = [x for x in jax.tree_util.tree_leaves(
       (state.params, state.opt_state, state.random_features))
             if jnp.issubdtype(x.dtype, jnp.floating)]
-  return bool(jax.jit(lambda xs: jnp.all(jnp.stack(
-      [jnp.all(jnp.isfinite(x)) for x in xs])))(leaves)) if leaves else True
+  return bool(_all_finite(leaves)) if leaves else True
 
 
 class Run:
@@ -181,7 +185,8 @@ class Run:
 
   def _trains_on(self, done: int, state) -> None:
     """Runs step `done` on a copy of `state`; raises if it diverges."""
-    probe = jax.tree_util.tree_map(lambda x: x.copy(), state)
+    # train_step donates its state: the probe steps on a copy.
+    probe = self.t.copy_state(state)
     _, metrics = self.t.train_step(probe, self.t.get_batch(self.t.task.train,
                                                            done))
     ok, loss, grad, param = _finite(metrics)

@@ -15,6 +15,7 @@ from typing import Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -91,6 +92,11 @@ class Trainer:
         steps_lib.make_eval_step(self.model),
         in_shardings=(self.shardings, self.batch_sharding),
         out_shardings=replicated)
+    # For a step that must not consume the state (train_step donates it):
+    # one program for the whole state, laid out like it.
+    self.copy_state = jax.jit(
+        lambda state: jax.tree_util.tree_map(jnp.copy, state),
+        in_shardings=(self.shardings,), out_shardings=self.shardings)
 
   @contextlib.contextmanager
   def context(self):
