@@ -11,6 +11,7 @@ hold whatever the code generator does (fused or not, FMA or not).
 Subprocesses started by tests inherit the flags through the environment.
 """
 
+import gc
 import os
 import pathlib
 import shutil
@@ -37,6 +38,10 @@ for _flag in _FAST_COMPILE:
   if _flag not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
                                + _flag).strip()
+
+# Tracing allocates millions of short-lived objects: collecting the young
+# generation every 20,000 allocations instead of 700 cuts GC time ~4x.
+gc.set_threshold(20_000, 10, 10)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
