@@ -111,6 +111,20 @@ def test_end_to_end(tmp_path, variant, kind):
     assert not jax.tree_util.tree_leaves(init.random_features)
 
 
+def test_copy_state_is_a_laid_out_copy_that_a_step_may_consume():
+  """The divergence probe steps on copy_state's output: train_step donates
+  it, and the live state must stay intact and keep its shardings."""
+  trainer = get_trainer("causal", "favor")
+  state = trainer.init_state()
+  copy = trainer.copy_state(state)
+  shardings = lambda tree: [x.sharding for x in jax.tree_util.tree_leaves(
+      tree)]
+  assert shardings(copy) == shardings(state)
+  trainer.train_step(copy, trainer.get_batch(trainer.task.train, 0))
+  assert not any(x.is_deleted() for x in jax.tree_util.tree_leaves(state))
+  leaves_close(state, trainer.init_state())
+
+
 def test_resume_after_sigterm_matches_uninterrupted(tmp_path):
   trainer = get_trainer("causal", "favor")  # redraws every 5 steps
   full = trainer.run(str(tmp_path / "full"))
