@@ -14,8 +14,10 @@ softmax, L2) a decoder of `--layers` layers, width `--width` and context
             each batch size of `--batches`: tokens per second (all
             sequences), compile excluded.
 
-Each time is the median of `--repeats` calls after one warm-up call. Target:
-prefill >= 10x faster than stepwise at 1024 prompt tokens.
+Each time is the median of `--repeats` calls after one warm-up call; prefill
+and stepwise calls alternate, so that the machine's drift during a run falls
+on both alike. Target: prefill >= 10x faster than stepwise at 1024 prompt
+tokens.
 
   python scripts/bench_decode.py                       # the docs table
   python scripts/bench_decode.py --prompt 256 --new 64 --batches 1   # quick
@@ -58,14 +60,17 @@ def _model_config(kind: str, args):
   return cfg
 
 
-def _median_seconds(call, repeats: int) -> float:
-  jax.block_until_ready(call())  # compile and warm up
-  times = []
+def _median_seconds(*calls, repeats: int) -> list[float]:
+  """The median time of each call; the calls alternate within each repeat."""
+  for call in calls:
+    jax.block_until_ready(call())  # compile and warm up
+  times = [[] for _ in calls]
   for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(call())
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+    for call, seconds in zip(calls, times):
+      start = time.perf_counter()
+      jax.block_until_ready(call())
+      seconds.append(time.perf_counter() - start)
+  return [float(np.median(t)) for t in times]
 
 
 def bench_kind(kind: str, args) -> dict[str, float]:
@@ -81,17 +86,16 @@ def bench_kind(kind: str, args) -> dict[str, float]:
   prefilled, _ = decoding.prefill(decoder, cached, tokens)
   stepped, _ = decoding.decode_logits(decoder, cached, tokens)
   row["max_abs_diff"] = float(jnp.max(jnp.abs(prefilled - stepped)))
-  row["prefill_s"] = _median_seconds(
-      lambda: decoding.prefill(decoder, cached, tokens)[0], args.repeats)
-  row["stepwise_s"] = _median_seconds(
+  row["prefill_s"], row["stepwise_s"] = _median_seconds(
+      lambda: decoding.prefill(decoder, cached, tokens)[0],
       lambda: decoding.decode_logits(decoder, cached, tokens)[0],
-      args.repeats)
+      repeats=args.repeats)
   for batch in args.batches:
     prompt = jnp.zeros((batch, 1), jnp.int32)
-    seconds = _median_seconds(
+    seconds, = _median_seconds(
         lambda p=prompt: decoding.generate(decoder, variables, p, rng,
                                            max_len=args.new + 1),
-        args.repeats)
+        repeats=args.repeats)
     row[f"tokens_per_s_b{batch}"] = batch * args.new / seconds
   return row
 

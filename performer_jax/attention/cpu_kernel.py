@@ -45,6 +45,7 @@ from performer_jax.kernels import build
 
 _FWD = "performer_causal_favor_fwd"
 _FWD_RES = "performer_causal_favor_fwd_res"
+_FWD_STATE = "performer_causal_favor_fwd_state"
 _BWD = "performer_causal_favor_bwd"
 UNSUPPORTED_KERNELS = ("softmax_trig",)
 
@@ -78,6 +79,7 @@ def _register() -> None:
   lib = load_library()
   for name, symbol in ((_FWD, lib.PerformerCausalFavorFwd),
                        (_FWD_RES, lib.PerformerCausalFavorFwdRes),
+                       (_FWD_STATE, lib.PerformerCausalFavorFwdState),
                        (_BWD, lib.PerformerCausalFavorBwd)):
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol),
                                 platform="cpu")
@@ -233,7 +235,9 @@ def causal_from_empty(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array,
                       kernel, chunk_size: int
                       ) -> tuple[jax.Array, jax.Array | None, jax.Array]:
   """`causal` without a mask, plus the decoding state after the last token
-  (a prompt's prefill), from the same key features.
+  (a prompt's prefill): the kernel returns the state it ends with.
+
+  Forward only: a prefill is not differentiated (use `causal` to train).
 
   Returns:
     (float32 `[B, H, L, Dv]` outputs, the max key log-amplitude `[B, H]` (or
@@ -241,17 +245,21 @@ def causal_from_empty(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array,
     relative to it: `summary.summarize` of all keys).
   """
   _check_and_register(kernel)
-  qf_BHLF, kf_BHLF, has_amp, run_BHL = _features(x_q_BHLD, x_k_BHLD, None,
-                                                  projection, kernel)
-  v1_BHLE = layout.append_ones(v_BHLD)
-  if has_amp:
-    # The running max only grows: every key is rescaled to the last one's.
-    m_BH = run_BHL[..., -1]
-    to_end_BHL = jnp.exp(run_BHL - m_BH[..., None])
+  if kernel in fused.FUSED_KERNELS and projection is not None:
+    # The same features as `_features`, in one fused exp each (fused.py).
+    w_FD = fused.fused_projection(kernel, projection)
+    qf_BHLF = fused.query_features(x_q_BHLD, w_FD)
+    kf_BHLF, run_BHL = fused.key_features(x_k_BHLD, w_FD, None, causal=True)
+    has_amp = True
   else:
-    m_BH, to_end_BHL = None, jnp.ones_like(run_BHL)
-  out_BHLD = _core(*vma.align(qf_BHLF, kf_BHLF, run_BHL, v_BHLD),
-                   int(chunk_size))
-  sums_BHFE = jnp.einsum("...lf,...le->...fe",
-                         kf_BHLF * to_end_BHL[..., None], v1_BHLE)
-  return out_BHLD, m_BH, sums_BHFE
+    qf_BHLF, kf_BHLF, has_amp, run_BHL = _features(x_q_BHLD, x_k_BHLD, None,
+                                                    projection, kernel)
+  lead, f, e = kf_BHLF.shape[:-2], kf_BHLF.shape[-1], v_BHLD.shape[-1]
+  out_BHLD, _, s_BHFE, z_BHF = _call(
+      _FWD_STATE, (_f32(v_BHLD.shape), _f32(run_BHL.shape),
+                   _f32((*lead, f, e)), _f32((*lead, f))),
+      *vma.align(qf_BHLF, kf_BHLF, run_BHL, v_BHLD), chunk=int(chunk_size))
+  # The kernel's state is relative to M at the last key: the running max
+  # only grows, so that is the max over all keys.
+  m_BH = run_BHL[..., -1] if has_amp else None
+  return out_BHLD, m_BH, jnp.concatenate([s_BHFE, z_BHF[..., None]], -1)

@@ -123,7 +123,7 @@ def favor_extend(query_BLHD: jax.Array, key_BLHD: jax.Array,
     # The compiled kernel starts from an empty state only. A prompt that
     # starts its sequence (the usual prefill) has one: with zero sums the
     # seed adds nothing to numerator or normalizer, so the unseeded pass is
-    # the same function, and its key features give the new state too. On
+    # the same function, and the kernel returns the state it ends with. On
     # the CPU `cond` runs only the branch it takes.
     out_BHLD, m_BH, sums_BHFE = jax.lax.cond(
         jnp.all(state["sums"] == 0),

@@ -31,7 +31,8 @@
 //   dkf = B^T Q + t (V U^T + 1 u^T), dv = A^T R + t K U,
 //   t_j = exp(min(M_j - E_n, 0)), A = W .* (Q K^T) the stored scores.
 // The forward pass of a VJP stores the state entering each chunk ([N, F, E],
-// [N, F]) and the scores ([L, C]) for it.
+// [N, F]) and the scores ([L, C]) for it; a prompt's prefill takes the state
+// after the last token ([F, E], [F], relative to M at that token).
 
 #include <algorithm>
 #include <atomic>
@@ -95,8 +96,17 @@ struct Residuals {
   float* scores;
 };
 
+// The state after the last token (null when not needed): final_s [F, E] and
+// final_z [F], relative to M at the last token. A prompt's prefill continues
+// decoding from it.
+struct FinalState {
+  float* s;
+  float* z;
+};
+
 void ForwardOne(const float* q, const float* k, const float* m, const float* v,
-                float* out, float* den, Residuals res, const Dims& d) {
+                float* out, float* den, Residuals res, FinalState fin,
+                const Dims& d) {
   RowMat s = RowMat::Zero(d.f, d.e);
   Vec z = Vec::Zero(d.f);
   RowMat a(d.c, d.c), w(d.c, d.c), num(d.c, d.e), vt(d.c, d.e);
@@ -139,6 +149,10 @@ void ForwardOne(const float* q, const float* k, const float* m, const float* v,
     s.noalias() += kc.transpose() * vt.topRows(c);
     z = decay * z + kc.transpose() * t.head(c);
     e_prev = e_end;
+  }
+  if (fin.s != nullptr) {
+    MMap(fin.s, d.f, d.e) = s;
+    VecMap(fin.z, d.f) = z;
   }
 }
 
@@ -290,7 +304,7 @@ ffi::Error Forward(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& q,
                    const ffi::Buffer<ffi::F32>& k,
                    const ffi::Buffer<ffi::F32>& m,
                    const ffi::Buffer<ffi::F32>& v, int64_t chunk, float* op,
-                   float* dp, Residuals res) {
+                   float* dp, Residuals res, FinalState fin) {
   Dims d;
   if (auto err = CheckShapes(q, k, m, v, chunk, &d); err.failure()) return err;
   if (d.l == 0 || d.g == 0) return ffi::Error::Success();
@@ -305,6 +319,9 @@ ffi::Error Forward(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& q,
                    : Residuals{res.states + g * n * d.f * d.e,
                                res.zstates + g * n * d.f,
                                res.scores + g * d.l * d.c},
+               fin.s == nullptr
+                   ? fin
+                   : FinalState{fin.s + g * d.f * d.e, fin.z + g * d.f},
                d);
   });
   return ffi::Error::Success();
@@ -316,7 +333,33 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
                        ffi::ResultBuffer<ffi::F32> out,
                        ffi::ResultBuffer<ffi::F32> den) {
   return Forward(pool, q, k, m, v, chunk, out->typed_data(),
-                 den->typed_data(), Residuals{nullptr, nullptr, nullptr});
+                 den->typed_data(), Residuals{nullptr, nullptr, nullptr},
+                 FinalState{nullptr, nullptr});
+}
+
+// A prefill's forward pass: also returns the state after the last token.
+ffi::Error ForwardStateImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
+                            ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> m,
+                            ffi::Buffer<ffi::F32> v, int64_t chunk,
+                            ffi::ResultBuffer<ffi::F32> out,
+                            ffi::ResultBuffer<ffi::F32> den,
+                            ffi::ResultBuffer<ffi::F32> final_s,
+                            ffi::ResultBuffer<ffi::F32> final_z) {
+  Dims d;
+  if (auto err = CheckShapes(q, k, m, v, chunk, &d); err.failure()) return err;
+  if (final_s->element_count() != static_cast<size_t>(d.g * d.f * d.e) ||
+      final_z->element_count() != static_cast<size_t>(d.g * d.f)) {
+    return ffi::Error::InvalidArgument(
+        "causal_favor_cpu: the final state must be [..., F, E] and [..., F]");
+  }
+  if (d.l == 0) {
+    // No token: the empty state.
+    std::fill_n(final_s->typed_data(), final_s->element_count(), 0.0f);
+    std::fill_n(final_z->typed_data(), final_z->element_count(), 0.0f);
+  }
+  return Forward(pool, q, k, m, v, chunk, out->typed_data(),
+                 den->typed_data(), Residuals{nullptr, nullptr, nullptr},
+                 FinalState{final_s->typed_data(), final_z->typed_data()});
 }
 
 // The forward pass of a VJP: also returns the state entering every chunk.
@@ -339,7 +382,8 @@ ffi::Error ForwardResImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
   return Forward(pool, q, k, m, v, chunk, out->typed_data(),
                  den->typed_data(),
                  Residuals{states->typed_data(), zstates->typed_data(),
-                           scores->typed_data()});
+                           scores->typed_data()},
+                 FinalState{nullptr, nullptr});
 }
 
 ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
@@ -390,6 +434,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PerformerCausalFavorFwd, ForwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("chunk")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PerformerCausalFavorFwdState, ForwardStateImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("chunk")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 

@@ -12,6 +12,7 @@ import pytest
 from performer_jax.attention import cpu_kernel
 from performer_jax.attention import decoding
 from performer_jax.attention import favor_attention
+from performer_jax.attention import feature_maps
 from tests import inputs
 
 IMPLEMENTATIONS = ["slim", "parallel", "autodiff"] + (
@@ -24,7 +25,9 @@ def reference(kernel):
   the tokens one `favor_decode_step` at a time (shared by the tests)."""
   q, k, v, _, proj = inputs.qkv(length=23, scale=1.5)
   b, _, h, d = q.shape
-  empty = decoding.init_favor_state(b, h, proj.shape[0], d)
+  # The state is as wide as the features (2M for softmax_hyperbolic).
+  width = feature_maps.resolve(kernel, proj)(q[:1, :1])[0].shape[-1]
+  empty = decoding.init_favor_state(b, h, width, d)
 
   def step(state, qkv_t):
     out, state = decoding.favor_decode_step(*qkv_t, state, proj,
@@ -42,7 +45,8 @@ def close(got, want):
   np.testing.assert_allclose(got, want, atol=2e-5 * scale, rtol=2e-5)
 
 
-@pytest.mark.parametrize("kernel", ["softmax", "relu"])
+@pytest.mark.parametrize("kernel",
+                         ["softmax", "softmax_hyperbolic", "relu"])
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_extend_from_empty_and_continued_equals_steps(implementation, kernel):
   (q, k, v, proj), empty, want, want_state = reference(kernel)
