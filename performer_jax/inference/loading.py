@@ -95,7 +95,9 @@ def _restore_checkpoint(workdir: str, step: int | None, target):
   elif step not in steps:
     raise ModelLoadError(f"{workdir} has no checkpoint of step {step}; it has "
                          f"{sorted(steps)}")
-  path = os.path.join(workdir, "checkpoints", str(step), "default")
+  # orbax reads absolute paths only; the workdir may be given relative.
+  path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step),
+                      "default")
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   restore_args = jax.tree_util.tree_map(
       lambda _: ocp.ArrayRestoreArgs(restore_type=jax.Array, sharding=device),

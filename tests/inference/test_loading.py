@@ -36,7 +36,8 @@ def full_state(workdir):
     ckpt.close()
 
 
-def test_load_restores_the_trained_weights_without_data(tmp_path):
+def test_load_restores_the_trained_weights_without_data(tmp_path,
+                                                        monkeypatch):
   workdir = runs.trained("protein_lm")
   # The data files named in the config are gone: loading must not read them.
   moved = str(tmp_path / "run")
@@ -46,7 +47,10 @@ def test_load_restores_the_trained_weights_without_data(tmp_path):
   config["data"]["train_path"] = str(tmp_path / "missing.fasta")
   with open(os.path.join(moved, "config.json"), "w") as f:
     json.dump(config, f)
-  loaded = inference.load(moved)
+  # A workdir given relative to the current directory (orbax wants absolute
+  # paths: the loader resolves it).
+  monkeypatch.chdir(tmp_path)
+  loaded = inference.load("run")
   state, step = full_state(workdir)
   assert loaded.step == step == 1
   assert set(loaded.variables) == {"params", "random_features"}
