@@ -230,6 +230,32 @@ def _features(x_q_BHLD, x_k_BHLD, mask_B1L, projection, kernel):
   return qf_BHLF, kf_BHLF, amp_BHL is not None, run_BHL
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _with_final_state(qf, kf, run, v, chunk):
+  """Normalized output `[..., L, E]` and the final state `[..., F, E]`,
+  `[..., F]`."""
+  lead, f, e = kf.shape[:-2], kf.shape[-1], v.shape[-1]
+  out, _, s, z = _call(_FWD_STATE, (_f32(v.shape), _f32(run.shape),
+                                    _f32((*lead, f, e)), _f32((*lead, f))),
+                       qf, kf, run, v, chunk=chunk)
+  return out, s, z
+
+
+def _with_final_state_fwd(qf, kf, run, v, chunk):
+  del qf, kf, run, v, chunk
+  raise NotImplementedError(
+      "the compiled CPU kernel's prefill (favor_extend or models.prefill "
+      "from an empty state) is forward-only; to differentiate, pass "
+      "implementation='slim' (or differentiate the decode=False model).")
+
+
+def _with_final_state_bwd(chunk, res, g):  # never reached: fwd raises
+  raise AssertionError((chunk, res, g))
+
+
+_with_final_state.defvjp(_with_final_state_fwd, _with_final_state_bwd)
+
+
 def causal_from_empty(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array,
                       v_BHLD: jax.Array, projection: jax.Array | None, *,
                       kernel, chunk_size: int
@@ -254,11 +280,8 @@ def causal_from_empty(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array,
   else:
     qf_BHLF, kf_BHLF, has_amp, run_BHL = _features(x_q_BHLD, x_k_BHLD, None,
                                                     projection, kernel)
-  lead, f, e = kf_BHLF.shape[:-2], kf_BHLF.shape[-1], v_BHLD.shape[-1]
-  out_BHLD, _, s_BHFE, z_BHF = _call(
-      _FWD_STATE, (_f32(v_BHLD.shape), _f32(run_BHL.shape),
-                   _f32((*lead, f, e)), _f32((*lead, f))),
-      *vma.align(qf_BHLF, kf_BHLF, run_BHL, v_BHLD), chunk=int(chunk_size))
+  out_BHLD, s_BHFE, z_BHF = _with_final_state(
+      *vma.align(qf_BHLF, kf_BHLF, run_BHL, v_BHLD), int(chunk_size))
   # The kernel's state is relative to M at the last key: the running max
   # only grows, so that is the max over all keys.
   m_BH = run_BHL[..., -1] if has_amp else None

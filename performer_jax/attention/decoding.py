@@ -96,7 +96,8 @@ def favor_extend(query_BLHD: jax.Array, key_BLHD: jax.Array,
     projection, kernel, chunk_size: as `favor_attention`.
     implementation: as `favor_attention`. The compiled CPU kernel ("kernel",
       and "auto" on the CPU) serves a prefill from the empty state; one that
-      continues an earlier state runs "slim", which can start from it.
+      continues an earlier state runs "slim", which can start from it. The
+      kernel's prefill is forward-only: differentiate with "slim".
 
   Returns:
     (`[B, L, H, Dv]` outputs in the query's dtype, the new state).

@@ -79,3 +79,18 @@ def test_kernel_serves_the_empty_state_only():
   jaxpr = str(jax.make_jaxpr(lambda s: decoding.favor_extend(
       q, k, v, s, proj, implementation="kernel"))(empty))
   assert "cond" in jaxpr and "ffi" in jaxpr.lower(), jaxpr[:2000]
+
+
+def test_kernel_prefill_is_forward_only_and_says_so():
+  """Differentiating the kernel's prefill names the way out; the seeded
+  implementations differentiate."""
+  if not cpu_kernel.built():
+    pytest.skip("causal FAVOR+ CPU kernel not built")
+  q, k, v, _, proj = inputs.qkv(length=8)
+  empty = decoding.init_favor_state(q.shape[0], q.shape[2], proj.shape[0],
+                                    q.shape[3])
+  loss = lambda q, impl: decoding.favor_extend(
+      q, k, v, empty, proj, implementation=impl)[0].sum()
+  assert np.all(np.isfinite(jax.grad(loss)(q, "slim")))
+  with pytest.raises(NotImplementedError, match="implementation='slim'"):
+    jax.grad(loss)(q, "kernel")
