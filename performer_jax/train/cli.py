@@ -13,7 +13,9 @@ The exit status says what happened (`ExitCode`), for schedulers and
 wrappers: 0 finished, 75 preempted (SIGTERM; the checkpoint is saved, rerun
 the same command to resume; 75 is EX_TEMPFAIL, "try again"), 2 a bad config,
 data file or workdir, 3 training diverged, 74 a checkpoint could not be
-written (e.g. a full disk), 1 anything else. A failure prints a short
+written (e.g. a full disk), 1 anything else (a runtime failure, a lost
+peer process). In a multi-process job a failed process exits at once rather
+than waiting for its peers (`leave`). A failure prints a short
 message that names the key or file and the fix; the full traceback goes to
 `WORKDIR/error.log`, or to the terminal with `--verbose`.
 """
@@ -24,6 +26,7 @@ import enum
 import importlib.util
 import logging
 import os
+import re
 import sys
 import traceback
 from typing import Sequence
@@ -31,6 +34,11 @@ from typing import Sequence
 USAGE = ("--config=copy:smoke --workdir=DIR [--config.section.key=value ...]"
          " (a config name from performer_jax/configs, or a path to a .py "
          "config file)")
+
+
+_RUNTIME_STATUS = re.compile(
+    r"(UNKNOWN|INTERNAL|UNAVAILABLE|ABORTED|CANCELLED|DEADLINE_EXCEEDED|"
+    r"RESOURCE_EXHAUSTED|DATA_LOSS): ")
 
 
 class ExitCode(enum.IntEnum):
@@ -45,6 +53,7 @@ class ExitCode(enum.IntEnum):
 def exit_code(error: BaseException) -> ExitCode:
   """The exit status of a run that raised `error`."""
   # pylint: disable=g-import-not-at-top
+  from jax import errors as jax_errors
   from performer_jax.train import checkpoint
   from performer_jax.train import loop
   # pylint: enable=g-import-not-at-top
@@ -52,13 +61,19 @@ def exit_code(error: BaseException) -> ExitCode:
     return ExitCode.DIVERGED
   if isinstance(error, checkpoint.CheckpointError):
     return ExitCode.CHECKPOINT_IO
+  # A failure of the runtime (a lost peer, out of memory), which JAX raises
+  # as JaxRuntimeError or, on some paths, as a ValueError with the status.
+  if isinstance(error, jax_errors.JaxRuntimeError) or _RUNTIME_STATUS.match(
+      str(error)):
+    return ExitCode.FAILED
   # Config errors, incompatible workdirs, missing or malformed data files.
   if isinstance(error, (ValueError, FileNotFoundError, TypeError)):
     return ExitCode.BAD_INPUT
   return ExitCode.FAILED
 
 
-def report(error: BaseException, workdir: str | None) -> None:
+def report(error: BaseException, workdir: str | None,
+           processes: int = 1) -> None:
   """Prints a short message; keeps the traceback in WORKDIR/error.log."""
   detail = ""
   if workdir and os.path.isdir(workdir):
@@ -66,7 +81,27 @@ def report(error: BaseException, workdir: str | None) -> None:
     with open(path, "a") as f:
       traceback.print_exception(error, file=f)
     detail = f"\n(traceback in {path}; --verbose prints it)"
+  if processes > 1:
+    detail += (f"\nThis is one of {processes} processes: a process that "
+               "fails or dies stops them all. Rerun every process with the "
+               "same command to resume from the last checkpoint.")
   print(f"error: {error}{detail}", file=sys.stderr)
+
+
+def leave(code: int) -> None:
+  """Exits with `code`. In a multi-process job a failed run leaves at once
+  (`os._exit`): the exit handler of jax.distributed waits at a barrier for
+  every process, which a dead peer never reaches, and then aborts after the
+  heartbeat timeout (100 s). The run's files are closed by then."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  # pylint: enable=g-import-not-at-top
+  if code != ExitCode.FINISHED and jax.distributed.is_initialized():
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # pylint: disable=protected-access
+  sys.exit(code)
 
 
 def config_path(spec: str) -> str:
@@ -139,8 +174,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except Exception as e:  # pylint: disable=broad-except
       if flags.FLAGS.verbose:
         raise
-      report(e, workdir)
-      sys.exit(exit_code(e))
+      import jax  # pylint: disable=g-import-not-at-top
+      report(e, workdir, jax.process_count()
+             if jax.distributed.is_initialized() else 1)
+      leave(exit_code(e))
     if result.status == "preempted":
       logging.info("preempted; rerun the same command to resume")
       sys.exit(ExitCode.PREEMPTED)
