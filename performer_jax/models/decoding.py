@@ -96,8 +96,9 @@ def prefill(model: Transformer, variables: Variables,
     (float32 [B, P, V] logits, the updated cache).
   """
   _check_decode_model(model)
-  if tokens_BP.ndim != 2:
-    raise ValueError(f"tokens must be [B, P], got shape {tokens_BP.shape}")
+  if tokens_BP.ndim != 2 or tokens_BP.shape[1] == 0:
+    raise ValueError(f"tokens must be [B, P] with P >= 1, got shape "
+                     f"{tokens_BP.shape}")
   logits_BPV, mutated = model.apply(variables, tokens_BP, mutable=["cache"])
   return logits_BPV, mutated["cache"]
 

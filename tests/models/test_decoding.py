@@ -271,3 +271,6 @@ def test_decoding_rejects_bad_use():
   with pytest.raises(ValueError, match="prompt length"):
     models.generate(decode_model, variables, random_tokens(4, (BATCH, 17)),
                     jax.random.PRNGKey(0), max_len=LEN)
+  cached = models.init_cache(decode_model, variables, BATCH, LEN)
+  with pytest.raises(ValueError, match="P >= 1"):
+    models.prefill(decode_model, cached, jnp.zeros((BATCH, 0), jnp.int32))
