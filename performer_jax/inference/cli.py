@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from performer_jax import compile_cache
 from performer_jax.data import files
 from performer_jax.inference import loading
 from performer_jax.tasks import base
@@ -117,6 +118,7 @@ def batches(count: int, size: int) -> Iterator[list[int]]:
 def run(main: Callable[[Sequence[str] | None], None],
         argv: Sequence[str] | None) -> None:
   """Runs a command; bad input exits 2 with one line on stderr."""
+  compile_cache.enable()
   try:
     main(argv)
   except (ValueError, FileNotFoundError, TypeError) as e:

@@ -151,9 +151,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
   def run(unused_argv):
     # pylint: disable=g-import-not-at-top
+    from performer_jax import compile_cache
     from performer_jax.config import experiment
     from performer_jax.train import trainer
     # pylint: enable=g-import-not-at-top
+    compile_cache.enable()  # a rerun after preemption skips the compiles
     logging.getLogger("performer_jax.train").setLevel(logging.INFO)
     # Orbax logs every checkpoint step at INFO through absl; keep warnings.
     logging.getLogger("absl").setLevel(logging.WARNING)

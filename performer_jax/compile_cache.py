@@ -1,0 +1,51 @@
+"""A persistent XLA compilation cache for the command-line tools.
+
+Every `performer-*` command starts a fresh process that compiles the same
+programs as the last one: the train step after a preemption, the model and
+the sampling loop of each `performer-generate` or `performer-score` call.
+JAX can keep compiled programs on disk; the entry points turn that on
+before their first compile, and library code never does (nothing here runs
+at import time). On this project's 2-core CPU a repeated `performer-generate
+--workdir RUN --prompt MKV --num-samples 3 --max-len 40` on a `protein_lm:cpu`
+run takes about 4 s instead of 8 s.
+
+Where: `$JAX_COMPILATION_CACHE_DIR` when it is set (then JAX's own settings
+apply unchanged), else `$XDG_CACHE_HOME/performer_jax/xla` (default
+`~/.cache/performer_jax/xla`); it holds one file per distinct program and
+may be deleted at any time. `PERFORMER_JAX_COMPILE_CACHE=0` turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+SWITCH = "PERFORMER_JAX_COMPILE_CACHE"
+# Programs that compile faster than this are not worth a file.
+MIN_COMPILE_SECONDS = 0.2
+
+
+def settings(env: Mapping[str, str]) -> dict[str, Any] | None:
+  """The `jax.config` updates for `env`, or None to leave JAX as it is."""
+  if env.get(SWITCH, "1") == "0" or env.get("JAX_COMPILATION_CACHE_DIR"):
+    return None
+  root = env.get("XDG_CACHE_HOME") or os.path.join(
+      os.path.expanduser("~"), ".cache")
+  return {"jax_compilation_cache_dir": os.path.join(root, "performer_jax",
+                                                    "xla"),
+          "jax_persistent_cache_min_compile_time_secs": MIN_COMPILE_SECONDS}
+
+
+def enable(env: Mapping[str, str] | None = None) -> str | None:
+  """Turns the cache on for this process; returns its directory (None when
+  off). Call before the first compile."""
+  import jax  # pylint: disable=g-import-not-at-top
+  env = os.environ if env is None else env
+  if env.get(SWITCH, "1") == "0":
+    return None
+  updates = settings(env)
+  if updates is None:  # the user's JAX_COMPILATION_CACHE_DIR
+    return env["JAX_COMPILATION_CACHE_DIR"]
+  for name, value in updates.items():
+    jax.config.update(name, value)
+  return updates["jax_compilation_cache_dir"]
