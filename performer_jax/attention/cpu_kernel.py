@@ -39,7 +39,6 @@ import numpy as np
 from performer_jax.attention import chunked
 from performer_jax.attention import feature_maps
 from performer_jax.attention import fused
-from performer_jax.attention import layout
 from performer_jax.attention import vma
 from performer_jax.kernels import build
 
