@@ -16,7 +16,10 @@ of the final layer-normed hidden states over the sequence's positions.
 
 A sequence longer than the training length (data.seq_len, with the start
 token) is an error that names it: the model never saw positions past it.
-Inputs are streamed; the outputs appear when complete.
+Each forward pass is padded to its longest sequence rounded up to a multiple
+of `PAD_MULTIPLE` (at most seq_len / 64 programs compile), not to seq_len:
+padded keys are masked out, so only the float32 rounding of the sums
+changes. Inputs are streamed; the outputs appear when complete.
 """
 
 from __future__ import annotations
@@ -70,8 +73,18 @@ def row_length(io_: base.TaskIO, tokens: np.ndarray) -> int:
   return len(causal_row(io_, tokens)[0]) if io_.causal else len(tokens)
 
 
+PAD_MULTIPLE = 64
+
+
+def padded_length(rows: list[np.ndarray], length: int) -> int:
+  """The positions a forward pass over `rows` needs: the longest row rounded
+  up to a multiple of PAD_MULTIPLE, at most `length`."""
+  need = max(len(row) for row in rows)
+  return min(length, -(-need // PAD_MULTIPLE) * PAD_MULTIPLE)
+
+
 def _pad(rows: list[np.ndarray], batch: int, length: int) -> np.ndarray:
-  out = np.zeros((batch, length), np.int32)
+  out = np.zeros((batch, padded_length(rows, length)), np.int32)
   for b, row in enumerate(rows):
     out[b, :len(row)] = row
   return out
@@ -80,7 +93,7 @@ def _pad(rows: list[np.ndarray], batch: int, length: int) -> np.ndarray:
 def score_causal(loaded: loading.LoadedModel, records: list[cli.Record],
                  length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(log-likelihood [N], tokens predicted [N], embeddings [N, D]) of a
-  batch of sequences, padded to `length` positions."""
+  batch of sequences (at most `length` positions)."""
   pairs = [causal_row(loaded.io, r.tokens) for r in records]
   inputs = _pad([p[0] for p in pairs], len(records), length)
   targets = _pad([p[1] for p in pairs], len(records), length)
@@ -110,15 +123,15 @@ def score_masked(loaded: loading.LoadedModel, records: list[cli.Record],
       rows.append(row)
       positions.append(i)
     lengths = [len(r) for r in rows] + [1] * (batch_size - len(rows))
-    mask = np.arange(length)[None] < np.asarray(lengths)[:, None]
-    logp_BLV, _ = forward(loaded.model, loaded.variables,
-                          _pad(rows, batch_size, length), mask)
+    inputs = _pad(rows, batch_size, length)
+    mask = np.arange(inputs.shape[1])[None] < np.asarray(lengths)[:, None]
+    logp_BLV, _ = forward(loaded.model, loaded.variables, inputs, mask)
     logp = np.asarray(logp_BLV)[np.arange(len(rows)), positions, targets]
     np.add.at(pll, [masked[j][0] for j in chunk], logp)
   plain = _pad([r.tokens for r in records], len(records), length)
   lengths = np.asarray([len(r.tokens) for r in records])
   _, emb_BD = forward(loaded.model, loaded.variables, plain,
-                      np.arange(length)[None] < lengths[:, None])
+                      np.arange(plain.shape[1])[None] < lengths[:, None])
   return pll, lengths, np.asarray(emb_BD)
 
 
