@@ -41,11 +41,9 @@ def enable(env: Mapping[str, str] | None = None) -> str | None:
   off). Call before the first compile."""
   import jax  # pylint: disable=g-import-not-at-top
   env = os.environ if env is None else env
-  if env.get(SWITCH, "1") == "0":
-    return None
   updates = settings(env)
-  if updates is None:  # the user's JAX_COMPILATION_CACHE_DIR
-    return env["JAX_COMPILATION_CACHE_DIR"]
+  if updates is None:  # off, or the user's own JAX_COMPILATION_CACHE_DIR
+    return env.get("JAX_COMPILATION_CACHE_DIR") or None
   for name, value in updates.items():
     jax.config.update(name, value)
   return updates["jax_compilation_cache_dir"]

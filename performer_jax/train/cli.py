@@ -72,9 +72,11 @@ def exit_code(error: BaseException) -> ExitCode:
   return ExitCode.FAILED
 
 
-def report(error: BaseException, workdir: str | None,
-           processes: int = 1) -> None:
+def report(error: BaseException, workdir: str | None) -> None:
   """Prints a short message; keeps the traceback in WORKDIR/error.log."""
+  import jax  # pylint: disable=g-import-not-at-top
+  processes = (jax.process_count() if jax.distributed.is_initialized()
+               else 1)
   detail = ""
   if workdir and os.path.isdir(workdir):
     path = os.path.join(workdir, "error.log")
@@ -89,14 +91,12 @@ def report(error: BaseException, workdir: str | None,
 
 
 def leave(code: int) -> None:
-  """Exits with `code`. In a multi-process job a failed run leaves at once
+  """Exits a failed run with `code`; in a multi-process job it leaves at once
   (`os._exit`): the exit handler of jax.distributed waits at a barrier for
   every process, which a dead peer never reaches, and then aborts after the
   heartbeat timeout (100 s). The run's files are closed by then."""
-  # pylint: disable=g-import-not-at-top
-  import jax
-  # pylint: enable=g-import-not-at-top
-  if code != ExitCode.FINISHED and jax.distributed.is_initialized():
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.distributed.is_initialized():
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -176,9 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except Exception as e:  # pylint: disable=broad-except
       if flags.FLAGS.verbose:
         raise
-      import jax  # pylint: disable=g-import-not-at-top
-      report(e, workdir, jax.process_count()
-             if jax.distributed.is_initialized() else 1)
+      report(e, workdir)
       leave(exit_code(e))
     if result.status == "preempted":
       logging.info("preempted; rerun the same command to resume")

@@ -48,7 +48,7 @@ def worker(port: int, process_id: int) -> None:
   try:
     reduce()
   except Exception as e:  # pylint: disable=broad-except
-    cli.report(e, None, jax.process_count())
+    cli.report(e, None)
     cli.leave(cli.exit_code(e))
   print("the collective succeeded without the peer", file=sys.stderr)
   sys.exit(0)
