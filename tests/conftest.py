@@ -17,6 +17,8 @@ import pathlib
 import shutil
 import tempfile
 
+from tests import xla_flags
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Raw files that tests pass by path are prepared into a cache of this run,
 # not the user's (pytest-xdist workers share it: preparation is atomic).
@@ -34,10 +36,16 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 _FAST_COMPILE = ("--xla_backend_optimization_level=0",
                  "--xla_cpu_use_fusion_emitters=false",
                  "--xla_cpu_parallel_codegen_split_count=1")
-for _flag in _FAST_COMPILE:
-  if _flag not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
-                               + _flag).strip()
+# XLA aborts the whole process on a flag it does not know (jaxlib 0.11 dropped
+# the fusion-emitter switch), so each flag is tried once in a child process
+# and only the accepted ones are kept. The controller probes; xdist workers
+# and test subprocesses inherit XLA_FLAGS and the marker below.
+if os.environ.get("PERFORMER_JAX_TEST_FLAGS_PROBED") != "1":
+  _flags = xla_flags.accepted(
+      [f for f in _FAST_COMPILE if f not in os.environ.get("XLA_FLAGS", "")])
+  os.environ["XLA_FLAGS"] = " ".join(
+      [os.environ.get("XLA_FLAGS", ""), *_flags]).strip()
+  os.environ["PERFORMER_JAX_TEST_FLAGS_PROBED"] = "1"
 
 # Tracing allocates millions of short-lived objects: collecting the young
 # generation every 20,000 allocations instead of 700 cuts GC time ~4x.
@@ -58,6 +66,15 @@ _FIRST = ("train/test_multihost.py", "train/test_e2e.py",
           "experiments/test_claims.py", "config/test_experiment.py",
           "inference/test_commands.py", "nnx/test_sharding.py",
           "attention/test_sharded.py")
+
+
+def pytest_runtest_setup(item):
+  """`@pytest.mark.needs_kernel` (or a parameter marked so): the compiled
+  CPU kernel must be runnable (tests/inputs.py's require_kernel)."""
+  if item.get_closest_marker("needs_kernel"):
+    # pylint: disable-next=g-import-not-at-top
+    from tests import inputs
+    inputs.require_kernel()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,6 +5,7 @@ import os
 import pathlib
 
 import jax
+import pytest
 
 from performer_jax import models
 from performer_jax.attention import gaussian_orthogonal_random_matrix
@@ -36,6 +37,26 @@ def subprocess_env(**extra: str) -> dict[str, str]:
       value = (env.get("XLA_FLAGS", "") + " " + value).strip()
     env[name] = value
   return env
+
+
+def require_kernel() -> None:
+  """Skips a test of the compiled causal FAVOR+ CPU kernel where it cannot
+  run: on another backend (it is an XLA:CPU custom call), or where it is not
+  built. The test command sets PERFORMER_JAX_REQUIRE_KERNEL=1 on the CPU,
+  which turns the second skip into a failure."""
+  backend = jax.default_backend()
+  if backend != "cpu":
+    pytest.skip(f"the compiled causal FAVOR+ kernel runs on the XLA:CPU "
+                f"backend only; this run's backend is {backend}")
+  # pylint: disable-next=g-import-not-at-top
+  from performer_jax.attention import cpu_kernel
+  if cpu_kernel.built():
+    return
+  message = ("causal FAVOR+ CPU kernel not built: run `python -m "
+             "performer_jax.kernels.build`")
+  if os.environ.get("PERFORMER_JAX_REQUIRE_KERNEL") == "1":
+    pytest.fail(message)
+  pytest.skip(message)
 
 
 # The tiny models of the model tests: vocabulary, batch and length.

@@ -7,8 +7,8 @@ honour only masks of the form `key_padding & (causal tril if causal)` (rows
 of padded queries may be all False). Anything else - an arbitrary mask, an
 additive bias, attention dropout, sowing attention weights - cannot be
 represented, and instead of silently ignoring it (the official code does) the
-function raises. A traced mask is checked at run time through a host
-callback, so a jitted model fails loudly too.
+function raises: at trace time whatever shapes decide, and for a traced mask
+at run time, on every backend (`_checked`).
 
 Flax's `decode=True` keeps a key-value cache and asks for one query against
 it; causal FAVOR+ decodes with a constant-size state instead, which the
@@ -40,7 +40,7 @@ def _implied_mask(mask: jax.Array, causal: bool):
 
 
 def _raise_if(bad, causal):
-  if bool(bad):
+  if np.any(bad):
     kind = "key-padding & causal" if causal else "key-padding"
     raise ValueError(
         f"make_favor_attention_fn(causal={causal}) can only honour a "
@@ -49,6 +49,38 @@ def _raise_if(bad, causal):
         "another form, which FAVOR+ cannot represent. Pass causal=True (or "
         "call NNX's MultiHeadAttention with is_causal=True) for a causal "
         "mask, or use exact attention for arbitrary masks.")
+
+
+def _has_cpu_platform() -> bool:
+  try:
+    return bool(jax.devices("cpu"))
+  except RuntimeError:
+    return False
+
+
+def _checked(out: jax.Array, bad: jax.Array, causal: bool) -> jax.Array:
+  """`out`, once the host has seen that `bad` (a traced bool) is False.
+
+  A `pure_callback` (not `jax.debug.callback`, whose errors on GPU are only
+  logged) raises on the host, and the computation fails with that message on
+  every backend; its float32 1.0 multiplies `out`, so the check cannot be
+  pruned and runs before `out` is used. It has no effects, so it composes
+  with jit, vmap, grad, remat and scan. Host callbacks need the CPU platform:
+  without it (JAX_PLATFORMS=cuda alone) the call is refused at trace time.
+  """
+  if not _has_cpu_platform():
+    raise ValueError(
+        "make_favor_attention_fn checks a traced mask on the host, which needs "
+        "the CPU platform: list it (e.g. JAX_PLATFORMS=cuda,cpu), or pass "
+        "check_mask=False if every mask is key-padding (& causal).")
+
+  def host_check(bad_np):
+    _raise_if(bad_np, causal)
+    return np.ones(np.shape(bad_np), np.float32)
+
+  one = jax.pure_callback(host_check, jax.ShapeDtypeStruct((), jnp.float32),
+                          bad, vmap_method="expand_dims")
+  return out * one.astype(out.dtype)
 
 
 def make_favor_attention_fn(projection: jax.Array | None, *,
@@ -72,7 +104,8 @@ def make_favor_attention_fn(projection: jax.Array | None, *,
     chunk_size: causal chunk length.
     implementation: as `favor_attention` ("auto", "kernel", "slim" or
       "autodiff").
-    check_mask: verify that a given mask has a representable form.
+    check_mask: verify that a given mask has a representable form (a traced
+      mask costs one host round trip per call; see `_checked`).
   """
 
   def attention_fn(query, key, value, bias=None, mask=None,
@@ -104,7 +137,7 @@ def make_favor_attention_fn(projection: jax.Array | None, *,
           f"FAVOR+ cannot apply attention dropout (dropout_rate={dropout_rate})"
           ": there is no attention matrix. Set dropout_rate=0 on "
           "MultiHeadDotProductAttention and add dropout after it.")
-    key_mask = None
+    key_mask = bad = None
     if mask is not None:
       expected = query.shape[:-3] + (query.shape[-3], key.shape[-3])
       if mask.ndim != query.ndim or mask.shape[-2:] != expected[-2:]:
@@ -116,14 +149,15 @@ def make_favor_attention_fn(projection: jax.Array | None, *,
       key_mask, implied = _implied_mask(mask, causal_call)
       if check_mask:
         bad = jnp.any(implied != mask)
-        if isinstance(bad, jax.core.Tracer):
-          jax.debug.callback(_raise_if, bad, causal_call)
-        else:
+        if not isinstance(bad, jax.core.Tracer):
           _raise_if(np.asarray(bad), causal_call)
+          bad = None
     out = api.favor_attention(query, key, value, projection, kernel=kernel,
-                                causal=causal_call, key_mask=key_mask,
-                                chunk_size=chunk_size,
-                                implementation=implementation)
+                              causal=causal_call, key_mask=key_mask,
+                              chunk_size=chunk_size,
+                              implementation=implementation)
+    if bad is not None:
+      out = _checked(out, bad, causal_call)
     return out if dtype is None else out.astype(dtype)
 
   return attention_fn

@@ -7,7 +7,6 @@ padding, partial chunks, large norms, dtypes, jit/vmap, a sharded mesh,
 check_grads, the "auto" choice and the errors.
 """
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -28,13 +27,8 @@ from tests import inputs
 
 @pytest.fixture(autouse=True)
 def _needs_kernel(request):
-  if "no_kernel_needed" in request.keywords or cpu_kernel.built():
-    return
-  message = ("causal FAVOR+ CPU kernel not built: run `python -m "
-             "performer_jax.kernels.build`")
-  if os.environ.get("PERFORMER_JAX_REQUIRE_KERNEL") == "1":
-    pytest.fail(message)
-  pytest.skip(message)
+  if "no_kernel_needed" not in request.keywords:
+    inputs.require_kernel()
 
 
 def square_features(x, projection):
@@ -195,16 +189,26 @@ def test_sharded_mesh_matches_one_device():
 
 
 @pytest.mark.no_kernel_needed
-def test_auto_choice(monkeypatch):
-  monkeypatch.setattr(cpu_kernel, "built", lambda: True)
+@pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
+def test_auto_choice(monkeypatch, backend):
+  """What "auto" runs, stated for each backend (the backend is faked: the
+  choice is made at trace time from its name)."""
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
   resolve = api.resolve_implementation
-  assert resolve("auto", "softmax", True) == "kernel"
-  assert resolve("auto", square_features, True) == "kernel"
-  assert resolve("auto", "softmax_trig", True) == "slim"
+  monkeypatch.setattr(cpu_kernel, "built", lambda: True)
+  if backend == "cpu":
+    assert resolve("auto", "softmax", True) == "kernel"
+    assert resolve("auto", square_features, True) == "kernel"
+    assert resolve("auto", "softmax_trig", True) == "slim"
+    assert resolve("auto", "softmax", True, sequence_axis="seq") == "slim"
+  else:  # The CPU kernel never runs elsewhere, built or not.
+    assert resolve("auto", "softmax", True) == "parallel"
+    assert resolve("auto", "softmax_trig", True) == "parallel"
   assert resolve("auto", "softmax", False) == "slim"
   assert resolve("autodiff", "softmax", True) == "autodiff"
   monkeypatch.setattr(cpu_kernel, "built", lambda: False)
-  assert resolve("auto", "softmax", True) == "slim"
+  assert resolve("auto", "softmax", True) == (
+      "slim" if backend == "cpu" else "parallel")
   with pytest.raises(ValueError, match="implementation must be one of"):
     resolve("fast", "softmax", True)
 

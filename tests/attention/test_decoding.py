@@ -9,14 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from performer_jax.attention import cpu_kernel
 from performer_jax.attention import decoding
 from performer_jax.attention import favor_attention
 from performer_jax.attention import feature_maps
 from tests import inputs
 
-IMPLEMENTATIONS = ["slim", "parallel", "autodiff"] + (
-    ["kernel", "auto"] if cpu_kernel.built() else [])
+IMPLEMENTATIONS = ["slim", "parallel", "autodiff", "auto",
+                   pytest.param("kernel", marks=pytest.mark.needs_kernel)]
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,8 +70,7 @@ def test_kernel_serves_the_empty_state_only():
   """On the CPU the compiled kernel runs a prefill from the empty state;
   a continued one takes the seeded pass (both branches are in the program,
   one runs)."""
-  if not cpu_kernel.built():
-    pytest.skip("causal FAVOR+ CPU kernel not built")
+  inputs.require_kernel()
   q, k, v, _, proj = inputs.qkv(length=8)
   empty = decoding.init_favor_state(q.shape[0], q.shape[2], proj.shape[0],
                                     q.shape[3])
@@ -84,8 +82,7 @@ def test_kernel_serves_the_empty_state_only():
 def test_kernel_prefill_is_forward_only_and_says_so():
   """Differentiating the kernel's prefill names the way out; the seeded
   implementations differentiate."""
-  if not cpu_kernel.built():
-    pytest.skip("causal FAVOR+ CPU kernel not built")
+  inputs.require_kernel()
   q, k, v, _, proj = inputs.qkv(length=8)
   empty = decoding.init_favor_state(q.shape[0], q.shape[2], proj.shape[0],
                                     q.shape[3])

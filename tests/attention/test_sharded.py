@@ -9,12 +9,11 @@ Tolerances: the same math summed in another order, ~1e-5 relative to the
 largest value of each output or gradient.
 """
 
-import os
 
 import numpy as np
 import pytest
 
-from performer_jax.attention import cpu_kernel
+from tests import inputs
 from tests import multidevice
 
 TOL = 1e-5
@@ -31,11 +30,8 @@ def test_every_implementation_differentiates_when_sharded(
     results, causal, implementation):
   """Outputs and gradients inside a batch-sharded shard_map and under jit
   with batch-sharded inputs equal the one-device "autodiff" reference."""
-  if implementation == "kernel" and not cpu_kernel.built():
-    message = "causal FAVOR+ CPU kernel not built"
-    if os.environ.get("PERFORMER_JAX_REQUIRE_KERNEL") == "1":
-      pytest.fail(message)
-    pytest.skip(message)
+  if implementation == "kernel":
+    inputs.require_kernel()
   name = f"batch_shard_map/{causal}/{implementation}"
   assert _check(results, name)[name] < TOL
 

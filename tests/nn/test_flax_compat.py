@@ -8,6 +8,7 @@ import pytest
 
 from performer_jax.attention import favor_attention
 from performer_jax.attention import gaussian_orthogonal_random_matrix
+from performer_jax.nn import flax_compat
 from performer_jax.nn import make_favor_attention_fn
 
 X = jax.random.normal(jax.random.PRNGKey(0), (2, 10, 16))
@@ -50,14 +51,49 @@ def test_drop_in_honours_padding_and_causal_masks(causal):
 
 
 def test_unrepresentable_masks_raise():
+  """A concrete mask is refused at trace time; a traced one when the
+  computation runs, on every backend (a host callback whose error fails
+  the computation), under jit, grad and vmap, and also in a remat."""
   module = _mha(False)
   variables = module.init(jax.random.PRNGKey(2), X)
   causal_mask = nn.make_causal_mask(PAD)
   with pytest.raises(ValueError, match="causal=True"):
     module.apply(variables, X, mask=causal_mask)
   odd = jax.random.bernoulli(jax.random.PRNGKey(3), 0.5, (2, 1, 10, 10))
-  with pytest.raises(Exception, match="cannot represent"):
-    jax.jit(lambda v, m: module.apply(v, X, mask=m))(variables, odd)
+  good = nn.make_attention_mask(PAD, PAD)
+
+  def runs(module):
+    apply = lambda v, m: module.apply(v, X, mask=m)
+    loss = lambda v, m: jnp.sum(jax.checkpoint(apply)(v, m) ** 2)
+    per_example = jax.vmap(
+        lambda v, x, m: module.apply(v, x[None], mask=m[None])[0],
+        in_axes=(None, 0, 0))
+    return {"jit": jax.jit(apply), "grad+remat": jax.jit(jax.grad(loss)),
+            "vmap": jax.jit(lambda v, m: per_example(v, X, m))}
+
+  unchecked = runs(module.clone(attention_fn=make_favor_attention_fn(
+      PROJ, check_mask=False)))
+  for name, run in runs(module).items():
+    with pytest.raises(Exception, match="cannot represent"):
+      jax.block_until_ready(run(variables, odd))
+    # A representable traced mask passes the check, values untouched.
+    got, want = run(variables, good), unchecked[name](variables, good)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_traced_mask_without_cpu_platform_is_refused(monkeypatch):
+  """With no CPU platform (JAX_PLATFORMS=cuda alone) no host callback can
+  run: the traced check is refused at trace time, naming both ways out."""
+  monkeypatch.setattr(flax_compat, "_has_cpu_platform", lambda: False)
+  module = _mha(False)
+  variables = module.init(jax.random.PRNGKey(2), X)
+  good = nn.make_attention_mask(PAD, PAD)
+  with pytest.raises(ValueError, match="JAX_PLATFORMS=cuda,cpu.*check_mask"):
+    jax.jit(lambda v, m: module.apply(v, X, mask=m))(variables, good)
+  unchecked = module.clone(attention_fn=make_favor_attention_fn(
+      PROJ, check_mask=False))
+  jax.jit(lambda v, m: unchecked.apply(v, X, mask=m))(variables, good)
 
 
 def test_bias_and_dropout_raise():
