@@ -31,11 +31,13 @@ device's free memory on an accelerator).
   python scripts/bench_attention.py --lengths 1024,4096 --chunk-sizes 32,64,128
   python scripts/bench_attention.py --preset accelerator   # GPU / TPU story
 
-`--preset accelerator` is the one command for an accelerator: causal
-"slim", "parallel" and the shipped default against exact attention and
-`dot_product_attention`, bfloat16 inputs (cuDNN flash attention needs them;
-FAVOR+ still computes in float32), L = 1k .. 256k on a GPU or TPU (1k, 4k
-on the CPU), chunk sizes 64 and 256.
+`--preset accelerator` is the one command for an accelerator (a few
+minutes on one GPU): FAVOR+ "pallas", "parallel" and "slim" against cuDNN
+flash attention (`jax.nn.dot_product_attention(..., implementation=
+"cudnn")`), bf16 inputs, B4 H8 D64 m256, causal and bidirectional, L = 4k,
+16k, 64k (512 on the CPU, where cuDNN rows fail and "pallas" is interpret
+mode): fwd+bwd ms, nominal TFLOP/s, compiled temp memory and the compile
+time of each fwd+bwd program.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import csv
 import math
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
@@ -121,8 +124,7 @@ def _apply_preset(args) -> None:
   if args.preset == "accelerator":
     on_cpu = jax.default_backend() == "cpu"
     defaults = dict(
-        lengths=[1024, 4096] if on_cpu else [1024, 4096, 16384, 65536,
-                                              262144],
+        lengths=[512] if on_cpu else [4096, 16384, 65536],
         methods=",".join(ACCELERATOR_METHODS), chunk_sizes=[64, 256],
         dtype="bfloat16")
   else:
@@ -275,8 +277,69 @@ def write_csv(path, rows, mm_gflops):
                   "matmul_gflops": mm_gflops})
 
 
+# The accelerator table: (name, causal, implementation or "cudnn").
+PALLAS_TABLE = (("pallas", True, "pallas"), ("parallel", True, "parallel"),
+                ("slim", True, "slim"), ("cudnn", True, "cudnn"),
+                ("pallas", False, "pallas"), ("slim", False, "slim"),
+                ("cudnn", False, "cudnn"))
+
+
+def _pallas_table_flops(shape, length, causal, chunk, impl) -> float:
+  """Nominal fwd+bwd FLOPs (3x forward). FAVOR+ forward per token and head:
+  projections 4 D F, state products 4 F Dv, causal intra-chunk 2 C (F + Dv);
+  exact: 4 L D per token (causal: half)."""
+  bh = shape.batch * shape.heads
+  d, f = shape.head_dim, shape.num_features
+  if impl == "cudnn":
+    return 3 * 4.0 * length * length * d * bh * (0.5 if causal else 1.0)
+  per_token = 4 * d * f + 4 * f * d + (2 * chunk * (f + d) if causal else 0)
+  return 3.0 * per_token * length * bh
+
+
+def run_accelerator_table(lengths, repeats: int, chunk: int = 64) -> None:
+  """fwd+bwd ms, compile s, temp memory (compiled.memory_analysis) and
+  TFLOP/s of FAVOR+ ("pallas", "parallel", "slim") and cuDNN flash attention,
+  bf16 inputs, B4 H8 D64 m256, causal and bidirectional."""
+  shape = timing.Shape(batch=4, heads=8, head_dim=64, num_features=256)
+  print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}); "
+        f"bf16 inputs, B4 H8 D64 m256, chunk {chunk}")
+  print(f"{'method':10s} {'mode':6s} {'L':>6s} {'ms':>9s} {'TFLOP/s':>8s} "
+        f"{'temp GiB':>9s} {'compile s':>9s}")
+  for length in lengths:
+    q, k, v, proj = timing.make_inputs(shape, length, dtype=jnp.bfloat16)
+    for name, causal, impl in PALLAS_TABLE:
+      if impl == "cudnn":
+        fn = lambda q, k, v, p, c=causal: jax.nn.dot_product_attention(
+            q, k, v, is_causal=c, implementation="cudnn")
+      else:
+        fn = lambda q, k, v, p, c=causal, i=impl: attention.favor_attention(
+            q, k, v, p, causal=c, chunk_size=chunk, implementation=i)
+      loss = lambda q, k, v, p, fn=fn: jnp.sum(fn(q, k, v, p).astype(
+          jnp.float32))
+      step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+      mode = "causal" if causal else "bidir"
+      try:
+        t0 = time.perf_counter()
+        compiled = step.lower(q, k, v, proj).compile()
+        compile_s = time.perf_counter() - t0
+        temp = compiled.memory_analysis().temp_size_in_bytes / 2 ** 30
+        secs, _ = timing.median_time(lambda: compiled(q, k, v, proj),
+                                     repeats, max_seconds=10.0)
+      except Exception as err:  # pylint: disable=broad-except
+        print(f"{name:10s} {mode:6s} {length:6d} failed: "
+              f"{str(err).splitlines()[0][:100]}", flush=True)
+        continue
+      tflops = _pallas_table_flops(shape, length, causal, chunk,
+                                   impl) / secs / 1e12
+      print(f"{name:10s} {mode:6s} {length:6d} {secs * 1e3:9.3f} "
+            f"{tflops:8.1f} {temp:9.2f} {compile_s:9.2f}", flush=True)
+
+
 def main(argv=None):
   args = parse_args(argv)
+  if args.preset == "accelerator":
+    run_accelerator_table(args.lengths, args.repeats)
+    return
   rows, mm = run(args)
   # The reference rate again at the end: the higher reading is kept, so a
   # slow moment of the machine cannot flatter the GFLOP/s fraction.

@@ -9,6 +9,8 @@ prepare them once (layout.py) and dispatch to an implementation:
   fused.py        bidirectional FAVOR+ with a hand-written VJP
   slim.py         causal FAVOR+ with a recomputing (SLiM) backward
   parallel.py     causal FAVOR+ without a sequential loop (associative prefix)
+  pallas_favor.py causal and bidirectional FAVOR+ as Pallas kernels (GPU,
+                  TPU; interpret mode on the CPU, for tests)
   cpu_kernel.py   causal FAVOR+ through a compiled XLA:CPU kernel
   sequence.py     any of them with the length sharded over a mesh axis
                   (`sequence_axis`, inside `shard_map`)
@@ -25,12 +27,15 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from performer_jax import allocator
 from performer_jax.attention import autodiff
+from performer_jax.attention import chunked
 from performer_jax.attention import cpu_kernel
 from performer_jax.attention import exact
 from performer_jax.attention import feature_maps
 from performer_jax.attention import fused
 from performer_jax.attention import layout
+from performer_jax.attention import pallas_favor
 from performer_jax.attention import parallel
 from performer_jax.attention import sequence
 from performer_jax.attention import slim
@@ -38,7 +43,8 @@ from performer_jax.attention import slim
 AxisName = sequence.AxisName
 
 DEFAULT_CHUNK_SIZE = 64
-IMPLEMENTATIONS = ("auto", "slim", "autodiff", "kernel", "parallel")
+IMPLEMENTATIONS = ("auto", "slim", "autodiff", "kernel", "parallel",
+                   "pallas")
 # The attention kinds a module or config can choose: exact softmax, FAVOR+,
 # exact L2 (Lipschitz with tied weights).
 ATTENTION_KINDS = ("softmax", "favor", "l2")
@@ -105,8 +111,10 @@ def resolve_implementation(implementation: str, kernel, causal: bool,
   it peaks at about a third of "parallel"'s memory, which holds all chunks'
   features at once). Causal attention elsewhere: "parallel" (no loop of L/C
   dependent steps).
-  Bidirectional: "slim" (the fused or plain pass; no chunks). Other names
-  pass through; "kernel" with a sharded sequence is refused."""
+  Bidirectional: "slim" (the fused or plain pass; no chunks). "pallas" is
+  chosen only explicitly until it has been measured on an accelerator
+  (docs/long_context.md). Other names pass through; "kernel" with a sharded
+  sequence is refused."""
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got "
                      f"{implementation!r}.")
@@ -160,7 +168,15 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
       C (the intra-chunk product), per-chunk overhead shrinks with it.
     implementation: "auto" (default): for causal attention on the CPU
       backend "kernel" when the kernel is built and supports `kernel` (and
-      the sequence is not sharded), else "slim"; off the CPU "parallel".
+      the sequence is not sharded), else "slim"; on a GPU or TPU "parallel"
+      (causal) or "slim" (bidirectional). "pallas": Pallas kernels
+      (pallas_favor.py; chosen only explicitly until measured on hardware),
+      causal and bidirectional, features computed on chip and never
+      stored, matmuls in the inputs' dtype (bf16 stays bf16) with float32
+      accumulation; for the "softmax", "softmax_hyperbolic" and "relu"
+      kernels (others, and shapes a backend cannot tile, run what "auto"
+      chose before); on the CPU it runs in Pallas interpret mode (slow,
+      for tests).
       "kernel": the compiled XLA:CPU causal kernel (cpu_kernel.py;
       bidirectional mode runs as "slim"). "slim": custom VJPs; in causal mode
       a scan over chunks stores the state entering each chunk and features
@@ -218,13 +234,20 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   proj = None if projection is None else jax.lax.stop_gradient(
       projection.astype(jnp.float32))
   feature_maps.resolve(kernel, proj)  # Checks kernel and projection.
+  allocator.hint_once()  # the CPU's fast path, once per process
   flat = layout.flatten(query, key, value, key_mask, query_mask)
   x_q_BHLD, x_k_BHSD, v_BHSD = layout.favor_inputs(flat)
   args = (x_q_BHLD, x_k_BHSD, v_BHSD, flat.key_mask_BS, proj)
+  pallas_fn = None
+  if implementation == "pallas":
+    pallas_fn = _pallas(kernel, proj, x_q_BHLD.shape, x_k_BHSD.shape[2],
+                        v_BHSD.shape[-1], int(chunk_size), causal, flat.dtype)
+    if pallas_fn is None:  # Not served: what "auto" chose before "pallas".
+      implementation = "parallel" if causal else "slim"
   if causal:
     causal_impl = {"kernel": cpu_kernel.causal, "slim": slim.causal,
-                   "autodiff": autodiff.causal,
-                   "parallel": parallel.causal}[implementation]
+                   "autodiff": autodiff.causal, "parallel": parallel.causal,
+                   "pallas": pallas_fn}[implementation]
     if sequence_axis is not None:
       out_BHLD = sequence.causal(*args, kernel=kernel,
                                  chunk_size=int(chunk_size),
@@ -234,11 +257,28 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   elif sequence_axis is not None:
     out_BHLD = sequence.bidirectional(*args, kernel=kernel,
                                       axis=sequence_axis)
+  elif pallas_fn is not None:
+    out_BHLD = pallas_fn(*args, kernel=kernel)
   elif implementation != "autodiff" and kernel in fused.FUSED_KERNELS:
     out_BHLD = fused.bidirectional(*args, kernel=kernel)
   else:
     out_BHLD = autodiff.bidirectional(*args, kernel=kernel)
   return layout.restore(jnp.swapaxes(out_BHLD, 1, 2), flat)
+
+
+def _pallas(kernel, proj, shape_BHLD, kv_len, value_dim, chunk_size, causal,
+            dtype):
+  """pallas_favor's causal or bidirectional function with its matmul dtype
+  (the inputs' when narrower than float32) bound, or None where it does not
+  serve the call."""
+  feature_dim = chunked.feature_dim(kernel, proj, shape_BHLD[-1])
+  length = min(shape_BHLD[2], kv_len)
+  if not pallas_favor.supports(kernel, length, shape_BHLD[-1], value_dim,
+                               feature_dim, chunk_size):
+    return None
+  dtype = dtype if jnp.dtype(dtype).itemsize < 4 else jnp.float32
+  fn = pallas_favor.causal if causal else pallas_favor.bidirectional
+  return functools.partial(fn, chunk_size=chunk_size, dtype=dtype)
 
 
 def slim_favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,

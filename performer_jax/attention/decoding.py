@@ -34,7 +34,7 @@ from performer_jax.attention import summary
 
 # The causal implementations that start from a seed state.
 _SEEDED = {"slim": slim.causal, "parallel": parallel.causal,
-           "autodiff": autodiff.causal}
+           "autodiff": autodiff.causal, "pallas": parallel.causal}
 
 
 def init_favor_state(batch: int, heads: int, num_features: int,

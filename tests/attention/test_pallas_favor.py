@@ -1,0 +1,199 @@
+"""Tests for performer_jax.attention.pallas_favor (the "pallas" FAVOR+).
+
+On the CPU the kernels run in Pallas interpret mode: the same kernel
+source, tiny shapes (interpret mode is slow to compile). Values and
+gradients are compared with "autodiff" (float32: the same math summed in
+another order, 1e-5 relative; bf16 inputs: the kernels multiply in bf16,
+the reference in float32, so a few bf16 ulps). The GPU and TPU programs are
+lowered with `jax.export` on the CPU, forward and backward, to check that
+the kernels (not XLA fallbacks) are what those backends get.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import export
+from jax.sharding import Mesh
+
+from performer_jax import attention
+from performer_jax.attention import api
+from performer_jax.attention import layout
+from performer_jax.attention import pallas_favor
+from performer_jax.attention import parallel
+from tests import inputs
+
+# L is not a multiple of the tile C: the last tile is padded.
+B, L, H, D, M, C = 1, 40, 2, 8, 16, 16
+
+CASES = {  # name: (causal, kernel, dtype, masked)
+    "causal_softmax_f32_masked": (True, "softmax", jnp.float32, True),
+    "causal_relu_bf16_masked": (True, "relu", jnp.bfloat16, True),
+    "bidir_hyperbolic_f32_masked": (False, "softmax_hyperbolic",
+                                    jnp.float32, True),
+    "bidir_softmax_bf16": (False, "softmax", jnp.bfloat16, False),
+}
+
+
+def _out_and_grads(impl, causal, kernel, mask, proj):
+  """Jitted `(q, k, v, g) -> (out, (dq, dk, dv))` in float32."""
+  def both(q, k, v, g):
+    fn = lambda q, k, v: attention.favor_attention(
+        q, k, v, proj, kernel=kernel, causal=causal, key_mask=mask,
+        chunk_size=C, implementation=impl)
+    out, vjp = jax.vjp(fn, q, k, v)
+    grads = vjp(g.astype(out.dtype))
+    return out.astype(jnp.float32), [x.astype(jnp.float32) for x in grads]
+  return jax.jit(both)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_values_and_gradients_match_autodiff(case):
+  causal, kernel, dtype, masked = CASES[case]
+  q, k, v, mask, proj = inputs.qkv(b=B, length=L, h=H, d=D, m=M, scale=1.5)
+  q, k, v = (x.astype(dtype) for x in (q, k, v))
+  mask = mask if masked else None
+  proj = None if kernel == "relu" else proj
+  g = jax.random.normal(jax.random.PRNGKey(5), v.shape)
+  want_out, want = _out_and_grads("autodiff", causal, kernel, mask, proj)(
+      q, k, v, g)
+  got_out, got = _out_and_grads("pallas", causal, kernel, mask, proj)(
+      q, k, v, g)
+  # bf16: outputs are bf16 (~1 ulp at |out| ~ 2 is 0.016); the gradients
+  # come from bf16 products of bf16 operands.
+  tol = 1e-5 if dtype == jnp.float32 else 3e-2
+  scale = float(jnp.max(jnp.abs(want_out)))
+  np.testing.assert_allclose(got_out, want_out, rtol=0, atol=tol * scale)
+  for w, gt, name in zip(want, got, "qkv"):
+    assert np.all(np.isfinite(gt)), name
+    scale = float(jnp.max(jnp.abs(w)))
+    assert scale > 0, name
+    np.testing.assert_allclose(gt, w, rtol=0, atol=tol * scale,
+                               err_msg=f"d{name}")
+  if mask is not None:
+    # Padded keys get exactly zero gradient.
+    pad = ~np.asarray(mask)
+    assert np.all(np.asarray(got[1])[pad] == 0)
+    assert np.all(np.asarray(got[2])[pad] == 0)
+
+
+def test_seeded_causal_matches_parallel_and_no_future_leak():
+  # The seed is what sequence.py (sequence_axis) and decoding.favor_extend
+  # (prefill) start a causal pass from; its cotangent must come back too.
+  q, k, v, mask, proj = inputs.qkv(b=B, length=L, h=H, d=D, m=M, scale=1.5)
+  flat = layout.flatten(q, k, v, mask)
+  x_q, x_k, x_v = layout.favor_inputs(flat)
+  r = jax.random.split(jax.random.PRNGKey(9), 2)
+  s0 = jax.random.uniform(r[0], (B, H, M, D + 1))
+  m0 = jax.random.normal(r[1], (B, H))
+
+  def run(core):
+    def loss(x_q, x_k, x_v, s0):
+      out = core(x_q, x_k, x_v, flat.key_mask_BS, proj, kernel="softmax",
+                 chunk_size=C, seed=(m0, s0))
+      return jnp.sum(jnp.sin(3.0 * out)), out
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True))
+
+  want, want_out = run(parallel.causal)(x_q, x_k, x_v, s0)
+  got, got_out = run(pallas_favor.causal)(x_q, x_k, x_v, s0)
+  np.testing.assert_allclose(got_out, want_out, rtol=0, atol=1e-5)
+  for w, gt, name in zip(want, got, ("q", "k", "v", "seed")):
+    np.testing.assert_allclose(gt, w, rtol=0,
+                               atol=1e-5 * float(jnp.max(jnp.abs(w))),
+                               err_msg=f"d{name}")
+  # A huge last key moves no earlier output (the causal-safe stabilizer).
+  moved = run(pallas_favor.causal)(
+      x_q, x_k.at[:, :, -1].multiply(10.0), x_v.at[:, :, -1].add(100.0),
+      s0)[1]
+  np.testing.assert_allclose(moved[:, :, :-1], got_out[:, :, :-1], rtol=0,
+                             atol=1e-6)
+
+
+def test_runs_inside_shard_map_with_sequence_axis():
+  # One device: the seed of the sequence path is the (empty) fold of no
+  # earlier device; this checks the varying-axes types of the custom VJP.
+  q, k, v, mask, proj = inputs.qkv(b=B, length=L, h=H, d=D, m=M, scale=1.5)
+  mesh = Mesh(np.array(jax.devices()[:1]), ("seq",))
+  call = attention.shard_sequence(attention.favor_attention, mesh=mesh)
+
+  def loss(impl):
+    def f(q, k, v):
+      out = call(q, k, v, proj, key_mask=mask, causal=True, chunk_size=C,
+                 implementation=impl)
+      return jnp.sum(jnp.sin(3.0 * out))
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
+
+  want, want_g = loss("parallel")(q, k, v)
+  try:
+    got, got_g = loss("pallas")(q, k, v)
+  except ValueError as err:
+    if "mismatched varying manual axes" not in str(err):
+      raise
+    pytest.skip("Pallas interpret mode (the CPU) loses the varying axes of "
+                "its buffers inside shard_map in this JAX: " +
+                str(err).splitlines()[0][:80])
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for w, gt in zip(want_g, got_g):
+    np.testing.assert_allclose(gt, w, rtol=0,
+                               atol=1e-5 * float(jnp.max(jnp.abs(w))))
+
+
+_TRITON = export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
+_CALLS = {"cuda": "__gpu$xla.gpu.triton", "tpu": "tpu_custom_call"}
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_lowers_to_the_kernels_for_accelerators(platform):
+  # Power-of-two shapes the GPU backend tiles; bf16 in, fwd+bwd.
+  shape = (1, 2, 48, 16)
+  spec = jax.ShapeDtypeStruct(shape, jnp.float32)
+  mask = jax.ShapeDtypeStruct(shape[:2 - 1] + (shape[2],), jnp.bool_)
+  proj = jnp.ones((16, 16), jnp.float32)
+  on = "gpu" if platform == "cuda" else "tpu"
+  for causal, kernels in ((True, 2), (False, 4)):
+    def loss(q, k, v, km):
+      fn = pallas_favor.causal if causal else pallas_favor.bidirectional
+      out = fn(q, k, v, km, proj, kernel="softmax", chunk_size=16,
+               dtype=jnp.bfloat16, on=on)
+      return jnp.sum(out * out)
+    exported = export.export(
+        jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))),
+        platforms=(platform,), disabled_checks=[_TRITON])(
+            spec, spec, spec, mask)
+    text = exported.mlir_module()
+    calls = re.findall(r"custom_call @([\w$.]+)", text)
+    # Forward and backward kernels; no matmul or exp left to XLA (the
+    # features exist only inside the kernels).
+    assert calls.count(_CALLS[platform]) == kernels, (causal, calls)
+    assert "stablehlo.dot_general" not in text
+    assert "stablehlo.exponential" not in text
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
+def test_auto_rule(monkeypatch, backend):
+  """"pallas" runs only when asked for: "auto" keeps the measured defaults
+  on every backend until the kernels are measured on hardware."""
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  for kernel in ("softmax", "relu", "softmax_trig"):
+    for causal in (True, False):
+      assert api.resolve_implementation("auto", kernel, causal) != "pallas"
+  assert api.resolve_implementation("pallas", "softmax", True) == "pallas"
+  # Power-of-two tiles of at least 16 only (and the Triton backend).
+  assert pallas_favor.supports("softmax", 4096, 64, 64, 256, 64, "gpu")
+  assert not pallas_favor.supports("softmax", 4096, 8, 64, 256, 64, "gpu")
+  assert not pallas_favor.supports("softmax_trig", 4096, 64, 64, 256, 64,
+                                   "gpu")
+
+
+def test_unserved_kernel_falls_back():
+  q, k, v, mask, proj = inputs.qkv(b=B, length=L, h=H, d=D, m=M)
+  def program(kernel, impl):
+    return str(jax.make_jaxpr(lambda q, k, v: attention.favor_attention(
+        q, k, v, proj, kernel=kernel, causal=True, key_mask=mask,
+        chunk_size=C, implementation=impl))(q, k, v))
+  assert "pallas_call" in program("softmax", "pallas")
+  # softmax_trig has no kernel: "pallas" runs "parallel", the same program.
+  assert program("softmax_trig", "pallas") == program("softmax_trig",
+                                                      "parallel")
