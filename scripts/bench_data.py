@@ -7,12 +7,18 @@ with `performer-data prepare`, and trains the protein_mlm `smoke` model on
 the prepared FASTA. Every process is measured from outside: peak RSS of the
 process tree (polled from /proc) and wall time. Then it trains each task's
 `cpu` config for a few steps and reports `data_wait` as a fraction of the
-step time.
+step time. The integrity stage times `performer-data verify` on a prepared
+FASTA (throughput, peak RSS; the files are in the page cache, just
+written) and random record reads and protein_mlm batches with the record
+reader before offsets were checked, today's reader without the check, and
+today's reader, in alternating rounds in one process.
 
   python scripts/bench_data.py --fasta-gb 2,10 --npz-batches 2,10 \
       --out /tmp/bench_data          # the figures in docs/benchmarks.md
   python scripts/bench_data.py --fasta-gb 0.05,0.25 --npz-batches 1,5 \
       --cpu-steps 20 --out /tmp/bd    # a quick check (about 2 minutes)
+  python scripts/bench_data.py --stages integrity --integrity-gb 2 \
+      --out /tmp/bench_integrity      # verify throughput, read-check cost
 
 Targets: prepare >= 50 MB/s of FASTA per core with peak RSS <= 2 GiB; a
 training process peaks <= 1.5 GiB and reaches its first step within 10 s,
@@ -32,7 +38,12 @@ import time
 
 import numpy as np
 
+from performer_jax.data import prepared
+from performer_jax.data import verify
+from performer_jax.tasks import protein
+
 GIB = 2.0 ** 30
+STAGES = ("fasta", "npz", "data_wait", "integrity")
 
 
 def tree_rss(pid: int) -> int:
@@ -190,6 +201,98 @@ def bench_data_wait(args) -> list[dict]:
   return rows
 
 
+class ReaderBefore(prepared.Sequences):
+  """The record reader as it was before offsets were checked (numpy search
+  and decode, no check): the baseline of `bench_integrity`."""
+
+  def __getitem__(self, index):
+    index = int(index)
+    if not 0 <= index < int(self.starts[-1]):
+      raise IndexError(index)
+    shard = int(np.searchsorted(self.starts, index, side="right")) - 1
+    self.records_read += 1
+    local, name = index - int(self.starts[shard]), self.names[shard]
+    bounds = np.frombuffer(self._pread(name, "index", 16, local * 8),
+                           prepared.INDEX_DTYPE)
+    start, end = int(bounds[0]), int(bounds[1])
+    return np.frombuffer(self._pread(name, "tokens", end - start, start),
+                         np.uint8)
+
+
+class ReaderUnchecked(prepared.Sequences):
+  """Today's reader without the offset check: what the check costs."""
+
+  def __getitem__(self, index):
+    shard, local = self._locate(index)
+    name = self.names[shard]
+    # pylint: disable-next=protected-access
+    start, end = prepared._BOUNDS.unpack(self._pread(name, "index", 16,
+                                                     local * 8))
+    return np.frombuffer(self._pread(name, "tokens", end - start, start),
+                         np.uint8)
+
+
+def alternating(work: dict, rounds: int) -> dict[str, float]:
+  """Median seconds of each `work[name]()` over `rounds` rounds, the order
+  reversed every other round (drift in the machine's speed cancels)."""
+  times = {name: [] for name in work}
+  for r in range(rounds):
+    for name in (list(work) if r % 2 == 0 else list(work)[::-1]):
+      start = time.perf_counter()
+      work[name]()
+      times[name].append(time.perf_counter() - start)
+  return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def bench_integrity(args) -> list[dict]:
+  rows = []
+  for gb in args.integrity_gb:
+    raw = os.path.join(args.out, f"integrity_{gb}gb.fa")
+    root = os.path.join(args.out, f"integrity_{gb}gb")
+    synthetic_fasta(raw, int(gb * 1e9))
+    shutil.rmtree(root, ignore_errors=True)
+    measure(prepare_cmd("fasta", raw, root))
+    os.remove(raw)
+    size = sum(os.path.getsize(os.path.join(d, f))
+               for d, _, names in os.walk(root) for f in names)
+    # The command for its memory (the whole process), then the function for
+    # the throughput of the verification alone (no interpreter start-up).
+    check = measure([sys.executable, "-m", "performer_jax.data.prepare",
+                     "verify", root])
+    report = verify.verify(root)
+    readers = {"before": ReaderBefore(root), "unchecked":
+               ReaderUnchecked(root), "checked": prepared.Sequences(root)}
+    order = np.random.default_rng(0).integers(
+        0, len(readers["checked"]), args.reads).tolist()
+    reads = alternating({name: lambda r=reader: [r[i] for i in order]
+                         for name, reader in readers.items()}, args.rounds)
+    sources = {name: protein.MlmSource(
+        reader, mask_rate=0.15, seed=0, train=True, global_batch_size=16,
+        seq_len=256, process_index=0, process_count=1)
+               for name, reader in readers.items()}
+    batches = alternating({name: lambda s=source: [
+        s.get_batch(step) for step in range(args.batches)]
+                           for name, source in sources.items()}, args.rounds)
+    read_us = {k: v / args.reads * 1e6 for k, v in reads.items()}
+    batch_ms = {k: v / args.batches * 1e3 for k, v in batches.items()}
+    rows.append({
+        "dataset_gb": size / 1e9, "shards": len(readers["checked"].names),
+        "verify_command_s": check["seconds"],
+        "verify_peak_rss_gib": check["peak_rss"] / GIB,
+        "verify_s": report.seconds, "verify_gb_s": report.bytes / 1e9
+        / report.seconds, "verify_workers": os.cpu_count(),
+        "read_us": read_us, "batch_ms_16x256": batch_ms,
+        "check_cost_reads_pct": 100 * (read_us["checked"]
+                                       / read_us["unchecked"] - 1),
+        "vs_before_reads_pct": 100 * (read_us["checked"]
+                                      / read_us["before"] - 1),
+        "vs_before_batches_pct": 100 * (batch_ms["checked"]
+                                        / batch_ms["before"] - 1)})
+    print(json.dumps(rows[-1]), flush=True)
+    shutil.rmtree(root)
+  return rows
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   floats = lambda s: [float(x) for x in s.split(",") if x]
@@ -201,10 +304,23 @@ def main(argv=None):
   p.add_argument("--cpu-steps", type=int, default=60)
   p.add_argument("--out", default="/tmp/bench_data")
   p.add_argument("--keep", action="store_true", help="keep the FASTA files")
+  p.add_argument("--stages", type=lambda s: s.split(","), default=STAGES,
+                 help=f"a comma-separated subset of {','.join(STAGES)}")
+  p.add_argument("--integrity-gb", type=floats, default=[2.0])
+  p.add_argument("--reads", type=int, default=200_000,
+                 help="random record reads per reader and round")
+  p.add_argument("--batches", type=int, default=200,
+                 help="protein_mlm batches per reader and round")
+  p.add_argument("--rounds", type=int, default=7)
   args = p.parse_args(argv)
+  unknown = sorted(set(args.stages) - set(STAGES))
+  if unknown:
+    p.error(f"--stages: unknown {unknown}; choose from {list(STAGES)}")
   os.makedirs(args.out, exist_ok=True)
-  results = {"fasta": bench_fasta(args), "npz": bench_npz(args),
-             "data_wait": bench_data_wait(args)}
+  stages = {"fasta": bench_fasta, "npz": bench_npz,
+            "data_wait": bench_data_wait, "integrity": bench_integrity}
+  results = {name: stages[name](args) for name in STAGES
+             if name in args.stages}
   with open(os.path.join(args.out, "bench_data.json"), "w") as f:
     json.dump(results, f, indent=1)
   print(f"wrote {os.path.join(args.out, 'bench_data.json')}")

@@ -25,6 +25,9 @@ hash of their identifier falls below `--heldout-fraction` (stable however
 the inputs are ordered or re-prepared), else to "train"; text and bytes are
 cut by position into "train", "valid", "test" (enwik8, exactly 10^8 bytes:
 90M / 5M / 5M; else 90% / 5% / 5%); images go to one split, "all".
+
+`performer-data verify DIR` (verify.py) checks a prepared dataset against
+the SHA-256 digests of its manifest.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from performer_jax.data import files
 from performer_jax.data import image_formats
 from performer_jax.data import prepared
 from performer_jax.data import sequence_formats as seqfmt
+from performer_jax.data import verify
 
 SEQUENCE_FORMATS = ("fasta", "blastdb", "text", "bytes")
 IMAGE_FORMATS = ("imagenet_npz", "cifar", "idx")
@@ -94,8 +98,9 @@ class _ShardWriter:
     self.name = name
     self.tokens = open(os.path.join(directory, f"{name}.tokens"), "wb")
     self.index = open(os.path.join(directory, f"{name}.index"), "wb")
-    self.index.write(np.zeros(1, prepared.INDEX_DTYPE).tobytes())
     self.digest = hashlib.sha256()  # of the tokens, as they are written
+    self.index_digest = hashlib.sha256()
+    self.append_offsets(np.zeros(1, prepared.INDEX_DTYPE))
     self.records = 0
     self.size = 0
     self.unigram = np.zeros(256, np.int64)
@@ -106,7 +111,7 @@ class _ShardWriter:
       return
     self.append(tokens)
     ends = self.size + np.cumsum(lengths)
-    self.index.write(ends.astype(prepared.INDEX_DTYPE).tobytes())
+    self.append_offsets(ends)
     self.size = int(ends[-1])
     self.records += int(lengths.size)
     self.unigram += prepared.byte_counts(tokens)
@@ -121,11 +126,18 @@ class _ShardWriter:
     self.tokens.write(data)
     self.digest.update(data)
 
+  def append_offsets(self, ends: np.ndarray) -> None:
+    """Writes index entries (the caller keeps the tokens in step)."""
+    data = ends.astype(prepared.INDEX_DTYPE).tobytes()
+    self.index.write(data)
+    self.index_digest.update(data)
+
   def close(self) -> dict[str, Any]:
     self.tokens.close()
     self.index.close()
     return {"name": self.name, "records": self.records, "tokens": self.size,
             "sha256": self.digest.hexdigest(),
+            "index_sha256": self.index_digest.hexdigest(),
             "unigram": self.unigram.tolist(),
             "length_min": self.length_min or 0,
             "length_max": self.length_max}
@@ -297,7 +309,7 @@ def _text(paths, fmt, tmp) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         left -= chunk.size
         writer.append(chunk)
         writer.unigram += prepared.byte_counts(chunk)
-      writer.index.write(np.array([hi - lo], prepared.INDEX_DTYPE).tobytes())
+      writer.append_offsets(np.array([hi - lo]))
       writer.records, writer.size = 1, hi - lo
       writer.length_min = writer.length_max = hi - lo
       shards[split] = [writer.close()]
@@ -321,8 +333,8 @@ def _write_manifest(tmp, fmt, kind, finger, results, split_rule,
           if os.path.exists(path):
             os.remove(path)
         continue
-      entry["shards"].append({k: shard[k] for k in (
-          "name", "records", "tokens", "sha256")})
+      keys = ("name", "records", "tokens", "sha256", "index_sha256")
+      entry["shards"].append({k: shard[k] for k in keys if k in shard})
       entry["records"] += shard["records"]
       entry["tokens"] += shard["tokens"]
       entry["unigram"] = [a + b for a, b in zip(entry["unigram"],
@@ -391,12 +403,23 @@ def prepare(inputs: Sequence[str], output: str, fmt: str, *,
 
 @contextlib.contextmanager
 def _exclusive(lock_path: str):
-  with open(lock_path, "a") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(lock, fcntl.LOCK_UN)
+  """Holds `lock_path` locked, and removes it when done (also after a
+  failure), so no lock file stays beside the output. A process that locked
+  a file another one has since removed retries on a fresh one."""
+  while True:
+    with open(lock_path, "a") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      try:
+        current = os.stat(lock_path).st_ino
+      except FileNotFoundError:
+        current = None
+      if current != os.fstat(lock.fileno()).st_ino:
+        continue  # removed (or replaced) while this process waited
+      try:
+        yield
+        return
+      finally:
+        os.remove(lock_path)  # still locked: waiters see it is gone
 
 
 def _prepare_locked(paths, output, fmt, finger, options, workers, exclude,
@@ -499,7 +522,8 @@ def ensure_prepared(spec: str | Sequence[str], fmt: str, *, provider: str,
 def main(argv: Sequence[str] | None = None) -> int:
   """Entry point of `performer-data`."""
   parser = argparse.ArgumentParser(
-      prog="performer-data", description="Prepare datasets for training.")
+      prog="performer-data",
+      description="Prepare datasets for training, and verify them.")
   commands = parser.add_subparsers(dest="command", required=True)
   p = commands.add_parser("prepare", help=__doc__.split("\n\n")[0])
   p.add_argument("--format", required=True, choices=FORMATS)
@@ -517,7 +541,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "the eval set); repeatable")
   p.add_argument("--workers", type=int, default=None,
                  help="worker processes (default: the CPU count)")
+  verify.add_parser(commands)
   args = parser.parse_args(argv)
+  if args.command == "verify":
+    return verify.run(args)
   try:
     prepare(args.input, args.output, args.format,
             heldout_fraction=args.heldout_fraction,

@@ -19,18 +19,30 @@ Sequences are stored as their source bytes: amino-acid letters for proteins
 (upper case, validated), raw bytes for text; tasks map them to token ids.
 The manifest records the format version, the inputs (paths, sizes, mtimes)
 and a SHA-256 of every piece read, each split's shards with their record and
-byte counts and SHA-256, length statistics, unigram byte counts (so no task
-scans the data to get its baseline), the split rule and the records skipped
-as invalid. A directory without a manifest, or whose files disagree with it,
-is refused with an error that says what to run.
+byte counts and the SHA-256 of their files (`sha256`: tokens or images;
+`index_sha256`: the index), length statistics, unigram byte counts (so no
+task scans the data to get its baseline), the split rule and the records
+skipped as invalid. A directory without a manifest, or whose files disagree
+with it, is refused with an error that says what to run.
+
+Damage after preparation never trains silently: opening a split checks
+every shard file's size against the manifest (an index holds records + 1
+offsets) and the first and last offset of each index, and each record's
+offsets are checked before its bytes are read (ordered and inside the
+tokens file: a few integer comparisons beside two system calls).
+`performer-data verify DIR` (verify.py) recomputes every file's SHA-256,
+for damage that leaves sizes and offsets plausible.
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import json
 import os
 import pathlib
-from typing import Any
+import struct
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -38,6 +50,9 @@ FORMAT = "performer-jax prepared dataset"
 VERSION = 1
 MANIFEST = "manifest.json"
 INDEX_DTYPE = np.dtype("<i8")
+_BOUNDS = struct.Struct("<qq")  # two neighbouring INDEX_DTYPE offsets
+# Collectors of the dataset directories opened (see `opened`).
+_OPENED: list[set[str]] = []
 
 
 class DataError(ValueError):
@@ -82,11 +97,37 @@ def split_info(manifest: dict[str, Any], root, split: str) -> dict[str, Any]:
   return splits[split]
 
 
+def shard_files(manifest: dict[str, Any], shard: dict[str, Any]
+                ) -> dict[str, int]:
+  """suffix -> size in bytes of each file of `shard` (a manifest entry)."""
+  if manifest["kind"] == "images":
+    return {"images": shard["records"] * int(np.prod(manifest["image_shape"]))}
+  return {"tokens": shard["tokens"],
+          "index": (shard["records"] + 1) * INDEX_DTYPE.itemsize}
+
+
+def damaged(root: str | os.PathLike[str]) -> str:
+  """The end of every message about a damaged dataset: what to run."""
+  return (f"the dataset is damaged or incomplete; prepare it again "
+          f"({prepare_hint(root)})")
+
+
+@contextlib.contextmanager
+def opened() -> Iterator[set[str]]:
+  """Collects the directories of the datasets opened inside the block (the
+  trainer verifies those a task opened, `data.verify`)."""
+  roots: set[str] = set()
+  _OPENED.append(roots)
+  try:
+    yield roots
+  finally:
+    _OPENED.remove(roots)
+
+
 class _Shards:
   """The shards of one split, opened lazily in each process (picklable)."""
 
-  def __init__(self, root: str | os.PathLike[str], split: str, suffix: str,
-               record_bytes: int | None = None):
+  def __init__(self, root: str | os.PathLike[str], split: str, suffix: str):
     self.root = pathlib.Path(root)
     self.split = split
     self.manifest = read_manifest(root)
@@ -95,19 +136,26 @@ class _Shards:
     self.names = [s["name"] for s in info["shards"]]
     counts = np.array([s["records"] for s in info["shards"]], np.int64)
     self.starts = np.concatenate([[0], np.cumsum(counts)])
+    # Python ints for `_locate`: bisect on a list beats numpy per record.
+    self._first, self._records = self.starts[:-1].tolist(), int(counts.sum())
     self.suffix = suffix
+    # Bytes of each shard's records file (tokens or images), for the checks.
+    self.sizes = [int(s["tokens"]) for s in info["shards"]]
     self.records_read = 0  # how many records this process has read
-    for shard in info["shards"]:
-      path = self._path(shard["name"], suffix)
-      size = path.stat().st_size if path.exists() else -1
-      want = (shard["tokens"] if record_bytes is None
-              else shard["records"] * record_bytes)
-      if size != want:
-        raise DataError(
-            f"{path} has {size} bytes, the manifest says {want}: the dataset "
-            f"is damaged or incomplete; prepare it again "
-            f"({prepare_hint(self.root)})")
     self._fds: dict[str, int] | None = None
+    for shard in info["shards"]:
+      for file_suffix, want in shard_files(self.manifest, shard).items():
+        path = self._path(shard["name"], file_suffix)
+        try:
+          size = path.stat().st_size
+        except FileNotFoundError:
+          raise DataError(f"{path} is missing: {damaged(self.root)}"
+                          ) from None
+        if size != want:
+          raise DataError(f"{path} has {size} bytes, the manifest says "
+                          f"{want}: {damaged(self.root)}")
+    for roots in _OPENED:
+      roots.add(str(self.root))
 
   def _path(self, name: str, suffix: str) -> pathlib.Path:
     return self.root / self.split / f"{name}.{suffix}"
@@ -126,22 +174,23 @@ class _Shards:
     return state
 
   def __len__(self) -> int:
-    return int(self.starts[-1])
+    return self._records
 
-  def _locate(self, index: int) -> tuple[str, int]:
+  def _locate(self, index: int) -> tuple[int, int]:
+    """Record `index` of the split -> (shard number, record in the shard)."""
     index = int(index)
     if not 0 <= index < len(self):
       raise IndexError(f"record {index} out of range [0, {len(self)}) of "
                        f"{self.root}/{self.split}")
-    shard = int(np.searchsorted(self.starts, index, side="right")) - 1
+    shard = bisect.bisect_right(self._first, index) - 1
     self.records_read += 1
-    return self.names[shard], index - int(self.starts[shard])
+    return shard, index - self._first[shard]
 
   def _pread(self, name: str, suffix: str, size: int, offset: int) -> bytes:
     data = os.pread(self._fd(name, suffix), size, offset)
     if len(data) != size:
       raise DataError(f"{self._path(name, suffix)}: short read at byte "
-                      f"{offset}; the dataset is damaged, prepare it again")
+                      f"{offset}: {damaged(self.root)}")
     return data
 
 
@@ -153,15 +202,34 @@ class Sequences(_Shards):
     if kind != "sequences":
       raise DataError(f"{root} holds {kind}, not sequences")
     super().__init__(root, split, "tokens")
+    for shard, name in enumerate(self.names):  # the ends of each index
+      records = int(self.starts[shard + 1] - self.starts[shard])
+      first = _BOUNDS.unpack(self._pread(name, "index", 16, 0))[0]
+      last = _BOUNDS.unpack(self._pread(
+          name, "index", 16, (records - 1) * INDEX_DTYPE.itemsize))[1]
+      if (first, last) != (0, self.sizes[shard]):
+        raise DataError(
+            f"{self._path(name, 'index')} runs from offset {first} to "
+            f"{last}, the manifest says 0 to {self.sizes[shard]}: "
+            f"{damaged(self.root)}")
 
   def __getitem__(self, index: int) -> np.ndarray:
-    name, local = self._locate(index)
-    bounds = np.frombuffer(self._pread(name, "index", 16,
-                                       local * INDEX_DTYPE.itemsize),
-                           INDEX_DTYPE)
-    start, end = int(bounds[0]), int(bounds[1])
+    shard, local = self._locate(index)
+    name = self.names[shard]
+    start, end = _BOUNDS.unpack(self._pread(name, "index", 16,
+                                            local * INDEX_DTYPE.itemsize))
+    if not 0 <= start <= end <= self.sizes[shard]:
+      self._bad_offsets(shard, local, start, end)
     return np.frombuffer(self._pread(name, "tokens", end - start, start),
                          np.uint8)
+
+  def _bad_offsets(self, shard: int, local: int, start: int, end: int):
+    name = self.names[shard]
+    raise DataError(
+        f"{self._path(name, 'index')}: record {local} has offsets [{start}, "
+        f"{end}), not an ordered range inside the {self.sizes[shard]} bytes "
+        f"of {name}.tokens: {damaged(self.root)}; `performer-data verify "
+        f"{self.root}` checks every shard")
 
   @property
   def num_tokens(self) -> int:
@@ -197,13 +265,13 @@ class Images(_Shards):
     if manifest["kind"] != "images":
       raise DataError(f"{root} holds {manifest['kind']}, not images")
     self.shape = tuple(manifest["image_shape"])
-    super().__init__(root, split, "images",
-                     record_bytes=int(np.prod(self.shape)))
+    super().__init__(root, split, "images")
 
   def __getitem__(self, index: int) -> np.ndarray:
-    name, local = self._locate(index)
+    shard, local = self._locate(index)
     size = int(np.prod(self.shape))
-    return np.frombuffer(self._pread(name, "images", size, local * size),
+    return np.frombuffer(self._pread(self.names[shard], "images", size,
+                                     local * size),
                          np.uint8).reshape(self.shape)
 
 

@@ -23,6 +23,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from performer_jax import models
 from performer_jax.attention import sequence as sequence_lib
 from performer_jax.config import experiment
+from performer_jax.data import prepared
+from performer_jax.data import verify as verify_lib
 from performer_jax.nn import attention as attention_lib
 from performer_jax.tasks import base
 from performer_jax.train import distributed
@@ -55,9 +57,13 @@ class Trainer:
     distributed.maybe_initialize(config.distributed)
     self.mesh = distributed.make_mesh(config)
     self.is_chief = jax.process_index() == 0
-    self.task: base.TaskData = config.task_spec.build(
-        config.data, process_index=jax.process_index(),
-        process_count=jax.process_count())
+    with prepared.opened() as datasets:
+      self.task: base.TaskData = config.task_spec.build(
+          config.data, process_index=jax.process_index(),
+          process_count=jax.process_count())
+    if config.data.verify:
+      for report in verify_lib.require_intact(datasets):
+        log.info("data.verify: %s", report.summary())
     self._check_task()
     if make_model is None:
       self.model = config.build_model(vocab_size=self.task.vocab_size,
@@ -67,6 +73,11 @@ class Trainer:
                               causal=self.task.causal)
     self.tx, self.schedule = optimizer_lib.make_optimizer(
         config.optimizer, config.trainer.steps)
+    warmup = optimizer_lib.warmup_steps(config.optimizer, config.trainer.steps)
+    if warmup != config.optimizer.warmup_steps and self.is_chief:
+      log.info("warmup: %d steps instead of optimizer.warmup_steps=%d, to "
+               "fit trainer.steps=%d", warmup, config.optimizer.warmup_steps,
+               config.trainer.steps)
     self.rules = state_lib.axis_rules(models.LOGICAL_AXIS_RULES)
     batch_size, seq_len = config.data.batch_size, config.data.seq_len
     with self.context():

@@ -33,9 +33,14 @@ HISTORY_FILE = "config_history.jsonl"
 METRICS_FILE = "metrics.jsonl"
 # Keys that may differ between the run that wrote a checkpoint and the run
 # that resumes it: they change how the loop runs, not what it trains.
-# (Data keys that only steer evaluation are in RESUMABLE_DATA_KEYS.)
+# (Data keys that only steer evaluation or checking are in
+# RESUMABLE_DATA_KEYS.)
 RESUMABLE_SECTIONS = ("trainer", "optimizer", "mesh", "distributed")
-RESUMABLE_DATA_KEYS = ("num_eval_batches", "eval_path", "eval_split")
+RESUMABLE_DATA_KEYS = ("num_eval_batches", "eval_path", "eval_split",
+                       "verify",
+                       # A run that skipped no record trains the same data
+                       # either way; one that now fails says so.
+                       "skip_invalid", "strict_fasta")
 # Top-level keys that may differ: model_api changes the code that runs, not
 # the variables (Linen and NNX share the checkpoint layout).
 RESUMABLE_KEYS = ("model_api",)

@@ -196,7 +196,8 @@ def test_processes_preparing_the_same_output_take_turns(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
   assert len(prepared.Sequences(out, "train")) == 20000
-  assert sorted(os.listdir(tmp_path)) == [".out.lock", "many.fa", "out"]
+  # No lock file stays: the last holder removes it.
+  assert sorted(os.listdir(tmp_path)) == ["many.fa", "out"]
 
 
 def test_a_failed_prepare_leaves_nothing(tmp_path, monkeypatch):
@@ -208,8 +209,8 @@ def test_a_failed_prepare_leaves_nothing(tmp_path, monkeypatch):
   monkeypatch.setattr(prepare, "_write_manifest", full_disk)
   with pytest.raises(OSError, match="No space"):
     prepare.prepare([path], str(tmp_path / "out"), "fasta")
-  # Only the input and the (empty) lock file that preparers take turns on.
-  assert sorted(os.listdir(tmp_path)) == [".out.lock", "seqs.fa"]
+  # Only the input: not the lock file that preparers took turns on either.
+  assert sorted(os.listdir(tmp_path)) == ["seqs.fa"]
 
 
 CORPUS = b"<mediawiki>Anarchism is a political philosophy.</mediawiki>\n" * 40

@@ -37,7 +37,8 @@ def test_two_processes_read_disjoint_halves(tmp_path):
   evals.write_text(">e\nMKV\n")
   data = {"batch_size": 16, "seq_len": 24, "seed": 3,
           "train_path": str(fasta), "eval_path": str(evals),
-          "num_eval_batches": 0, "strict_fasta": False, "mask_rate": 0.15}
+          "num_eval_batches": 0, "skip_invalid": True, "mask_rate": 0.15,
+          "verify": False}
   def run(index, count, out):
     return subprocess.Popen(
         [sys.executable, "-c", WORKER, json.dumps(data), str(index),
