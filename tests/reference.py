@@ -1,4 +1,5 @@
-"""Brute-force float64 numpy references for the attention tests."""
+"""Brute-force float64 numpy references: attention, and the trainer's loss
+and metrics."""
 
 import numpy as np
 
@@ -52,3 +53,29 @@ def favor_from_features(qf, kf, v, causal=False, key_mask=None):
   num = np.einsum("bhls,bshd->blhd", a, np.asarray(v, np.float64))
   den = a.sum(-1).transpose(0, 2, 1)[..., None]
   return num / den
+
+
+def weighted_metrics(logits, batches, loss_unit="token"):
+  """The trainer's metrics over several batches, from the model's logits.
+
+  `logits`: one `[B, L, V]` array per batch; `batches`: dicts with int
+  "targets" and float "weights" `[B, L]`. Every position counts with its
+  weight, whichever batch it is in (not a mean of per-batch means).
+  Returns loss (nats), accuracy, bits_per_<unit> and the sums.
+  """
+  loss_sum = weight_sum = correct_sum = 0.0
+  for z, batch in zip(logits, batches):
+    z = np.asarray(z, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    targets = np.asarray(batch["targets"])
+    weights = np.asarray(batch["weights"], np.float64)
+    nll = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
+    loss_sum += float((nll * weights).sum())
+    weight_sum += float(weights.sum())
+    correct_sum += float(((z.argmax(-1) == targets) * weights).sum())
+  loss = loss_sum / weight_sum
+  return {"loss": loss, "accuracy": correct_sum / weight_sum,
+          f"bits_per_{loss_unit}": loss / np.log(2.0),
+          "loss_sum": loss_sum, "weight_sum": weight_sum,
+          "correct_sum": correct_sum}

@@ -30,8 +30,11 @@ def _inputs(b=2, lq=7, lk=7, h=2, d=4, seed=0, scale=1.0):
 @pytest.mark.parametrize("kind", ["softmax", "l2"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
-def test_matches_brute_force(kind, causal, masked):
-  q, k, v, mask = _inputs()
+@pytest.mark.parametrize("lq,lk", [(7, 7), (5, 9)])
+def test_matches_brute_force(kind, causal, masked, lq, lk):
+  """Lq < Lk: causal queries sit at the last Lq key positions (a prefix
+  of Lk - Lq keys precedes them, as when decoding after a prompt)."""
+  q, k, v, mask = _inputs(lq=lq, lk=lk)
   key_mask = mask if masked else None
   out = FUNCTIONS[kind](q, k, v, causal=causal, key_mask=key_mask)
   if masked:

@@ -128,9 +128,13 @@ def full_model(loaded, tokens_BL):
 
 
 def brute_causal(loaded, tokens):
-  """Sum of log p(next) over the stream, one unpadded sequence at a time,
-  its count, and the mean final features of the inputs [BOS] + tokens."""
-  stream = np.concatenate([[loaded.io.bos], tokens, [loaded.io.eos]])
+  """Sum of log p(next) over the stream ([BOS] + tokens + [EOS], each where
+  the task has one), one unpadded sequence at a time, its count, and the
+  mean final features of the inputs (the stream but its last token)."""
+  io_ = loaded.io
+  stream = np.concatenate([[] if io_.bos is None else [io_.bos], tokens,
+                           [] if io_.eos is None else [io_.eos]]
+                          ).astype(np.int32)
   logp, features = full_model(loaded, stream[None, :-1])
   return (float(np.sum(logp[0, np.arange(len(stream) - 1), stream[1:]])),
           len(stream) - 1, features[0].mean(0))
@@ -188,12 +192,21 @@ def test_score_text_and_errors(tmp_path, capsys):
   run_ok(score.main, ["--workdir", workdir, "--input", str(lines),
                       "--output", tsv], capsys)
   header, rows = read_tsv(tsv)
-  assert header[-1] == "bits_per_byte"
+  assert header == ["name", "predicted", "log_likelihood", "bits_per_byte"]
   assert [(r[0], r[1]) for r in rows] == [("line1", "10"), ("line3", "10")]
+  loaded = inference.load(workdir)
+  for line, row in zip(["hello world", "second line"], rows):
+    # Text has no start token: every byte after the first is predicted.
+    want, count, _ = brute_causal(loaded, loaded.io.encode(line))
+    assert int(row[1]) == count == len(line) - 1
+    np.testing.assert_allclose(float(row[2]), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(float(row[3]), -want / count / math.log(2),
+                               rtol=1e-4, atol=1e-4)
   long = tmp_path / "long.txt"
   long.write_text("x" * 500 + "\n")
   run_error(score.main, ["--workdir", workdir, "--input", str(long),
-                         "--output", tsv], capsys, "line1 needs 499 positions")
+                         "--output", tsv, "--long", "error"], capsys,
+            "line1 needs 499 positions")
   one = tmp_path / "one.txt"
   one.write_text("x\n")
   run_error(score.main, ["--workdir", workdir, "--input", str(one),

@@ -9,6 +9,7 @@ import pytest
 from performer_jax.attention import favor_attention
 from performer_jax.nn import MultiHeadAttention
 from performer_jax.nn import redraw_random_features
+from tests import reference
 
 KINDS = ["softmax", "favor", "l2"]
 X = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 16))
@@ -79,6 +80,31 @@ def test_l2_weights_are_tied_and_value_path_uses_A_h():
   grads = jax.grad(lambda params: module.apply(
       {"params": params}, X).sum())(p)
   assert set(grads) == {"query", "value", "out"}
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_causal_cross_attention_with_fewer_queries(masked):
+  """Lq = 4 queries after a 5-key prefix (Lk = 9), causal: query i sees keys
+  0..i+5, against the float64 brute force of the module's projections."""
+  module = _module("softmax", causal=True)
+  xq = X[:, 5:] * 0.5 + 0.1  # not the keys' rows: any Lq inputs
+  variables = nn.unbox(module.init(RNGS, xq, X))
+  key_mask = (jnp.ones((2, 9), bool).at[0, 6].set(False).at[1, 2].set(False)
+              if masked else None)
+  p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64),
+                             variables["params"])
+  kv = np.asarray(X, np.float64)
+  if masked:  # padded keys are zeroed before the projections
+    kv = np.where(np.asarray(key_mask)[..., None], kv, 0.0)
+  proj = lambda name, x: (np.einsum("bld,dhk->blhk", x, p[name]["kernel"])
+                          + p[name]["bias"])
+  heads = reference.softmax_attention(
+      proj("query", np.asarray(xq, np.float64)), proj("key", kv),
+      proj("value", kv), causal=True, key_mask=key_mask)
+  expected = np.einsum("blhk,hko->blo", heads, p["out"]["kernel"]) + (
+      p["out"]["bias"])
+  out = module.apply(variables, xq, X, key_mask=key_mask)
+  np.testing.assert_allclose(out, expected, atol=2e-5, rtol=2e-5)
 
 
 @pytest.mark.parametrize("kind", KINDS)
