@@ -7,6 +7,7 @@ import os
 from typing import Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -36,3 +37,40 @@ def int_list(text: str) -> list[int]:
 
 def float_list(text: str) -> list[float]:
   return [float(t) for t in text.split(",") if t]
+
+
+def smallest(ok, lo: int, hi_max: int, *, start: int | None = None,
+             resolution: float = 1.25) -> int:
+  """Smallest n in [lo, hi_max] with ok(n), up to a factor `resolution`.
+
+  Probes `start` (default lo), halves down to the last failure or doubles
+  up to the first success, then bisects geometrically; returns hi_max + 1
+  if ok(hi_max) fails. Assumes ok is monotone: each probe is one random
+  draw, so the answer carries that draw's noise.
+  """
+  n = max(lo, min(start or lo, hi_max))
+  if ok(n):
+    good, bad = n, lo - 1
+    while good > lo:
+      n = max(lo, good // 2)
+      if not ok(n):
+        bad = n
+        break
+      good = n
+  else:
+    bad = n
+    while True:
+      if bad >= hi_max:
+        return hi_max + 1
+      n = min(2 * bad, hi_max)
+      if ok(n):
+        good = n
+        break
+      bad = n
+  while bad >= lo and good > resolution * bad and good - bad > 1:
+    mid = min(max(int(round(np.sqrt(good * bad))), bad + 1), good - 1)
+    if ok(mid):
+      good = mid
+    else:
+      bad = mid
+  return good

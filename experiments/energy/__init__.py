@@ -1,0 +1,1 @@
+"""Attention as descent on an energy (Yang, Huang and Wipf, NeurIPS 2022)."""

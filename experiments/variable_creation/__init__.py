@@ -1,0 +1,1 @@
+"""Sparse variable creation by self-attention (Edelman et al. 2021)."""
