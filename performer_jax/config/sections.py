@@ -25,6 +25,8 @@ from performer_jax.config.schema import Section
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 POSEMB_KINDS = ("learned", "sinusoidal")
+NORMS = ("pre", "post")
+ACTIVATIONS = ("gelu", "gelu_exact")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("cosine", "rsqrt", "constant")
 PROGRESS = ("auto", "tqdm", "log")
@@ -91,6 +93,13 @@ class ModelConfig(Section):
   dtype is the compute dtype (attention math is float32 whatever it is);
   param_dtype the storage dtype; remat rematerializes each block in the
   backward pass; scan_layers stacks the blocks under `nn.scan`.
+
+  BERT-style options (models/transformer.py; the defaults keep the pre-LN
+  model): norm "pre" or "post" (LayerNorm after each residual sum, no final
+  LayerNorm); activation "gelu" (tanh approximation) or "gelu_exact" (erf);
+  ln_epsilon of every LayerNorm; token_types > 0 adds row 0 of a
+  `[token_types, emb_dim]` token-type table to every position;
+  embedding_norm LayerNorms the summed embeddings.
   """
   PATH = "model"
   num_layers: int = 2
@@ -104,6 +113,11 @@ class ModelConfig(Section):
   param_dtype: str = "float32"
   remat: bool = False
   scan_layers: bool = False
+  norm: str = "pre"
+  activation: str = "gelu"
+  ln_epsilon: float = 1e-6
+  token_types: int = 0
+  embedding_norm: bool = False
   attention: AttentionConfig = dataclasses.field(
       default_factory=AttentionConfig)
 
@@ -120,6 +134,11 @@ class ModelConfig(Section):
     self._choice("param_dtype", tuple(DTYPES))
     self._bool("remat")
     self._bool("scan_layers")
+    self._choice("norm", NORMS)
+    self._choice("activation", ACTIVATIONS)
+    self._number("ln_epsilon", 0.0, low_open=True)
+    self._int("token_types", 0)
+    self._bool("embedding_norm")
     if not isinstance(self.attention, AttentionConfig):
       self._fail("attention", "an AttentionConfig section")
 
@@ -174,7 +193,8 @@ class TrainerConfig(Section):
   on a terminal and log lines otherwise; allow_config_change lets a run
   continue the checkpoints of a workdir whose config.json differs in task,
   model or data shape (train/workdir.py); prefetch: batches prepared ahead
-  in a background thread."""
+  in a background thread; init_from: a workdir or exported model whose
+  parameters start a fresh run (train/warm_start.py)."""
   PATH = "trainer"
   steps: int = 100_000
   log_every: int = 100
@@ -187,6 +207,7 @@ class TrainerConfig(Section):
   progress: str = "auto"
   allow_config_change: bool = False
   prefetch: int = 2
+  init_from: str = ""
 
   def check(self) -> None:
     self._int("steps", 1)
@@ -198,6 +219,7 @@ class TrainerConfig(Section):
     self._choice("progress", PROGRESS)
     self._bool("allow_config_change")
     self._int("prefetch", 0)
+    self._str("init_from")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,14 +290,19 @@ class DataConfig(Section):
   """`data`: what every task reads; tasks subclass it with their own keys.
 
   batch_size is global (split over processes and the "data" mesh axis);
-  seed drives shuffling, crops and masking.
+  seed drives shuffling, crops and masking. verify: recompute the SHA-256
+  of every shard of the prepared datasets the task opens, before training
+  (`performer-data verify`, data/verify.py); off by default, since opening
+  a dataset and reading each record already check sizes and offsets.
   """
   PATH = "data"
   batch_size: int = 32
   seq_len: int = 128
   seed: int = 0
+  verify: bool = False
 
   def check(self) -> None:
     self._int("batch_size", 1)
     self._int("seq_len", 1)
     self._int("seed", 0)
+    self._bool("verify")

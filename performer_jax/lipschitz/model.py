@@ -154,6 +154,14 @@ def check_model(model: ModelConfig) -> None:
   if model.scan_layers:
     raise ConfigError("config.model.scan_layers=True is not supported by "
                       "model_builder='invertible_l2'; set it to False")
+  # The BERT-style options of the standard Transformer (converted models).
+  default = ModelConfig()
+  changed = [f"config.model.{name}={getattr(model, name)!r}" for name in (
+      "norm", "activation", "token_types", "embedding_norm")
+             if getattr(model, name) != getattr(default, name)]
+  if changed:
+    raise ConfigError(f"model_builder='invertible_l2' does not support "
+                      f"{', '.join(changed)}; leave them at their defaults")
 
 
 def make_invertible_model(model: ModelConfig | Any, *, vocab_size: int,

@@ -12,6 +12,12 @@ after token + position embedding (with dropout), and a final LayerNorm feeds
 the tied output embedding (see embeddings.py), giving float32 logits whatever
 the compute dtype.
 
+BERT-style options of the model section (`norm="post"`, `activation=
+"gelu_exact"`, `ln_epsilon`, `token_types`, `embedding_norm`) give the
+post-LN block x = LN(x + Dropout(Attention(x))), x = LN(x + Dropout(MLP(x)))
+without a final LayerNorm, and BERT's embeddings LN(token + position +
+token type 0); `performer_jax.convert.bert` imports such checkpoints.
+
 The blocks can be rematerialized (`remat`) and scanned (`scan_layers`): with
 `nn.scan` the parameters, random features and decode caches of all layers are
 stacked along a leading "layers" axis, so a 36-layer model compiles one block.
@@ -25,6 +31,8 @@ function with the same parameter tree.
 from __future__ import annotations
 
 from typing import Any, Callable
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -53,6 +61,11 @@ LOGICAL_AXIS_RULES = (
 # The logical axes of the MLP's "wi" and "wo" kernels (biases: the last).
 MLP_AXES = {"wi": ("embed", "mlp"), "wo": ("mlp", "embed")}
 LN_AXES = ("embed",)
+TYPE_AXES = (None, "embed")
+# config.model.activation -> the MLP's nonlinearity ("gelu" is nn.gelu's
+# tanh approximation; BERT checkpoints use the exact erf form).
+ACTIVATIONS = {"gelu": nn.gelu,
+               "gelu_exact": functools.partial(nn.gelu, approximate=False)}
 
 Layer = Callable[..., jax.Array]
 
@@ -71,20 +84,28 @@ def check_inputs(inputs_BL: jax.Array,
   return None if key_mask_BL is None else key_mask_BL.astype(jnp.bool_)
 
 
-def mlp(x_BLD: jax.Array, wi: Layer, wo: Layer) -> jax.Array:
-  """[B, L, D] -> [B, L, D]: wi (Dense to mlp_dim) -> gelu -> wo."""
-  return wo(nn.gelu(wi(x_BLD)))
+def mlp(x_BLD: jax.Array, wi: Layer, wo: Layer,
+        activation: Layer = nn.gelu) -> jax.Array:
+  """[B, L, D] -> [B, L, D]: wi (Dense to mlp_dim) -> activation -> wo."""
+  return wo(activation(wi(x_BLD)))
 
 
 def residual_block(x_BLD: jax.Array, key_mask_BL: jax.Array | None,
                    deterministic: bool | None, *, ln_attention: Layer,
                    attention: Layer, ln_mlp: Layer, mlp_block: Layer,
-                   dropout: Layer) -> jax.Array:
+                   dropout: Layer, norm: str = "pre") -> jax.Array:
   """One pre-LN block: x + Dropout(Attention(LN(x))), then
-  x + Dropout(MLP(LN(x))). `dropout(x, deterministic=...)` is called once
-  per branch."""
+  x + Dropout(MLP(LN(x))); with `norm="post"` (BERT) LN(x + Dropout(
+  Attention(x))), then LN(x + Dropout(MLP(x))). `dropout(x,
+  deterministic=...)` is called once per branch."""
   # The residual dropout already drops the attention output, so the
   # attention module's own dropout (on the head outputs) stays off.
+  if norm == "post":
+    h_BLD = attention(x_BLD, key_mask=key_mask_BL,
+                      deterministic=deterministic)
+    x_BLD = ln_attention(x_BLD + dropout(h_BLD, deterministic=deterministic))
+    h_BLD = mlp_block(x_BLD)
+    return ln_mlp(x_BLD + dropout(h_BLD, deterministic=deterministic))
   h_BLD = attention(ln_attention(x_BLD), key_mask=key_mask_BL,
                     deterministic=deterministic)
   x_BLD = x_BLD + dropout(h_BLD, deterministic=deterministic)
@@ -95,12 +116,19 @@ def residual_block(x_BLD: jax.Array, key_mask_BL: jax.Array | None,
 def forward(inputs_BL: jax.Array, key_mask_BL: jax.Array | None,
             deterministic: bool | None, *, token_embed: Any,
             pos_embed: Layer, dropout: Layer, layers: Layer,
-            ln_final: Layer) -> jax.Array:
-  """Token ids -> logits: embed, add positions, dropout, the blocks
-  (`layers(x, key_mask, deterministic)`), a final LayerNorm and the tied
-  output embedding (`token_embed.attend`)."""
+            ln_final: Layer, type_embed: Layer | None = None,
+            ln_embed: Layer | None = None) -> jax.Array:
+  """Token ids -> logits: embed, add positions (and the token type,
+  `type_embed`), LayerNorm them (`ln_embed`, if given), dropout, the blocks
+  (`layers(x, key_mask, deterministic)`), a final LayerNorm (the identity
+  after post-LN blocks) and the tied output embedding
+  (`token_embed.attend`)."""
   key_mask_BL = check_inputs(inputs_BL, key_mask_BL)
   x_BLD = pos_embed(token_embed(inputs_BL))
+  if type_embed is not None:
+    x_BLD = type_embed(x_BLD)
+  if ln_embed is not None:
+    x_BLD = ln_embed(x_BLD)
   x_BLD = dropout(x_BLD, deterministic=deterministic)
   x_BLD = layers(x_BLD, key_mask_BL, deterministic)
   return token_embed.attend(ln_final(x_BLD))
@@ -108,7 +136,8 @@ def forward(inputs_BL: jax.Array, key_mask_BL: jax.Array | None,
 
 def _ln(cfg: ModelConfig, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(
-      dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, name=name,
+      epsilon=cfg.ln_epsilon, dtype=cfg.compute_dtype,
+      param_dtype=cfg.storage_dtype, name=name,
       scale_init=core.logical_init(nn.initializers.ones, LN_AXES),
       bias_init=core.logical_init(nn.initializers.zeros, LN_AXES))
 
@@ -130,7 +159,35 @@ class MlpBlock(nn.Module):
   def __call__(self, x_BLD: jax.Array) -> jax.Array:
     cfg = self.config
     return mlp(x_BLD, _dense(cfg, cfg.mlp_dim, "wi"),
-               _dense(cfg, cfg.emb_dim, "wo"))
+               _dense(cfg, cfg.emb_dim, "wo"), ACTIVATIONS[cfg.activation])
+
+
+class Identity(nn.Module):
+  """The final "LayerNorm" of a post-LN model, whose blocks end normalized
+  (a module, so that `capture_intermediates` finds "ln_final" either way)."""
+
+  def __call__(self, x_BLD: jax.Array) -> jax.Array:
+    return x_BLD
+
+
+def add_token_type(x_BLD: jax.Array, table_TD: jax.Array) -> jax.Array:
+  """Adds the code of token type 0 (single-segment inputs) to every
+  position."""
+  return x_BLD + table_TD[0].astype(x_BLD.dtype)
+
+
+class TokenTypeEmbedding(nn.Module):
+  """`[token_types, D]` table; adds row 0 (`add_token_type`)."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BLD: jax.Array) -> jax.Array:
+    cfg = self.config
+    table_TD = self.param(
+        "embedding",
+        core.logical_init(embeddings.POSITION_INIT, TYPE_AXES),
+        (cfg.token_types, cfg.emb_dim), cfg.storage_dtype)
+    return add_token_type(x_BLD, table_TD)
 
 
 class TransformerBlock(nn.Module):
@@ -153,7 +210,7 @@ class TransformerBlock(nn.Module):
         x_BLD, key_mask_BL, deterministic,
         ln_attention=_ln(cfg, "ln_attention"), attention=attention,
         ln_mlp=_ln(cfg, "ln_mlp"), mlp_block=MlpBlock(cfg, name="mlp"),
-        dropout=dropout), None
+        dropout=dropout, norm=cfg.norm), None
 
 
 class Transformer(nn.Module):
@@ -201,10 +258,15 @@ class Transformer(nn.Module):
         param_dtype=cfg.storage_dtype, name="pos_embed")
     dropout = lambda x, deterministic: nn.Dropout(cfg.dropout_rate)(
         x, deterministic=deterministic)
+    type_embed = (TokenTypeEmbedding(cfg, name="type_embed")
+                  if cfg.token_types else None)
+    ln_embed = _ln(cfg, "ln_embed") if cfg.embedding_norm else None
+    ln_final = (Identity(name="ln_final") if cfg.norm == "post"
+                else _ln(cfg, "ln_final"))
     return forward(inputs_BL, key_mask_BL, deterministic, token_embed=embed,
                    pos_embed=pos_embed, dropout=dropout,
-                   layers=self._layers(),
-                   ln_final=lambda x: _ln(cfg, "ln_final")(x))
+                   layers=self._layers(), ln_final=ln_final,
+                   type_embed=type_embed, ln_embed=ln_embed)
 
   def _layers(self) -> Layer:
     """The blocks as one function `(x, key_mask, deterministic) -> x`."""

@@ -36,7 +36,8 @@ from performer_jax.nnx.attention import MultiHeadAttention
 
 def _layer_norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
   return nnx.LayerNorm(
-      cfg.emb_dim, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
+      cfg.emb_dim, epsilon=cfg.ln_epsilon, dtype=cfg.compute_dtype,
+      param_dtype=cfg.storage_dtype,
       scale_metadata=core.nnx_sharding(transformer.LN_AXES),
       bias_metadata=core.nnx_sharding(transformer.LN_AXES), rngs=rngs)
 
@@ -109,16 +110,32 @@ class PositionEmbedding(nnx.Module):
     return embeddings.add_positions(x_BLD, table_LD, index)
 
 
+class TokenTypeEmbedding(nnx.Module):
+  """`[token_types, D]` table; adds row 0 (`transformer.add_token_type`)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.embedding = nnx.Param(
+        embeddings.POSITION_INIT(rngs.params(),
+                                 (cfg.token_types, cfg.emb_dim),
+                                 cfg.storage_dtype),
+        **core.nnx_sharding(transformer.TYPE_AXES))
+
+  def __call__(self, x_BLD: jax.Array) -> jax.Array:
+    return transformer.add_token_type(x_BLD, self.embedding[...])
+
+
 class MlpBlock(nnx.Module):
   """[B, L, D] -> [B, L, D]: Linear(mlp_dim) -> gelu -> Linear(emb_dim)."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.wi = _linear(cfg, "wi", cfg.emb_dim, cfg.mlp_dim, rngs)
     self.wo = _linear(cfg, "wo", cfg.mlp_dim, cfg.emb_dim, rngs)
+    self.activation = cfg.activation
 
   def __call__(self, x_BLD: jax.Array) -> jax.Array:
     return transformer.mlp(x_BLD, self._product(self.wi),
-                           self._product(self.wo))
+                           self._product(self.wo),
+                           transformer.ACTIVATIONS[self.activation])
 
   @staticmethod
   def _product(linear: nnx.Linear):
@@ -141,13 +158,14 @@ class TransformerBlock(nnx.Module):
     self.ln_mlp = _layer_norm(cfg, rngs)
     self.mlp = MlpBlock(cfg, rngs=rngs)
     self.dropout = make_dropout(cfg.dropout_rate, rngs)
+    self.norm = cfg.norm
 
   def __call__(self, x_BLD: jax.Array, key_mask_BL: jax.Array | None,
                deterministic: bool | None) -> jax.Array:
     return transformer.residual_block(
         x_BLD, key_mask_BL, deterministic, ln_attention=self.ln_attention,
         attention=self.attention, ln_mlp=self.ln_mlp, mlp_block=self.mlp,
-        dropout=self.dropout)
+        dropout=self.dropout, norm=self.norm)
 
 
 def _stacked_blocks(cfg: ModelConfig, causal: bool, decode: bool,
@@ -194,13 +212,18 @@ class Transformer(nnx.Module):
         cfg.max_len, cfg.emb_dim, posemb=cfg.posemb, decode=decode,
         param_dtype=cfg.storage_dtype, rngs=rngs)
     self.dropout = make_dropout(cfg.dropout_rate, rngs)
+    if cfg.token_types:
+      self.type_embed = TokenTypeEmbedding(cfg, rngs=rngs)
+    if cfg.embedding_norm:
+      self.ln_embed = _layer_norm(cfg, rngs)
     if cfg.scan_layers:
       self.layers = _stacked_blocks(cfg, causal, decode, rngs)
     else:
       for i in range(cfg.num_layers):
         setattr(self, f"layer_{i}",
                 TransformerBlock(cfg, causal, decode, rngs=rngs))
-    self.ln_final = _layer_norm(cfg, rngs)
+    if cfg.norm == "pre":  # post-LN blocks end normalized
+      self.ln_final = _layer_norm(cfg, rngs)
 
   def __call__(self, inputs_BL: jax.Array, *,
                key_mask_BL: jax.Array | None = None,
@@ -222,7 +245,9 @@ class Transformer(nnx.Module):
     return transformer.forward(
         inputs_BL, key_mask_BL, deterministic, token_embed=self.token_embed,
         pos_embed=self.pos_embed, dropout=self.dropout, layers=self._layers,
-        ln_final=self.ln_final)
+        ln_final=getattr(self, "ln_final", lambda x: x),
+        type_embed=getattr(self, "type_embed", None),
+        ln_embed=getattr(self, "ln_embed", None))
 
   def _layers(self, x_BLD: jax.Array, key_mask_BL: jax.Array | None,
               deterministic: bool | None) -> jax.Array:

@@ -46,6 +46,7 @@ from performer_jax.train import input_pipeline
 from performer_jax.train import metrics as metrics_lib
 from performer_jax.train import state as state_lib
 from performer_jax.train import steps as steps_lib
+from performer_jax.train import warm_start
 from performer_jax.train import workdir as workdir_lib
 
 log = logging.getLogger("performer_jax.train")
@@ -216,10 +217,20 @@ class Run:
     t = self.t
     found = self.ckpt.restore_newest_valid(t.abstract_state, t.shardings,
                                            all_finite)
+    init_from = self.cfg.init_from
     if found is None:
-      return 0, t.init_state()
+      state = t.init_state()
+      if init_from:
+        params = warm_start.load_params(init_from, t.abstract_state.params,
+                                        t.shardings.params)
+        state = dataclasses.replace(state, params=params)
+        log.info("parameters initialized from %s (random features drawn "
+                 "afresh, optimizer and step from zero)", init_from)
+      return 0, state
     start, state, metadata = found
-    log.info("resuming from %s at step %d", self.ckpt.directory, start)
+    log.info("resuming from %s at step %d%s", self.ckpt.directory, start,
+             f" (its own checkpoint: trainer.init_from={init_from!r} is "
+             "ignored)" if init_from else "")
     self.window = {k: float(v) for k, v in
                    metadata.get("metrics_window", {}).items()}
     return start, state

@@ -1,0 +1,2 @@
+"""Backward compatibility: softmax weights continued as FAVOR+ (the Performer
+paper's claim)."""
