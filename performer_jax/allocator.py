@@ -16,11 +16,17 @@ entry points (`performer-train`, the benchmark scripts) re-execute
 themselves once under it when it is installed (Debian/Ubuntu:
 `apt-get install libtcmalloc-minimal4`; `scripts/setup.sh` tries). Set
 `PERFORMER_JAX_TCMALLOC=0` to opt out. Library code never does this: nothing
-here runs at import time.
+here runs at import time. In your own script or notebook,
+`performer_jax.use_fast_allocator()` is the one switch (a script re-executes
+under tcmalloc; a running interpreter keeps glibc's freed memory instead,
+`keep_freed_memory`), and the first FAVOR+ call on the CPU backend without
+it says so once. `python scripts/bench_allocator.py` compares them.
 """
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
 import sys
 from typing import Mapping, Sequence
@@ -84,3 +90,73 @@ def tcmalloc_active() -> bool:
       return any("tcmalloc" in line for line in f)
   except OSError:
     return False
+
+
+# glibc's mallopt parameters (malloc.h).
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -2, -3, -4
+_INT_MAX = 2 ** 31 - 1
+HINT_SWITCH = "PERFORMER_JAX_ALLOCATOR_HINT"
+_hinted = False
+log = logging.getLogger("performer_jax")
+
+
+def keep_freed_memory() -> bool:
+  """Makes glibc malloc keep freed memory in this (running) process: no
+  block is served by its own `mmap` (M_MMAP_MAX 0; the mmap threshold alone
+  cannot rise above 32 MiB, the size of the large temporaries) and freed
+  memory is never returned to the kernel (M_TRIM_THRESHOLD INT_MAX). What
+  the preload does for a process that has already started (a notebook),
+  except for blocks above 64 MiB from XLA's worker threads, which glibc
+  still maps and unmaps. Memory stays at the process's peak. False where
+  glibc is not the allocator."""
+  if not sys.platform.startswith("linux") or tcmalloc_active():
+    return False
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+  except OSError:
+    return False
+  return all(libc.mallopt(param, value) == 1 for param, value in (
+      (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, _INT_MAX)))
+
+
+def use_fast_allocator() -> str:
+  """The switch for your own scripts and notebooks: XLA:CPU's fast path.
+
+  Call it first thing. In a script (`python my_script.py ...`) it
+  re-executes the script under tcmalloc when that is installed (it then
+  does not return); in a notebook or other running interpreter it tunes
+  glibc malloc in place (`keep_freed_memory`). Returns what it did:
+  "tcmalloc" (already active), "glibc kept" or "unchanged".
+  """
+  global _hinted
+  _hinted = True  # asked for it: no hint
+  if tcmalloc_active():
+    return "tcmalloc"
+  main = sys.modules.get("__main__")
+  script = getattr(main, "__file__", None)
+  interactive = "ipykernel" in sys.modules or script is None or bool(
+      getattr(sys, "ps1", None))
+  if not interactive and os.path.isfile(script) and sys.orig_argv:
+    reexec_under_tcmalloc(sys.orig_argv[1:])
+  return "glibc kept" if keep_freed_memory() else "unchanged"
+
+
+def hint_once() -> None:
+  """On the CPU backend without tcmalloc, says once how to get the fast
+  path (`PERFORMER_JAX_ALLOCATOR_HINT=0` silences it)."""
+  global _hinted
+  if _hinted:
+    return
+  _hinted = True
+  if os.environ.get(HINT_SWITCH, "1") == "0" or os.environ.get(
+      SWITCH, "1") == "0" or not sys.platform.startswith("linux"):
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.default_backend() != "cpu" or tcmalloc_active():
+    return
+  log.warning(
+      "performer-jax: XLA:CPU runs markedly slower under the system "
+      "allocator than under tcmalloc. Call performer_jax.use_fast_allocator()"
+      " first thing in your script, or start Python (or the notebook's "
+      "kernel) with LD_PRELOAD=%s (%s=0 silences this).", find_tcmalloc() or "<libtcmalloc_minimal.so.4"
+      "; apt-get install libtcmalloc-minimal4>", HINT_SWITCH)

@@ -17,6 +17,7 @@ Inputs x are already multiplied by the data normalizer `d^(-1/4)`, so that
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import jax
@@ -75,6 +76,23 @@ NEEDS_PROJECTION = {"softmax": True, "softmax_hyperbolic": True,
                     "softmax_trig": True, "relu": False}
 
 
+def check_feature_fn(fn: Callable) -> None:
+  """A TypeError unless `fn` can be called as `fn(x, projection)`."""
+  try:
+    signature = inspect.signature(fn)
+  except (TypeError, ValueError):
+    return  # no introspectable signature (a C function): trust it
+  try:
+    signature.bind(None, None)
+  except TypeError:
+    raise TypeError(
+        f"kernel={getattr(fn, '__name__', fn)!r} must be a function "
+        f"`(x, projection) -> features`, called as fn(x [..., D], "
+        f"projection [M, D] or None) -> non-negative [..., F]; it has the "
+        f"signature {signature}. Add the projection argument (it may "
+        "ignore it: `lambda x, projection: jax.nn.elu(x) + 1`).") from None
+
+
 def resolve(kernel: str | FeatureFn, projection_MD: jax.Array | None):
   """Returns `fn(x) -> (feats, log_amp)` for a kernel name or user function.
 
@@ -82,6 +100,8 @@ def resolve(kernel: str | FeatureFn, projection_MD: jax.Array | None):
   non-negative features `[..., F]`; it gets log_amp None.
   """
   if callable(kernel):
+    check_feature_fn(kernel)
+
     def user_fn(x):
       feats = kernel(x, projection_MD)
       if feats.shape[:-1] != x.shape[:-1]:

@@ -117,11 +117,8 @@ def validate(cfg: ExperimentConfig) -> None:
     raise ConfigError(
         f"config.data.batch_size ({data.batch_size}) must be a multiple of "
         f"config.trainer.microbatches ({trainer.microbatches})")
-  if (cfg.optimizer.schedule == "cosine"
-      and cfg.optimizer.warmup_steps >= trainer.steps):
-    raise ConfigError(
-        f"config.optimizer.warmup_steps ({cfg.optimizer.warmup_steps}) must "
-        f"be < config.trainer.steps ({trainer.steps}) for the cosine schedule")
+  # A warmup as long as the run is capped by it (optimizer.warmup_steps),
+  # so `--config.trainer.steps=3` tries any config.
   for axis in sections.MeshConfig.AXES:
     size = getattr(cfg.mesh, axis)
     if size > 0:
@@ -217,6 +214,14 @@ def parse_saved(saved: Mapping[str, Any]) -> ExperimentConfig:
   if task not in tasks_lib.TASKS:
     raise ConfigError(f"the saved config names task {task!r}; this "
                       f"performer-jax knows {sorted(tasks_lib.TASKS)}")
+
+  data = saved.get("data")
+  if isinstance(data, Mapping) and "strict_fasta" in data:
+    # Written before data.strict_fasta (default False) became
+    # data.skip_invalid (default False, the opposite).
+    data = {k: v for k, v in data.items() if k != "strict_fasta"}
+    data.setdefault("skip_invalid", not saved["data"]["strict_fasta"])
+    saved = {**saved, "data": data}
 
   def merge(base: dict, over: Mapping) -> dict:
     out = dict(base)

@@ -4,7 +4,8 @@ Records are parsed by `prepare` (sequence_formats.py): sequences are
 upper-cased and joined over lines, one trailing '*' (stop marker) is
 dropped, and any other character outside the 25 letters below, or an empty
 sequence, makes a record invalid (an error, or skipped and counted with
---skip-invalid).
+--skip-invalid). `tasks.protein.encode` (performer-score, performer-generate)
+reads a sequence by the same rule.
 """
 
 STANDARD_AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"

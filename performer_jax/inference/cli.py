@@ -6,8 +6,8 @@
 model with `--workdir` (a performer-train workdir, or a file written by
 performer-export) and read sequences from a file: FASTA (a file whose first
 non-blank character is ">"), else one sequence per non-empty line. Errors
-print one line naming the problem (an unknown character, a sequence longer
-than the model's context, a workdir without a checkpoint) and exit with the
+print one line naming the problem (an unknown character, a workdir without
+a checkpoint, an output folder that does not exist) and exit with the
 status of `performer-train` (2 for bad input).
 """
 
@@ -115,13 +115,24 @@ def batches(count: int, size: int) -> Iterator[list[int]]:
     yield list(range(start, min(start + size, count)))
 
 
+def check_output(path: str, flag: str) -> None:
+  """A ValueError naming `path` when it cannot be written (its folder is
+  missing, or it is a folder), before any work is done."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    raise ValueError(f"{flag} {path}: the folder {folder} does not exist; "
+                     "create it first")
+  if os.path.isdir(path):
+    raise ValueError(f"{flag} {path} is a folder; give a file name")
+
+
 def run(main: Callable[[Sequence[str] | None], None],
         argv: Sequence[str] | None) -> None:
   """Runs a command; bad input exits 2 with one line on stderr."""
   compile_cache.enable()
   try:
     main(argv)
-  except (ValueError, FileNotFoundError, TypeError) as e:
+  except (ValueError, OSError, TypeError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(ExitCode.BAD_INPUT)
 
@@ -133,8 +144,12 @@ def _export(argv: Sequence[str] | None) -> None:
       "features; no optimizer state) into one file that load_model reads.")
   add_model_arguments(parser)
   parser.add_argument("--output", required=True, help="the file to write")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace --output if it exists")
   args = parser.parse_args(argv)
-  step = loading.export(args.workdir, args.output, args.step)
+  check_output(args.output, "--output")
+  step = loading.export(args.workdir, args.output, args.step,
+                        overwrite=args.overwrite)
   print(f"wrote step {step} of {args.workdir} to {args.output} "
         f"({os.path.getsize(args.output) / 2 ** 20:.1f} MiB)")
 

@@ -64,15 +64,29 @@ def prompts(args: argparse.Namespace, io_) -> list[cli.Record]:
   """The prompts as records (token ids without the start token)."""
   if args.prompt_file is not None:
     return list(cli.iter_records(args.prompt_file, io_))
-  if args.prompt is not None:
-    if not args.prompt.strip():
-      raise ValueError("--prompt is empty; give some text, or leave "
-                       "--prompt out to sample from the start token")
-    return [cli.Record("prompt", cli.encode(io_, args.prompt, "--prompt"))]
+  return prompt_records(io_, args.prompt, "--prompt")
+
+
+def prompt_records(io_, prompt: str | None, flag: str = "prompt"
+                   ) -> list[cli.Record]:
+  """One prompt as a record; None samples from the start token."""
+  if prompt is not None:
+    if not prompt.strip():
+      raise ValueError(f"{flag} is empty; give some text, or leave "
+                       f"{flag} out to sample from the start token")
+    return [cli.Record("prompt", cli.encode(io_, prompt, flag))]
   if io_.bos is None:
-    raise ValueError("this model has no start token: give --prompt or "
-                     "--prompt-file")
+    raise ValueError(f"this model has no start token: give {flag}"
+                     + (" or --prompt-file" if flag.startswith("--") else ""))
   return [cli.Record("sample", np.zeros((0,), np.int32))]
+
+
+def decoded(io_, tokens: np.ndarray):
+  """A sample as its user sees it: text (residues, bytes), or a uint8
+  `[H, W, C]` image for pixel models."""
+  if io_.image_shape is not None:
+    return np.asarray(tokens, np.uint8).reshape(io_.image_shape)
+  return io_.decode(tokens)
 
 
 def sample(loaded: loading.LoadedModel, records: list[cli.Record], *,
@@ -133,8 +147,7 @@ def _write(loaded: loading.LoadedModel, samples, output: str) -> None:
   if io_.image_shape is not None:
     # pylint: disable-next=g-import-not-at-top
     import matplotlib.pyplot as plt
-    images = np.stack([s for _, s in samples]).reshape(
-        (-1,) + io_.image_shape).astype(np.uint8)
+    images = np.stack([decoded(io_, s) for _, s in samples])
     grid = image_grid(images)
     path = "samples.png" if output == "-" else output
     plt.imsave(path, grid[..., 0] if grid.shape[-1] == 1 else grid,
@@ -144,9 +157,10 @@ def _write(loaded: loading.LoadedModel, samples, output: str) -> None:
   if io_.fasta:
     text = "".join(f">{name}\n" + "\n".join(
         seq[i:i + 60] for i in range(0, len(seq), 60)) + "\n"
-                   for name, seq in ((n, io_.decode(s)) for n, s in samples))
+                   for name, seq in ((n, decoded(io_, s)) for n, s in samples))
   else:
-    text = "".join(f"=== {name} ===\n{io_.decode(s)}\n" for name, s in samples)
+    text = "".join(f"=== {name} ===\n{decoded(io_, s)}\n"
+                   for name, s in samples)
   if output == "-":
     sys.stdout.write(text)
   else:
@@ -154,21 +168,20 @@ def _write(loaded: loading.LoadedModel, samples, output: str) -> None:
       f.write(text)
 
 
-def _main(argv: Sequence[str] | None) -> None:
-  args = _parser().parse_args(argv)
-  for name in ("num_samples", "batch_size"):
-    if getattr(args, name) < 1:
-      raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-  loaded = cli.load(args)
+def check_lengths(loaded: loading.LoadedModel, records: list[cli.Record],
+                  max_len: int | None, flag: str = "--max-len") -> int:
+  """The number of tokens per sample (`max_len`, default the training
+  length), checked against the model and the prompts."""
   io_ = loaded.io
   if not io_.causal:
-    raise ValueError(f"{args.workdir} holds a masked language model "
+    raise ValueError(f"this is a masked language model "
                      f"({loaded.config.task}); it scores and embeds "
                      "(performer-score) but does not generate")
   seq_len = loaded.config.data.seq_len
-  max_len = seq_len if args.max_len is None else args.max_len
+  given = max_len
+  max_len = seq_len if max_len is None else max_len
   if not 1 <= max_len <= seq_len:
-    raise ValueError(f"--max-len must be in [1, {seq_len}] (the training "
+    raise ValueError(f"{flag} must be in [1, {seq_len}] (the training "
                      f"length), got {max_len}")
   if io_.image_shape is not None:
     pixels = math.prod(io_.image_shape)
@@ -176,20 +189,54 @@ def _main(argv: Sequence[str] | None) -> None:
       raise ValueError(f"this model was trained on windows of {seq_len} "
                        f"intensities, not whole {io_.image_shape} images; "
                        "train the cpu or paper variant to sample images")
-    if args.max_len is not None and max_len != pixels:
+    if given is not None and max_len != pixels:
       raise ValueError(f"pixel samples are whole {io_.image_shape} images: "
-                       f"--max-len must be {pixels}")
-  records = prompts(args, io_)
+                       f"{flag} must be {pixels}")
   for r in records:
     if len(r.tokens) >= max_len:
       raise ValueError(f"prompt {r.name!r} has {len(r.tokens)} tokens, which "
-                       f"leaves nothing to generate within --max-len "
-                       f"{max_len}; shorten it or raise --max-len")
-  samples = sample(loaded, records, num_samples=args.num_samples,
-                   max_len=max_len, temperature=args.temperature,
-                   top_k=args.top_k, greedy=args.greedy, seed=args.seed,
-                   batch_size=min(args.batch_size,
-                                  len(records) * args.num_samples))
+                       f"leaves nothing to generate within {flag} "
+                       f"{max_len}; shorten it or raise {flag}")
+  return max_len
+
+
+def generate_samples(loaded: loading.LoadedModel, records: list[cli.Record],
+                     *, num_samples: int = 1, max_len: int | None = None,
+                     temperature: float = 1.0, top_k: int = 0,
+                     greedy: bool = False, seed: int = 0,
+                     batch_size: int = 32, flags: bool = False
+                     ) -> list[tuple[str, np.ndarray]]:
+  """What performer-generate writes, before formatting: `(name, tokens)`
+  per sample (see `sample`), after checking every argument. `flags` names
+  the arguments as the command's flags in errors."""
+  name = (lambda n: "--" + n.replace("_", "-")) if flags else (lambda n: n)
+  for key, value in (("num_samples", num_samples),
+                     ("batch_size", batch_size)):
+    if value < 1:
+      raise ValueError(f"{name(key)} must be >= 1")
+  if not greedy and temperature <= 0:
+    raise ValueError(f"{name('temperature')} must be > 0, got {temperature}; "
+                     f"use {'--greedy' if flags else 'greedy=True'} for "
+                     "argmax decoding")
+  max_len = check_lengths(loaded, records, max_len, name("max_len"))
+  return sample(loaded, records, num_samples=num_samples, max_len=max_len,
+                temperature=temperature, top_k=top_k, greedy=greedy,
+                seed=seed,
+                batch_size=min(batch_size, len(records) * num_samples))
+
+
+def _main(argv: Sequence[str] | None) -> None:
+  args = _parser().parse_args(argv)
+  loaded = cli.load(args)
+  if not loaded.io.causal:  # before reading prompts: the clearer error
+    check_lengths(loaded, [], None)
+  if args.output != "-":
+    cli.check_output(args.output, "--output")
+  records = prompts(args, loaded.io)
+  samples = generate_samples(
+      loaded, records, num_samples=args.num_samples, max_len=args.max_len,
+      temperature=args.temperature, top_k=args.top_k, greedy=args.greedy,
+      seed=args.seed, batch_size=args.batch_size, flags=True)
   _write(loaded, samples, args.output)
 
 

@@ -64,6 +64,26 @@ class LoadedModel:
                                    causal=self.io.causal, api="linen",
                                    **kwargs)
 
+  def tokens(self, text: str) -> np.ndarray:
+    """int32 `[n]`: what the model reads for `text`, the start token first
+    when the task has one (`io.encode` gives the content only)."""
+    content = np.asarray(self.io.encode(text), np.int32)
+    if self.io.bos is None:
+      return content
+    return np.concatenate([[self.io.bos], content]).astype(np.int32)
+
+  def generate(self, prompt: str | None = None, **kwargs) -> list[Any]:
+    """Samples as performer-generate writes them: text (residues, bytes,
+    cut at the end token, no special tokens) or uint8 `[H, W, C]` images.
+    `prompt` None samples from the start token. Keyword arguments:
+    num_samples, max_len, temperature, top_k, greedy, seed, batch_size
+    (the command's flags, same defaults)."""
+    # pylint: disable-next=g-import-not-at-top
+    from performer_jax.inference import generate as generate_lib
+    records = generate_lib.prompt_records(self.io, prompt)
+    samples = generate_lib.generate_samples(self, records, **kwargs)
+    return [generate_lib.decoded(self.io, s) for _, s in samples]
+
 
 def _abstract_variables(model: nn.Module, seq_len: int) -> dict[str, Any]:
   tokens = jax.ShapeDtypeStruct((1, seq_len), jnp.int32)
@@ -139,19 +159,35 @@ def load(path: str, step: int | None = None) -> LoadedModel:
   return LoadedModel(model, dict(variables), config, io, step)
 
 
-def export(workdir: str, output: str, step: int | None = None) -> int:
-  """Writes the model of `workdir` into one file; returns its step."""
+def export(workdir: str, output: str, step: int | None = None, *,
+           overwrite: bool = False) -> int:
+  """Writes the model of `workdir` into one file; returns its step. An
+  existing `output` is replaced only with `overwrite`."""
+  if os.path.exists(output) and not overwrite:
+    raise FileExistsError(f"{output} already exists; choose another output "
+                          "or pass --overwrite (overwrite=True) to replace "
+                          "it")
   loaded = load(workdir, step)
+  write_export(output, loaded.config, loaded.variables, loaded.step)
+  return loaded.step
+
+
+def write_export(output: str, config: experiment.ExperimentConfig,
+                 variables: dict[str, Any], step: int) -> None:
+  """Writes a model (its config and "params"/"random_features") into one
+  file that `load` reads, atomically (performer_jax.convert uses it too)."""
   payload = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION,
-             "config": json.dumps(loaded.config.to_dict()),
-             "step": loaded.step,
-             **{k: jax.device_get(loaded.variables.get(k, {}))
+             "config": json.dumps(config.to_dict()), "step": int(step),
+             **{k: jax.device_get(nn.meta.unbox(variables.get(k, {})))
                 for k in _COLLECTIONS}}
   tmp = output + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(flax.serialization.msgpack_serialize(payload))
-  os.replace(tmp, output)
-  return loaded.step
+  try:
+    with open(tmp, "wb") as f:
+      f.write(flax.serialization.msgpack_serialize(payload))
+    os.replace(tmp, output)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def _load_export(path: str) -> LoadedModel:

@@ -14,10 +14,26 @@ tokens scored), the (pseudo-)log-likelihood in nats and bits per token (per
 byte for text). `--embeddings` also writes float32 `[N, emb_dim]`: the mean
 of the final layer-normed hidden states over the sequence's positions.
 
-A sequence longer than the training length (data.seq_len, with the start
-token) is an error that names it: the model never saw positions past it.
-Each forward pass is padded to its longest sequence rounded up to a multiple
-of `PAD_MULTIPLE` (at most seq_len / 64 programs compile), not to seq_len:
+Sequences longer than the training length L (data.seq_len, start token
+included) are scored in windows of L positions (`--long window`, the
+default; `error` refuses them, `skip` leaves them out), as the model was
+trained on crops of L:
+- causal: the stream `[BOS] + x + [EOS]` is cut into windows that start
+  every `L - overlap` positions (the last one ends at the stream's end);
+  each token is predicted once, in the first window that reaches it, so
+  every token past the first window sees at least `--overlap` tokens of
+  context (default L/2). The log-likelihood is the sum over windows of the
+  tokens each one predicts (the sliding-window evaluation of causal LMs).
+- masked: position i is masked in the window of L residues centred on it
+  (clipped to the sequence), so it sees about L/2 residues on each side; the
+  pseudo-log-likelihood sums them as before, at the same n passes.
+- embeddings: the same windows as causal scoring (masked: each position in
+  the window where it lies most central), each position pooled once.
+Windows past the first lack the start token, as the model's training crops
+of long sequences did.
+
+Each forward pass is padded to its longest row rounded up to a multiple of
+`PAD_MULTIPLE` (at most seq_len / 64 programs compile), not to seq_len:
 padded keys are masked out, so only the float32 rounding of the sums
 changes. Inputs are streamed; the outputs appear when complete.
 """
@@ -25,10 +41,11 @@ changes. Inputs are streamed; the outputs appear when complete.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import math
 import os
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,24 +56,30 @@ from performer_jax.inference import cli
 from performer_jax.inference import loading
 from performer_jax.tasks import base
 
+LONG_CHOICES = ("window", "error", "skip")
+PAD_MULTIPLE = 64
+
 
 def _is_final_norm(module, method_name: str) -> bool:
   return module.name == "ln_final" and method_name == "__call__"
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def forward(model, variables, inputs_BL: jax.Array, mask_BL: jax.Array
+def forward(model, variables, inputs_BL: jax.Array, mask_BL: jax.Array,
+            targets_BL: jax.Array, pick_BL: jax.Array, own_BL: jax.Array
             ) -> tuple[jax.Array, jax.Array]:
-  """(float32 `[B, L, V]` log-probabilities, float32 `[B, D]` mean final
-  hidden state over the positions where `mask_BL`)."""
+  """(float32 `[B]` sum of `log p(targets)` where `pick_BL`, float32
+  `[B, D]` sum of the final hidden states where `own_BL`); attention sees
+  the positions where `mask_BL`."""
   logits_BLV, state = model.apply(
       variables, inputs_BL, key_mask_BL=mask_BL,
       capture_intermediates=_is_final_norm, mutable=["intermediates"])
   hidden_BLD = state["intermediates"]["ln_final"]["__call__"][0]
-  weights_BL1 = mask_BL[..., None].astype(jnp.float32)
-  mean_BD = jnp.sum(hidden_BLD.astype(jnp.float32) * weights_BL1, 1) / (
-      jnp.maximum(jnp.sum(weights_BL1, 1), 1.0))
-  return jax.nn.log_softmax(logits_BLV.astype(jnp.float32), -1), mean_BD
+  logp_BLV = jax.nn.log_softmax(logits_BLV.astype(jnp.float32), -1)
+  picked_BL = jnp.take_along_axis(logp_BLV, targets_BL[..., None], -1)[..., 0]
+  ll_B = jnp.sum(jnp.where(pick_BL, picked_BL, 0.0), 1)
+  own_BL1 = own_BL[..., None].astype(jnp.float32)
+  return ll_B, jnp.sum(hidden_BLD.astype(jnp.float32) * own_BL1, 1)
 
 
 def causal_row(io_: base.TaskIO, tokens: np.ndarray
@@ -73,7 +96,87 @@ def row_length(io_: base.TaskIO, tokens: np.ndarray) -> int:
   return len(causal_row(io_, tokens)[0]) if io_.causal else len(tokens)
 
 
-PAD_MULTIPLE = 64
+def window_starts(n: int, length: int, overlap: int) -> list[int]:
+  """Starts of the windows of `length` that cover `[0, n)`: every
+  `length - overlap` positions, the last one ending at n."""
+  if n <= length:
+    return [0]
+  stride = length - overlap
+  starts = list(range(0, n - length, stride))
+  return starts + [n - length]
+
+
+def causal_owned(n: int, length: int, overlap: int
+                 ) -> list[tuple[int, int, int]]:
+  """`(start, lo, hi)` per window: positions `[lo, hi)` are scored in the
+  window `[start, start + length)`, the first window that reaches them."""
+  out, done = [], 0
+  for start in window_starts(n, length, overlap):
+    end = min(start + length, n)
+    out.append((start, done, end))
+    done = end
+  return out
+
+
+def central_owned(n: int, length: int, overlap: int
+                  ) -> list[tuple[int, int, int]]:
+  """`(start, lo, hi)` per window: each position in the window where it lies
+  farthest from both edges (ties to the earlier window)."""
+  starts = window_starts(n, length, overlap)
+  bounds = [0] + [(a + length + b) // 2 for a, b in zip(starts, starts[1:])
+                  ] + [n]
+  return [(s, lo, hi) for s, lo, hi in zip(starts, bounds, bounds[1:])
+          if hi > lo]
+
+
+def centred_start(i: int, n: int, length: int) -> int:
+  """The start of the window of `length` centred on position i of n."""
+  return min(max(i - length // 2, 0), max(n - length, 0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+  """One row of a forward pass: a window of a record's tokens, the
+  positions whose log p(target) it adds, those it pools."""
+  record: int
+  inputs: np.ndarray   # int32 [l], l <= seq_len
+  targets: np.ndarray  # int32 [l]
+  pick: np.ndarray     # bool [l]
+  own: np.ndarray      # bool [l]
+
+
+def pieces(io_: base.TaskIO, index: int, tokens: np.ndarray, length: int,
+           overlap: int) -> Iterator[Piece]:
+  """The forward-pass rows that score and embed one sequence."""
+  if io_.causal:
+    inputs, targets = causal_row(io_, tokens)
+    for start, lo, hi in causal_owned(len(inputs), length, overlap):
+      end = min(start + length, len(inputs))
+      own = np.zeros(end - start, bool)
+      own[lo - start:hi - start] = True
+      yield Piece(index, inputs[start:end], targets[start:end], own, own)
+    return
+  n = len(tokens)
+  none = np.zeros(min(n, length), bool)
+  for i in range(n):
+    start = centred_start(i, n, length)
+    window = tokens[start:start + length].copy()
+    window[i - start] = io_.mask
+    pick = none.copy()
+    pick[i - start] = True
+    yield Piece(index, window, tokens[start:start + length], pick, none)
+  for start, lo, hi in central_owned(n, length, overlap):
+    own = none.copy()
+    own[lo - start:hi - start] = True
+    yield Piece(index, tokens[start:start + length],
+                tokens[start:start + length], none, own)
+
+
+def count_pieces(io_: base.TaskIO, tokens: np.ndarray, length: int,
+                 overlap: int) -> int:
+  n = row_length(io_, tokens)
+  windows = len(window_starts(n, length, overlap))
+  return windows if io_.causal else n + windows
 
 
 def padded_length(rows: list[np.ndarray], length: int) -> int:
@@ -84,55 +187,66 @@ def padded_length(rows: list[np.ndarray], length: int) -> int:
 
 
 def _pad(rows: list[np.ndarray], batch: int, length: int) -> np.ndarray:
-  out = np.zeros((batch, padded_length(rows, length)), np.int32)
+  out = np.zeros((batch, padded_length(rows, length)),
+                 rows[0].dtype if rows else np.int32)
   for b, row in enumerate(rows):
     out[b, :len(row)] = row
   return out
 
 
-def score_causal(loaded: loading.LoadedModel, records: list[cli.Record],
-                 length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(log-likelihood [N], tokens predicted [N], embeddings [N, D]) of a
-  batch of sequences (at most `length` positions)."""
-  pairs = [causal_row(loaded.io, r.tokens) for r in records]
-  inputs = _pad([p[0] for p in pairs], len(records), length)
-  targets = _pad([p[1] for p in pairs], len(records), length)
-  mask = _pad([np.ones(len(p[0]), np.int32) for p in pairs], len(records),
-              length).astype(bool)
-  logp_BLV, emb_BD = forward(loaded.model, loaded.variables, inputs, mask)
-  picked_BL = np.take_along_axis(np.asarray(logp_BLV), targets[..., None],
-                                 -1)[..., 0]
-  return (np.where(mask, picked_BL, 0.0).sum(1), mask.sum(1),
-          np.asarray(emb_BD))
+def run_pieces(loaded: loading.LoadedModel, chunk: list[Piece], batch: int,
+               length: int) -> tuple[np.ndarray, np.ndarray]:
+  """(log-likelihood sums [len(chunk)], hidden-state sums [len(chunk), D])
+  of one forward pass; the batch is padded to `batch` rows (one program)."""
+  field = lambda name: _pad([getattr(p, name) for p in chunk], batch, length)
+  mask = _pad([np.ones(len(p.inputs), bool) for p in chunk], batch, length)
+  mask[len(chunk):, 0] = True  # unused rows: no row without a key
+  ll_B, emb_BD = forward(loaded.model, loaded.variables, field("inputs"),
+                         mask, field("targets"), field("pick"), field("own"))
+  return (np.asarray(ll_B, np.float64)[:len(chunk)],
+          np.asarray(emb_BD, np.float64)[:len(chunk)])
 
 
-def score_masked(loaded: loading.LoadedModel, records: list[cli.Record],
-                 length: int, batch_size: int
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(pseudo-log-likelihood [N], tokens [N], embeddings [N, D]): every
-  position masked in turn, `batch_size` masked copies per forward pass."""
+def score_records(loaded: loading.LoadedModel, records: Iterable[cli.Record],
+                  *, length: int, overlap: int, batch: int
+                  ) -> Iterator[tuple[cli.Record, float, int, np.ndarray]]:
+  """`(record, (pseudo-)log-likelihood, tokens predicted, mean embedding)`
+  per record, in order, computed `batch` pieces per forward pass."""
   io_ = loaded.io
-  masked = [(n, i) for n, r in enumerate(records) for i in range(len(r.tokens))]
-  pll = np.zeros(len(records))
-  for chunk in cli.batches(len(masked), batch_size):
-    rows, positions, targets = [], [], []
-    for n, i in (masked[j] for j in chunk):
-      row = records[n].tokens.copy()
-      targets.append(row[i])
-      row[i] = io_.mask
-      rows.append(row)
-      positions.append(i)
-    lengths = [len(r) for r in rows] + [1] * (batch_size - len(rows))
-    inputs = _pad(rows, batch_size, length)
-    mask = np.arange(inputs.shape[1])[None] < np.asarray(lengths)[:, None]
-    logp_BLV, _ = forward(loaded.model, loaded.variables, inputs, mask)
-    logp = np.asarray(logp_BLV)[np.arange(len(rows)), positions, targets]
-    np.add.at(pll, [masked[j][0] for j in chunk], logp)
-  plain = _pad([r.tokens for r in records], len(records), length)
-  lengths = np.asarray([len(r.tokens) for r in records])
-  _, emb_BD = forward(loaded.model, loaded.variables, plain,
-                      np.arange(plain.shape[1])[None] < lengths[:, None])
-  return pll, lengths, np.asarray(emb_BD)
+  pending: dict[int, list] = {}  # record -> [record, ll, emb sum, count, left]
+  order: list[int] = []
+  chunk: list[Piece] = []
+
+  def flush():
+    ll, emb = run_pieces(loaded, chunk, batch, length)
+    for piece, value, vector in zip(chunk, ll, emb):
+      entry = pending[piece.record]
+      entry[1] += value
+      entry[2] += vector
+      entry[4] -= 1
+    chunk.clear()
+
+  def finished():
+    while order and pending[order[0]][4] == 0:
+      record, ll, emb, count, _ = pending.pop(order.pop(0))
+      predicted = int(count)
+      yield record, ll, predicted, (emb / max(row_length(
+          io_, record.tokens), 1)).astype(np.float32)
+
+  for index, record in enumerate(records):
+    n_pieces = count_pieces(io_, record.tokens, length, overlap)
+    predicted = (row_length(io_, record.tokens) if io_.causal
+                 else len(record.tokens))
+    pending[index] = [record, 0.0, 0.0, predicted, n_pieces]
+    order.append(index)
+    for piece in pieces(io_, index, record.tokens, length, overlap):
+      chunk.append(piece)
+      if len(chunk) == batch:
+        flush()
+        yield from finished()
+  if chunk:
+    flush()
+  yield from finished()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -145,7 +259,15 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--output", required=True, help="the TSV to write")
   parser.add_argument("--embeddings", default=None,
                       help="also write mean-pooled embeddings to this .npy")
-  parser.add_argument("--batch-size", type=int, default=32)
+  parser.add_argument("--batch-size", type=int, default=32,
+                      help="rows per forward pass")
+  parser.add_argument("--long", choices=LONG_CHOICES, default="window",
+                      help="sequences longer than the training length: "
+                      "score them in overlapping windows (default), fail, "
+                      "or skip them")
+  parser.add_argument("--overlap", type=int, default=None,
+                      help="positions shared by consecutive windows "
+                      "(default: half the training length)")
   parser.add_argument("--progress", choices=("auto", "on", "off"),
                       default="auto")
   return parser
@@ -155,22 +277,37 @@ def _main(argv: Sequence[str] | None) -> None:
   args = _parser().parse_args(argv)
   if args.batch_size < 1:
     raise ValueError("--batch-size must be >= 1")
+  cli.check_output(args.output, "--output")
+  if args.embeddings:
+    cli.check_output(args.embeddings, "--embeddings")
   loaded = cli.load(args)
   io_ = loaded.io
   length = loaded.config.data.seq_len
+  overlap = length // 2 if args.overlap is None else args.overlap
+  if not 0 <= overlap < length:
+    raise ValueError(f"--overlap must be in [0, {length - 1}] (the training "
+                     f"length is {length}), got {overlap}")
   # A first pass checks every record before any compute, and counts them.
-  count = 0
+  count = windowed = skipped = total = 0
   for record in cli.iter_records(args.input, io_):
     need = row_length(io_, record.tokens)
-    if need > length:
-      raise ValueError(f"{args.input}: {record.name} needs {need} positions "
-                       f"but the model was trained on {length} "
-                       "(data.seq_len); score shorter sequences")
     if io_.causal and need < 1:
       raise ValueError(f"{args.input}: {record.name} is too short to score: "
                        "a model without a start token predicts from the "
                        "second token on")
+    if need > length:
+      if args.long == "error":
+        raise ValueError(f"{args.input}: {record.name} needs {need} positions "
+                         f"but the model was trained on {length} "
+                         "(data.seq_len); score shorter sequences, or drop "
+                         "--long=error to score it in windows")
+      if args.long == "skip":
+        skipped += 1
+        continue
+      windowed += 1
     count += 1
+    total += count_pieces(io_, record.tokens, length, overlap)
+  keep = lambda r: args.long != "skip" or row_length(io_, r.tokens) <= length
   unit = {"byte": "byte"}.get(io_.loss_unit, "token")
   column = "log_likelihood" if io_.causal else "pseudo_log_likelihood"
   emb = None
@@ -180,30 +317,37 @@ def _main(argv: Sequence[str] | None) -> None:
         shape=(count, loaded.config.model.emb_dim))
   tmp = args.output + ".tmp"
   show = {"auto": None, "on": False, "off": True}[args.progress]
-  with open(tmp, "w", encoding="utf-8") as out, tqdm.tqdm(
-      total=count, unit="seq", disable=show, desc="scoring") as bar:
-    out.write(f"name\tpredicted\t{column}\tbits_per_{unit}\n")
-    done = 0
-    for batch in cli.in_batches(cli.iter_records(args.input, io_),
-                                args.batch_size):
-      if io_.causal:
-        ll, predicted, emb_BD = score_causal(loaded, batch, length)
-      else:
-        ll, predicted, emb_BD = score_masked(loaded, batch, length,
-                                             args.batch_size)
-      for record, value, n in zip(batch, ll, predicted):
+  try:
+    with open(tmp, "w", encoding="utf-8") as out, tqdm.tqdm(
+        total=count, unit="seq", disable=show, desc="scoring") as bar:
+      out.write(f"name\tpredicted\t{column}\tbits_per_{unit}\n")
+      records = filter(keep, cli.iter_records(args.input, io_))
+      for done, (record, value, n, vector) in enumerate(score_records(
+          loaded, records, length=length, overlap=overlap,
+          batch=max(1, min(args.batch_size, total)))):
         out.write(f"{record.name}\t{n}\t{value:.6f}\t"
                   f"{-value / max(n, 1) / math.log(2):.6f}\n")
-      if emb is not None:
-        emb[done:done + len(batch)] = emb_BD
-      done += len(batch)
-      bar.update(len(batch))
-  os.replace(tmp, args.output)
-  if emb is not None:
-    emb.flush()
-    del emb
-    os.replace(args.embeddings + ".tmp", args.embeddings)
-  print(f"scored {count} sequences into {args.output}")
+        if emb is not None:
+          emb[done] = vector
+        bar.update(1)
+    os.replace(tmp, args.output)
+    if emb is not None:
+      emb.flush()
+      del emb
+      os.replace(args.embeddings + ".tmp", args.embeddings)
+  finally:
+    for path in (tmp, args.embeddings and args.embeddings + ".tmp"):
+      if path and os.path.exists(path):
+        os.remove(path)
+  notes = []
+  if windowed:
+    notes.append(f"{windowed} longer than the training length {length}, "
+                 f"scored in windows overlapping by {overlap}")
+  if skipped:
+    notes.append(f"{skipped} longer than the training length {length} "
+                 "skipped (--long=skip)")
+  print(f"scored {count} sequences into {args.output}"
+        + (f" ({'; '.join(notes)})" if notes else ""))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -32,6 +32,7 @@ targets (LM), from the dataset's manifest.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 
@@ -49,6 +50,7 @@ FIRST_AMINO_ACID = 4
 VOCAB_SIZE = FIRST_AMINO_ACID + len(fasta.AMINO_ACIDS)
 NUM_STANDARD = len(fasta.STANDARD_AMINO_ACIDS)
 HELDOUT = "heldout"  # data.eval_path: the train dataset's held-out split
+log = logging.getLogger("performer_jax.train")
 
 _LUT = np.full(256, 255, np.uint8)
 for _i, _c in enumerate(fasta.AMINO_ACIDS):
@@ -56,8 +58,10 @@ for _i, _c in enumerate(fasta.AMINO_ACIDS):
 
 
 def encode(sequence: str) -> np.ndarray:
-  """Amino-acid letters (any case) -> int32 token ids."""
-  data = sequence.strip().upper().encode("ascii", errors="replace")
+  """Amino-acid letters (any case) -> int32 token ids; one trailing '*'
+  (stop marker) is dropped, as `performer-data prepare` does (fasta.py)."""
+  data = sequence.strip().upper().removesuffix("*").encode(
+      "ascii", errors="replace")
   ids = _LUT[np.frombuffer(data, np.uint8)]
   if (ids == 255).any():
     bad = chr(data[int(np.flatnonzero(ids == 255)[0])])
@@ -72,20 +76,34 @@ def decode(ids: np.ndarray) -> str:
   return "".join(table[int(i)] for i in ids)
 
 
-def open_proteins(spec: str, default, *, strict: bool,
+def open_proteins(spec: str, default, *, skip_invalid: bool,
                   exclude: tuple[str, ...] = ()) -> prepared.Sequences:
   """The "train" split of a prepared protein dataset: `spec` is a prepared
   directory (used as it is), or FASTA file(s) prepared once into the cache
   without the exact sequences of `exclude` ("" = the embedded default
-  `default()`). `strict` makes invalid or empty records fail instead of
-  being skipped."""
+  `default()`). An invalid or empty record of a user's file fails, as in
+  `performer-data prepare`, unless `skip_invalid` (then skipped and
+  counted); the embedded defaults are prepared as they always were, with
+  the few such records skipped."""
   if spec:
     provider = defaults.USER_FILE_PROVIDER
   else:
     spec, provider = str(default()), defaults.PROTEIN_PROVIDER
-  root = prepare.ensure_prepared(spec, "fasta", provider=provider,
-                                 skip_invalid=not strict, exclude=exclude)
-  return prepared.Sequences(root, "train")
+    skip_invalid = True
+  try:
+    root = prepare.ensure_prepared(spec, "fasta", provider=provider,
+                                   skip_invalid=skip_invalid,
+                                   exclude=exclude)
+  except ValueError as e:  # the trainer's switch is a config key
+    raise ValueError(str(e).replace(
+        "pass --skip-invalid", "set --config.data.skip_invalid=true")
+                     ) from None
+  sequences = prepared.Sequences(root, "train")
+  skipped = sequences.manifest.get("skipped_invalid", 0)
+  if skipped and provider == defaults.USER_FILE_PROVIDER:
+    log.warning("%s: skipped %d invalid or empty records "
+                "(data.skip_invalid)", spec, skipped)
+  return sequences
 
 
 class _ProteinSource(sampling.RowSource):
@@ -160,20 +178,21 @@ class ProteinLMData(sections.DataConfig):
     dataset (prepared with --heldout-fraction); "" = the embedded 500
     QUERY sequences.
   num_eval_batches: 0 = one full pass over the eval sequences.
-  strict_fasta: True makes invalid or empty records fail instead of being
-    skipped (and counted).
+  skip_invalid: an invalid or empty record of a FASTA file given by path
+    fails naming it (as `performer-data prepare` does) unless this is True:
+    then such records are skipped, and their count logged.
   """
   train_path: str = ""
   eval_path: str = ""
   num_eval_batches: int = 0
-  strict_fasta: bool = False
+  skip_invalid: bool = False
 
   def check(self) -> None:
     super().check()
     self._str("train_path")
     self._str("eval_path")
     self._int("num_eval_batches", 0)
-    self._bool("strict_fasta")
+    self._bool("skip_invalid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,14 +227,16 @@ def build(data: ProteinLMData, *, process_index: int = 0,
   # Exact copies of eval sequences leave raw train files (the embedded
   # DB holds 138 of the 500 QUERY sequences).
   train = open_proteins(data.train_path, defaults.protein_train,
-                        strict=data.strict_fasta,
+                        skip_invalid=data.skip_invalid,
                         exclude=() if data.eval_path == HELDOUT
                         else (eval_spec,))
   if data.eval_path == HELDOUT:
     evals = prepared.Sequences(train.root, "heldout")
   else:
     evals = open_proteins(data.eval_path, defaults.protein_eval,
-                          strict=data.strict_fasta)
+                          skip_invalid=data.skip_invalid)
+  if process_index == 0:
+    _log_eval_set(data, len(evals))
   common = dict(global_batch_size=data.batch_size, seq_len=data.seq_len,
                 process_index=process_index, process_count=process_count,
                 seed=data.seed)
@@ -233,6 +254,23 @@ def build(data: ProteinLMData, *, process_index: int = 0,
       eval=cls(evals, train=False, num_batches=num_eval, **common, **extra),
       vocab_size=VOCAB_SIZE, causal=not masked, loss_unit="token",
       unigram_bits=sampling.entropy_bits(counts))
+
+
+def _log_eval_set(data: ProteinLMData, count: int) -> None:
+  """Says which sequences evaluation uses; warns when they are the built-in
+  UniProt set while training on one's own data."""
+  if data.eval_path == HELDOUT:
+    what = f"the held-out split of {data.train_path or 'the default data'}"
+  elif data.eval_path:
+    what = data.eval_path
+  else:
+    what = "the built-in UniProt eval set (mmseqs2-examples QUERY)"
+  log.info("eval set: %s (%d sequences)", what, count)
+  if data.train_path and not data.eval_path:
+    log.warning("training on %s but evaluating on the built-in UniProt "
+                "eval set; set --config.data.eval_path to your own eval "
+                "file, or to 'heldout' for a held-out split of a dataset "
+                "prepared with --heldout-fraction", data.train_path)
 
 
 def io(data: ProteinLMData) -> base.TaskIO:

@@ -116,6 +116,53 @@ def config_path(spec: str) -> str:
   return found.origin + sep + arg
 
 
+def shipped_configs() -> list[str]:
+  """The names of the configs shipped with the package."""
+  import pkgutil  # pylint: disable=g-import-not-at-top
+  from performer_jax import configs  # pylint: disable=g-import-not-at-top
+  return sorted(m.name for m in pkgutil.iter_modules(configs.__path__)
+                if m.name != "options")
+
+
+def check_config_spec(spec: str) -> None:
+  """A ValueError naming the shipped configs when `spec` (`name[:arg]` or
+  `path[:arg]`) names neither a shipped config nor an existing file."""
+  path = config_path(spec).partition(":")[0]
+  if os.path.isfile(path):
+    return
+  name = spec.partition(":")[0]
+  if os.sep in name or name.endswith(".py"):
+    raise ValueError(f"--config={spec}: the config file {name} does not "
+                     "exist")
+  raise ValueError(f"--config={spec}: {name!r} is not a shipped config; "
+                   f"choose from {shipped_configs()} (e.g. "
+                   "--config=protein_mlm:cpu), or give a path to a .py "
+                   "config file")
+
+
+def check_workdir(workdir: str) -> None:
+  """A ValueError when `workdir` cannot be a directory (it, or a folder
+  above it, is a file)."""
+  path = os.path.abspath(workdir)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  if not os.path.isdir(path):
+    where = "is a file" if path == os.path.abspath(workdir) else (
+        f"cannot be created: {path} is a file")
+    raise ValueError(f"--workdir={workdir} {where}; give a directory (it is "
+                     "created if missing)")
+
+
+def _config_specs(argv: Sequence[str]) -> list[str]:
+  specs = []
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      specs.append(arg[len("--config="):])
+    elif arg == "--config" and i + 1 < len(argv):
+      specs.append(argv[i + 1])
+  return specs
+
+
 def resolve_config_args(argv: Sequence[str]) -> list[str]:
   """argv with a named `--config` replaced by its file's path."""
   out = list(argv)
@@ -137,7 +184,14 @@ def main(argv: Sequence[str] | None = None) -> None:
   from absl import app, flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
-  argv = resolve_config_args(sys.argv if argv is None else argv)
+  argv = list(sys.argv if argv is None else argv)
+  try:
+    for spec in _config_specs(argv):
+      check_config_spec(spec)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(ExitCode.BAD_INPUT)
+  argv = resolve_config_args(argv)
   if "config" not in flags.FLAGS:
     config_flags.DEFINE_config_file(
         "config", None, "Training config: a name (copy:smoke, "
@@ -172,6 +226,11 @@ def main(argv: Sequence[str] | None = None) -> None:
       sys.exit(ExitCode.BAD_INPUT)
     workdir = flags.FLAGS.workdir
     try:
+      check_workdir(workdir)
+    except ValueError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(ExitCode.BAD_INPUT)
+    try:
       result = trainer.train_and_evaluate(config, workdir)
     except Exception as e:  # pylint: disable=broad-except
       if flags.FLAGS.verbose:
@@ -191,8 +250,8 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    print(f"error: {e}\nUsage: {os.path.basename(argv[0])} {USAGE}",
-          file=sys.stderr)
+    print(f"error: {without_traceback(str(e))}\nUsage: performer-train "
+          f"{USAGE}", file=sys.stderr)
     sys.exit(ExitCode.BAD_INPUT)
   except (AttributeError, KeyError) as e:
     # config_flags raises these for `--config.a.b=...` when a or b does not
@@ -208,3 +267,15 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
           "overridden. Check the spelling against the config file.",
           file=sys.stderr)
     sys.exit(ExitCode.BAD_INPUT)
+
+
+def without_traceback(message: str) -> str:
+  """An absl flag error without the traceback config_flags embeds in it
+  when the config file's `get_config` raised: its first line and the
+  exception's own message (which names the fix)."""
+  head, found, tail = message.partition("Traceback (most recent call last):")
+  if not found:
+    return message
+  last = [line for line in tail.splitlines() if line.strip()][-1]
+  # "ValueError: unknown ... option(s)" -> its message.
+  return f"{head.strip()} {last.partition(': ')[2] or last}"

@@ -23,6 +23,14 @@ import optax
 from performer_jax.config.sections import OptimizerConfig
 
 
+def warmup_steps(opt_config: OptimizerConfig, total_steps: int) -> int:
+  """The warmup a run of `total_steps` gets: `optimizer.warmup_steps`,
+  capped at `total_steps - 1` so that the run's last step reaches the peak
+  (a short trial run, `trainer.steps=3`, of a config made for thousands of
+  steps). The trainer logs the cap."""
+  return max(min(opt_config.warmup_steps, total_steps - 1), 0)
+
+
 def make_schedule(opt_config: OptimizerConfig,
                   total_steps: int) -> optax.Schedule:
   """Linear warmup from 0 to the peak, then the configured decay.
@@ -30,9 +38,10 @@ def make_schedule(opt_config: OptimizerConfig,
   cosine:   cosine decay to `final_lr_fraction * peak` at `total_steps`.
   rsqrt:    `peak * sqrt(warmup / step)` after warmup (Transformer style).
   constant: the peak after warmup.
+  The warmup is `warmup_steps(opt_config, total_steps)`.
   """
   peak = opt_config.learning_rate
-  warmup = opt_config.warmup_steps
+  warmup = warmup_steps(opt_config, total_steps)
   if opt_config.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=peak, warmup_steps=warmup,

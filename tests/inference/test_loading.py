@@ -57,8 +57,9 @@ def test_load_restores_the_trained_weights_without_data(tmp_path,
   jax.tree.map(np.testing.assert_array_equal, loaded.variables["params"],
                jax.tree.map(np.asarray, state["params"]))
   assert loaded.io.causal and loaded.io.bos is not None
-  model, variables = performer_jax.load_model(moved)
-  np.testing.assert_array_equal(logits(model, variables),
+  again = performer_jax.load_model(moved)
+  assert isinstance(again, inference.LoadedModel) and again.step == 1
+  np.testing.assert_array_equal(logits(again.model, again.variables),
                                 logits(loaded.model, loaded.variables))
 
 

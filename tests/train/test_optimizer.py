@@ -103,3 +103,15 @@ def test_decay_mask_skips_vectors():
   mask = optimizer_lib.decay_mask({"w": jnp.ones((2, 3)), "b": jnp.ones(3),
                                    "s": jnp.ones((2, 2, 2))})
   assert mask == {"w": True, "b": False, "s": True}
+
+
+def test_warmup_is_capped_by_the_run_length():
+  """A trial run of a config made for thousands of steps reaches the peak
+  at its last step; a warmup that fits is left alone."""
+  cfg = opt_config(schedule="cosine", warmup_steps=100, learning_rate=1e-3)
+  assert optimizer_lib.warmup_steps(cfg, 3) == 2
+  assert optimizer_lib.warmup_steps(cfg, 1) == 0
+  assert optimizer_lib.warmup_steps(cfg, 1000) == 100
+  schedule = optimizer_lib.make_schedule(cfg, total_steps=3)
+  assert [float(schedule(s)) for s in range(3)] == pytest.approx(
+      [0.0, 5e-4, 1e-3])
