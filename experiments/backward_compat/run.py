@@ -23,14 +23,12 @@ softmax model's perplexity.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 
 import performer_jax
 from experiments import common
 from performer_jax.configs import protein_mlm
 from performer_jax.train import trainer as trainer_lib
-from performer_jax.train import warm_start
 from performer_jax.train import workdir as workdir_lib
 
 FAVOR_VARIANTS = ("favor", "favor_relu")
@@ -73,11 +71,7 @@ def eval_curve(workdir: str) -> dict[int, dict[str, float]]:
 def swap_eval(config, source: str) -> dict[str, float]:
   """Eval metrics of `source`'s weights in `config`'s model, untrained."""
   trainer = trainer_lib.Trainer(config)
-  state = trainer.init_state()
-  params = warm_start.load_params(source, trainer.abstract_state.params,
-                                  trainer.shardings.params)
-  state = dataclasses.replace(state, params=params)
-  metrics = trainer.evaluate(state)
+  metrics = trainer.evaluate(trainer.init_state(init_from=source))
   return {m: float(metrics[m]) for m in _METRICS}
 
 

@@ -46,7 +46,6 @@ from performer_jax.train import input_pipeline
 from performer_jax.train import metrics as metrics_lib
 from performer_jax.train import state as state_lib
 from performer_jax.train import steps as steps_lib
-from performer_jax.train import warm_start
 from performer_jax.train import workdir as workdir_lib
 
 log = logging.getLogger("performer_jax.train")
@@ -219,11 +218,8 @@ class Run:
                                            all_finite)
     init_from = self.cfg.init_from
     if found is None:
-      state = t.init_state()
+      state = t.init_state(init_from)
       if init_from:
-        params = warm_start.load_params(init_from, t.abstract_state.params,
-                                        t.shardings.params)
-        state = dataclasses.replace(state, params=params)
         log.info("parameters initialized from %s (random features drawn "
                  "afresh, optimizer and step from zero)", init_from)
       return 0, state

@@ -8,6 +8,7 @@ a workdir (loop.py: checkpoints, metrics, preemption, resume).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -32,6 +33,7 @@ from performer_jax.train import loop
 from performer_jax.train import optimizer as optimizer_lib
 from performer_jax.train import state as state_lib
 from performer_jax.train import steps as steps_lib
+from performer_jax.train import warm_start
 from performer_jax.train import workdir as workdir_lib
 
 log = logging.getLogger("performer_jax.train")
@@ -154,10 +156,16 @@ class Trainer:
         {k: local[k] for k in base.BATCH_KEYS}, self.batch_sharding,
         source.global_batch_size)
 
-  def init_state(self) -> state_lib.TrainState:
+  def init_state(self, init_from: str = "") -> state_lib.TrainState:
+    """A fresh state; with `init_from` (a workdir or exported model) its
+    params come from there (train/warm_start.py), the rest stays fresh."""
     rng = jax.random.PRNGKey(self.config.trainer.seed)
     with self.context():
-      return self.init_fn(rng)
+      state = self.init_fn(rng)
+    if init_from:
+      state = dataclasses.replace(state, params=warm_start.load_params(
+          init_from, self.abstract_state.params, self.shardings.params))
+    return state
 
   def evaluate(self, state: state_lib.TrainState) -> dict[str, float]:
     """Metrics over the eval source (all batches, or trainer.eval_batches)."""
