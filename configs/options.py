@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import ml_collections
 
-from performer_jax.config import experiment
+from performer_jax import experiment
 from performer_jax.tasks import VARIANTS
 
 ATTENTION = ("softmax", "favor", "favor_relu", "l2", "l2_invertible")

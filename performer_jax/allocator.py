@@ -4,12 +4,9 @@ XLA on the CPU allocates an executable's large temporaries (feature tensors,
 activations) with `malloc` and frees them when the call returns. glibc serves
 every block above its mmap threshold (32 MiB at most) with a fresh `mmap` and
 unmaps it on `free`, so each call faults its working set back in and the
-kernel zeroes every 4 KiB page again. tcmalloc keeps freed memory for reuse.
-Measured on this project's 2-core CPU with `[8, 4096, 256]` float32 tensors
-(`python scripts/bench_attention.py --no-tcmalloc` against the default): an
-elementwise pass takes ~2 ms instead of ~10 ms, the FAVOR+ projection matmul
-~3 ms instead of ~12 ms, and bidirectional FAVOR+ fwd+bwd at L=4096 ~60 ms
-instead of ~90 ms. The same preload is standard on Cloud TPU VMs.
+kernel zeroes every 4 KiB page again. tcmalloc keeps freed memory for reuse
+(what it saves: docs/benchmarks.md, "Figures behind design choices"). The
+same preload is standard on Cloud TPU VMs.
 
 tcmalloc must be loaded before the process starts (`LD_PRELOAD`), so the
 entry points (`performer-train`, the benchmark scripts) re-execute

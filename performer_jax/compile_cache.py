@@ -5,9 +5,8 @@ programs as the last one: the train step after a preemption, the model and
 the sampling loop of each `performer-generate` or `performer-score` call.
 JAX can keep compiled programs on disk; the entry points turn that on
 before their first compile, and library code never does (nothing here runs
-at import time). On this project's 2-core CPU a repeated `performer-generate
---workdir RUN --prompt MKV --num-samples 3 --max-len 40` on a `protein_lm:cpu`
-run takes about 4 s instead of 8 s.
+at import time). What it saves: docs/benchmarks.md, "Figures behind design
+choices".
 
 Where: `$JAX_COMPILATION_CACHE_DIR` when it is set (then JAX's own settings
 apply unchanged), else `$XDG_CACHE_HOME/performer_jax/xla` (default

@@ -38,7 +38,7 @@ import time
 
 import numpy as np
 
-from performer_jax.data import prepared
+from performer_jax.data import dataset as prepared
 from performer_jax.data import verify
 from performer_jax.tasks import protein
 

@@ -4,13 +4,13 @@ For each attention kind (FAVOR+ with positive softmax features, exact
 softmax, L2) a decoder of `--layers` layers, width `--width` and context
 `--max-len` with random weights:
 
-  prefill   `models.prefill` of a `--prompt`-token prompt: one causal pass
+  prefill   `pnn.prefill` of a `--prompt`-token prompt: one causal pass
             that fills the cache (FAVOR+: the prefix-sum state; softmax and
             L2: the KV cache);
   stepwise  the same prompt fed one token at a time (`decode_logits`, a
             jitted `lax.scan` of decode steps): what a decoder without
             prefill does. Both return the same logits (checked here).
-  generate  `models.generate` from a one-token prompt to `--new` tokens at
+  generate  `pnn.generate` from a one-token prompt to `--new` tokens at
             each batch size of `--batches`: tokens per second (all
             sequences), compile excluded.
 
@@ -39,8 +39,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from performer_jax import allocator  # noqa: E402
-from performer_jax import models  # noqa: E402
-from performer_jax.models import decoding  # noqa: E402
+from performer_jax import linen as pnn  # noqa: E402
+from performer_jax.linen import decoding  # noqa: E402
 
 KINDS = {
     "favor": dict(kind="favor", kernel="softmax", num_features=256),
@@ -51,7 +51,7 @@ VOCAB = 256
 
 
 def _model_config(kind: str, args):
-  cfg = models.default_model_config()
+  cfg = pnn.ModelConfig.defaults()
   cfg.num_layers, cfg.emb_dim = args.layers, args.width
   cfg.num_heads, cfg.mlp_dim = args.width // 64, 4 * args.width
   cfg.max_len, cfg.dropout_rate = args.max_len, 0.0
@@ -75,8 +75,8 @@ def _median_seconds(*calls, repeats: int) -> list[float]:
 
 def bench_kind(kind: str, args) -> dict[str, float]:
   cfg = _model_config(kind, args)
-  train = models.make_model(cfg, vocab_size=VOCAB, causal=True)
-  decoder = models.make_model(cfg, vocab_size=VOCAB, causal=True,
+  train = pnn.make_model(cfg, vocab_size=VOCAB, causal=True)
+  decoder = pnn.make_model(cfg, vocab_size=VOCAB, causal=True,
                               decode=True)
   rng = jax.random.PRNGKey(0)
   tokens = jax.random.randint(rng, (1, args.prompt), 0, VOCAB)

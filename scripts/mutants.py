@@ -48,30 +48,30 @@ MUTANTS = {
         "performer_jax/tasks/protein.py",
         '    out["inputs"][:n] = inputs',
         '    out["inputs"][:n] = window',
-        ("tests/tasks/test_corruption.py", "tests/tasks/test_tasks.py")),
+        ("tests/tasks/test_masking.py", "tests/tasks/test_tasks.py")),
     "eval_step_ignores_key_mask": Mutant(
         "performer_jax/train/steps.py",
         '                             key_mask_BL=batch["key_mask"], '
         'deterministic=True)',
         '                             key_mask_BL=None, deterministic=True)',
-        ("tests/train/test_losses.py", "tests/train/test_steps.py",
-         "tests/train/test_e2e.py::test_end_to_end")),
+        ("tests/train/test_steps_losses.py", "tests/train/test_steps.py",
+         "tests/train/test_trainer_e2e.py::test_end_to_end")),
     "train_step_ignores_key_mask": Mutant(
         "performer_jax/train/steps.py",
         '          variables, part["inputs"], key_mask_BL=part["key_mask"],',
         '          variables, part["inputs"], key_mask_BL=None,',
-        ("tests/train/test_losses.py", "tests/train/test_steps.py")),
+        ("tests/train/test_steps_losses.py", "tests/train/test_steps.py")),
     # Exact causal attention aligns queries with the start of the keys.
     "causal_offset_zero": Mutant(
         "performer_jax/attention/exact.py",
         "  offset = kv_len - q_len if q_offset is None else q_offset",
         "  offset = 0 if q_offset is None else q_offset",
-        ("tests/attention/test_exact.py", "tests/nn/test_attention.py")),
+        ("tests/attention/test_exact.py", "tests/linen/test_attention.py")),
     "gelu_to_relu": Mutant(
-        "performer_jax/models/transformer.py",
+        "performer_jax/linen/transformer.py",
         "  return wo(nn.gelu(wi(x_BLD)))",
         "  return wo(nn.relu(wi(x_BLD)))",
-        ("tests/models/test_reference.py",)),
+        ("tests/linen/test_transformer_reference.py",)),
 }
 
 

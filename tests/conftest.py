@@ -17,7 +17,7 @@ import pathlib
 import shutil
 import tempfile
 
-from tests import xla_flags
+from tests.helpers import xla_flags
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Raw files that tests pass by path are prepared into a cache of this run,
@@ -61,19 +61,20 @@ jax.config.update("jax_compilation_cache_dir",
 # Modules whose tests start subprocesses or train whole models: they run
 # first, so that the two xdist workers finish together instead of one idling
 # while the other works through a long tail.
-_FIRST = ("train/test_multihost.py", "train/test_e2e.py",
-          "configs/test_task_configs.py", "test_packaging.py",
-          "experiments/test_claims.py", "config/test_experiment.py",
-          "inference/test_commands.py", "nnx/test_sharding.py",
-          "attention/test_sharded.py")
+_FIRST = ("train/test_distributed_multihost.py",
+          "train/test_trainer_e2e.py", "test_configs.py",
+          "test_packaging.py", "experiments/test_scaling.py",
+          "experiments/test_slim.py", "test_experiment.py",
+          "inference/test_cli_commands.py", "core/test_sharding.py",
+          "attention/test_sequence.py")
 
 
 def pytest_runtest_setup(item):
   """`@pytest.mark.needs_kernel` (or a parameter marked so): the compiled
-  CPU kernel must be runnable (tests/inputs.py's require_kernel)."""
+  CPU kernel must be runnable (tests/helpers/inputs.py's require_kernel)."""
   if item.get_closest_marker("needs_kernel"):
     # pylint: disable-next=g-import-not-at-top
-    from tests import inputs
+    from tests.helpers import inputs
     inputs.require_kernel()
 
 

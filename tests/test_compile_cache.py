@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from performer_jax import compile_cache
-from tests import inputs
+from tests.helpers import inputs
 
 
 def test_settings_default_location_and_what_wins(tmp_path):

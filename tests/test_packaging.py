@@ -12,7 +12,7 @@ import tomllib
 
 import pytest
 
-from tests import inputs
+from tests.helpers import inputs
 
 pytestmark = pytest.mark.xdist_group("packaging")
 

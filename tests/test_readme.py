@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from tests import inputs
-from tests.inference import runs
+from tests.helpers import inputs
+from tests.helpers import runs
 
 pytestmark = pytest.mark.xdist_group("inference")
 

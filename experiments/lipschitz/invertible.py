@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments import common
-from performer_jax import models
+from performer_jax import linen as pnn
 from performer_jax.lipschitz import bounds
 from performer_jax.lipschitz import contractive
 from performer_jax.lipschitz import invertible
@@ -105,7 +105,7 @@ def mlp(args, c):
 
 
 def model(args, c):
-  cfg = models.default_model_config()
+  cfg = pnn.ModelConfig.defaults()
   cfg.attention.kind = "l2"
   cfg.num_layers = args.layers
   cfg.emb_dim = args.width

@@ -43,7 +43,7 @@ import tempfile
 import time
 
 from experiments import common
-from performer_jax import models
+from performer_jax import linen as pnn
 from performer_jax.lipschitz import model as model_lib
 from performer_jax.train import NonFiniteLossError
 from performer_jax.train import trainer as trainer_lib
@@ -110,7 +110,7 @@ def make_config(args, kind: str, depth: int):
 def _model_builder(kind: str, args):
   """The trainer's model builder: the invertible model for contractive kinds."""
   if not kind.startswith("contractive"):
-    return models.make_model
+    return pnn.make_model
 
   def make(model_config, *, vocab_size, causal):
     return model_lib.make_invertible_model(

@@ -6,7 +6,7 @@ s-sparse functions of T inputs with sample complexity growing like log T.
 The data: x uniform in {0, 1}^T, a fixed hidden subset S of s positions and
 y = f(x_S) with f the strict majority 1[sum x_S > s / 2] (AND for s = 2,
 majority for s = 3). The model: bit and position embeddings, a [CLS] token
-at position 0, one `performer_jax.nn.MultiHeadAttention` layer (softmax,
+at position 0, one `performer_jax.linen.MultiHeadAttention` layer (softmax,
 FAVOR+ or L2) with a residual connection and LayerNorm, and an MLP reading
 the [CLS] output.
 """
@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from performer_jax.nn import MultiHeadAttention
+from performer_jax.linen import AttentionConfig
+from performer_jax.linen import MultiHeadAttention
 
 
 def hidden_subset(length: int, s: int, seed: int) -> np.ndarray:
@@ -55,8 +56,9 @@ class Classifier(nn.Module):
     h = nn.Embed(3, self.width, name="bit")(tokens)
     h = h + self.param("position", nn.initializers.normal(1.0),
                        (self.length + 1, self.width))
-    h = h + MultiHeadAttention(num_heads=self.heads, attention=self.attention,
-                               num_features=self.num_features,
+    config = AttentionConfig(kind=self.attention,
+                             num_features=self.num_features)
+    h = h + MultiHeadAttention(num_heads=self.heads, config=config,
                                name="attention")(nn.LayerNorm()(h))
     cls = nn.LayerNorm()(h[:, 0])
     return nn.Dense(2)(nn.relu(nn.Dense(self.width)(cls)))

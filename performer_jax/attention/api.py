@@ -88,7 +88,7 @@ def check_qkv(query: jax.Array, key: jax.Array, value: jax.Array,
           f"{name}: key_mask must have shape [batch..., kv_len] = {expected} "
           f"(True = attend), got {tuple(key_mask.shape)}. For a Flax-style "
           "[batch, heads, q_len, kv_len] mask use "
-          "performer_jax.nn.make_favor_attention_fn.")
+          "performer_jax.linen.make_favor_attention_fn.")
     if key_mask.dtype != jnp.bool_:
       raise ValueError(
           f"{name}: key_mask must be boolean (True = attend), got dtype "
@@ -105,16 +105,9 @@ def check_qkv(query: jax.Array, key: jax.Array, value: jax.Array,
 
 def resolve_implementation(implementation: str, kernel, causal: bool,
                            sequence_axis: AxisName | None = None) -> str:
-  """Maps "auto" to the implementation that runs. Causal attention on the
-  CPU backend: "kernel" when the kernel is built, serves `kernel` and the
-  sequence is not sharded, else "slim" (on a CPU its loop costs little and
-  it peaks at about a third of "parallel"'s memory, which holds all chunks'
-  features at once). Causal attention elsewhere: "parallel" (no loop of L/C
-  dependent steps).
-  Bidirectional: "slim" (the fused or plain pass; no chunks). "pallas" is
-  chosen only explicitly until it has been measured on an accelerator
-  (docs/long_context.md). Other names pass through; "kernel" with a sharded
-  sequence is refused."""
+  """Maps "auto" to the implementation that runs (the rules:
+  `favor_attention`'s docstring); "kernel" with a sharded sequence is
+  refused."""
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got "
                      f"{implementation!r}.")
@@ -166,29 +159,28 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
       cannot reach the gradients of real positions.
     chunk_size: C, tokens per chunk in causal mode. Work per token grows with
       C (the intra-chunk product), per-chunk overhead shrinks with it.
-    implementation: "auto" (default): for causal attention on the CPU
-      backend "kernel" when the kernel is built and supports `kernel` (and
-      the sequence is not sharded), else "slim"; on a GPU or TPU "parallel"
-      (causal) or "slim" (bidirectional). "pallas": Pallas kernels
-      (pallas_favor.py; chosen only explicitly until measured on hardware),
-      causal and bidirectional, features computed on chip and never
-      stored, matmuls in the inputs' dtype (bf16 stays bf16) with float32
-      accumulation; for the "softmax", "softmax_hyperbolic" and "relu"
-      kernels (others, and shapes a backend cannot tile, run what "auto"
-      chose before); on the CPU it runs in Pallas interpret mode (slow,
-      for tests).
-      "kernel": the compiled XLA:CPU causal kernel (cpu_kernel.py;
-      bidirectional mode runs as "slim"). "slim": custom VJPs; in causal mode
-      a scan over chunks stores the state entering each chunk and features
-      are recomputed on the way back (the SLiM paper's trade-off; ~2x faster
-      than autodiff on CPU); in bidirectional mode, for the "softmax" and
-      "softmax_hyperbolic" kernels, `fused.bidirectional` stores only the
-      features and runs a hand-written backward pass. "parallel": causal
-      mode with no sequential loop (parallel.py: all chunks at once and a
-      log-depth associative prefix over their summaries), SLiM's memory
-      (chunk-entry states stored, features recomputed); bidirectional mode
-      runs as "slim". "autodiff": plain autodiff of the same function (every
-      kernel), which stores every feature tensor.
+    implementation: which code runs; all give the same values and
+      gradients, at different speed and memory (docs/long_context.md). This
+      is the one description of them; the rest of the package links here.
+      "auto" (default): causal on the CPU backend, "kernel" when it is
+        built, serves `kernel` and the sequence is unsharded, else "slim";
+        causal on a GPU or TPU, "parallel"; bidirectional, "slim". It never
+        picks "pallas" until that is measured on hardware.
+      "slim": causal, a scan over chunks that stores each chunk's entry
+        state and recomputes features backward (the SLiM trade-off);
+        bidirectional, `fused.bidirectional`'s hand-written VJP for the
+        softmax kernels, which stores only the features.
+      "parallel": causal, all chunks at once and a log-depth associative
+        prefix over their summaries (parallel.py), SLiM's memory.
+      "kernel": the compiled XLA:CPU causal kernel (cpu_kernel.py).
+      "pallas": Pallas kernels (pallas_favor.py), features computed on chip
+        and never stored, matmuls in the input dtype with float32
+        accumulation; kernels "softmax", "softmax_hyperbolic" and "relu"
+        (others, and shapes a backend cannot tile, run "auto"'s choice);
+        interpret mode on the CPU, for tests.
+      "autodiff": plain autodiff of the reference (every kernel), storing
+        every feature tensor.
+      Bidirectional "kernel" and "parallel" run as "slim".
     sequence_axis: None, or the name (or tuple of names) of a manual mesh
       axis of the enclosing `jax.shard_map` over which the length axis of
       query, key, value and the masks is sharded: device p holds the p-th
@@ -199,9 +191,9 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
       all-gather of the per-device key summaries, `P x B x H x (F + 1) x
       (Dv + 1)` float32 received per device for P devices and F features,
       and backward one reduce-scatter of the same size: independent of L.
-      Causal mode supports "parallel", "slim" and "autodiff" ("auto" is
-      "slim" on the CPU backend, else "parallel"); bidirectional mode has
-      one sequence-parallel path whatever `implementation` says.
+      Causal mode supports "parallel", "slim" and "autodiff" (and "auto");
+      bidirectional mode has one sequence-parallel path whatever
+      `implementation` says.
       `shard_sequence` wraps the `shard_map` for callers under `jax.jit`.
 
   Returns:
@@ -217,7 +209,7 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     raise ValueError(
         "favor_attention: causal mode needs q_len == kv_len (self-attention), "
         f"got query {query.shape} and key {key.shape}. For token-by-token "
-        "decoding use performer_jax.nn.MultiHeadAttention(decode=True).")
+        "decoding use performer_jax.linen.MultiHeadAttention(decode=True).")
   if projection is not None and (projection.ndim != 2 or
                                  projection.shape[-1] != query.shape[-1] or
                                  projection.shape[0] < 1):

@@ -1,21 +1,11 @@
-"""FAVOR+ in plain JAX, differentiated by autodiff ("autodiff" implementation).
+"""FAVOR+ in plain JAX under autodiff (`implementation="autodiff"`, api.py).
 
-With features Q' = phi(Q), K' = phi(K) the output is
-`D^-1 (Q' ((K')^T V))`, `D = diag(Q' ((K')^T 1))`; the normalizer comes out
-of the same matmuls through the ones column appended to V.
-
-Bidirectional: key amplitudes are divided by `exp(M)`, M the max key
-log-amplitude over the unpadded keys of each (batch, head); it cancels.
-
-Causal: the sequence is cut into chunks (chunked.py), the terms of all chunks
-are computed at once, and a `lax.scan` over the N chunk states forms the
-prefix that enters each chunk. That is `O(L (C + F) Dv)` work made of
-matmuls; autodiff stores every chunk's features, scores and state, so
-activation memory grows like `L (F + C)` (the "slim" implementation trades
-that for a recomputation).
-
-Every kernel is supported here, including user feature functions; the other
-implementations are tested against this one.
+With Q' = phi(Q), K' = phi(K): `D^-1 (Q' ((K')^T V))`,
+`D = diag(Q' ((K')^T 1))`, the normalizer from the same matmuls through a
+ones column appended to V. Bidirectional key amplitudes are divided by
+`exp(M)`, M the max over the unpadded keys (it cancels); causal runs a
+`lax.scan` over the chunk states (chunked.py). It serves every kernel, user
+feature functions included, and is the reference for the other paths.
 """
 
 from __future__ import annotations

@@ -1,29 +1,16 @@
 """The chunked causal FAVOR+ step, shared by every causal implementation.
 
-Causal FAVOR+ computes, for query i, `phi(q_i)^T S_i` with the prefix state
-`S_i = sum_{j<=i} phi(k_j) [v_j, 1]^T` (`[F, Dv+1]`); the last column is the
-normalizer. On chunks of C tokens that is the masked product
-`tril(Q'_c K'_c^T) V_c` inside a chunk plus the state carried into it. This
-module computes one chunk's terms (`chunk_terms`); the implementations differ
-only in how they combine chunks: all at once with a scan over the chunk
-states (`implementation="autodiff"`), all at once with a log-depth
-associative prefix over the chunk summaries and a recomputing backward pass
-(`"parallel"`, summary.py), one after another with a recomputing backward
-pass (`"slim"`), or one token at a time (decoding, `C = 1`).
-
-Stabilizer. Feature maps return `feats * exp(log_amp)` (feature_maps.py). A
-query's amplitude cancels; key amplitudes are measured against
-`M_i = max_{j<=i} log_amp_j`, the running max over the keys query i can see,
-so every weight is `exp(log_amp_j - M_i) <= 1` and no key after i can change
-query i's output, not even through underflow (the leak of the official code
-and performer-pytorch, which take the max over the whole sequence). In
-exact arithmetic the stabilizer cancels, so it carries no gradient. A state
-is kept relative to the running max at its end; entering chunk n it is
-rescaled by `exp(m_in - M_i) <= 1` for each query, and leaving it by
-`exp(m_in - m_out) <= 1`. Padded keys (keep = False) have log-amplitude
-`-inf` and zero features: they leave numerator and normalizer alike. Before
-the first unpadded key the running max is `-inf`; it is replaced by 0 where it
-multiplies, which only ever scales an all-zero state.
+Query i gets `phi(q_i)^T S_i`, `S_i = sum_{j<=i} phi(k_j) [v_j, 1]^T`
+(`[F, Dv+1]`, the last column the normalizer): on chunks of C tokens, the
+masked `tril(Q'_c K'_c^T) V_c` plus the state carried in. `chunk_terms`
+computes one chunk; the implementations (api.py) differ only in how they
+combine chunks (decoding: `C = 1`). Stabilizer: features are
+`feats * exp(log_amp)`; key amplitudes are measured against the running max
+`M_i = max_{j<=i} log_amp_j`, so every weight is <= 1 and no key after i can
+change query i's output, not even through underflow. It cancels exactly, so
+it carries no gradient. States are relative to the running max at their
+end. Padded keys have log-amplitude `-inf` and zero features; a `-inf`
+running max is replaced by 0 where it multiplies (an all-zero state).
 """
 
 from __future__ import annotations

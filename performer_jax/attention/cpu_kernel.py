@@ -4,9 +4,8 @@ XLA computes the features (projection, exp, stabilizer, mask) and their
 gradients; the C++ kernel (`performer_jax/kernels/causal_favor_cpu.cc`)
 computes the causal product, its normalizer and their backward pass, walking
 each (batch, head) sequence chunk by chunk with the running state in cache.
-On XLA:CPU that takes the causal pass from ~3x the bidirectional time to about
-1.4x (`python scripts/bench_attention.py`); the VJP stores the chunk-entry
-states and in-chunk scores (about 2x SLiM's memory, still linear in L).
+The VJP stores the chunk-entry states and in-chunk scores (more than SLiM,
+still linear in L); its speed: docs/benchmarks.md.
 
 Same semantics as the other implementations, tested against them: key
 log-amplitudes are measured against the running max over keys j <= i

@@ -7,7 +7,7 @@ Every map returns `(feats, log_amp)` with the true feature vector equal to
 
 Keeping the amplitude apart is what makes the attention stable: a per-query
 amplitude cancels between numerator and normalizer and is simply dropped,
-while key amplitudes are rescaled by a stabilizer that `favor.py` chooses so
+while key amplitudes are rescaled by a stabilizer that `chunked.py` chooses so
 that it never looks at future keys in causal mode. Constant factors such as
 `1/sqrt(m)` cancel in the normalization too and are omitted.
 

@@ -1,30 +1,18 @@
 """Bidirectional FAVOR+ with exponential features: a fused custom VJP.
 
-On a CPU the bidirectional pass is bound by memory traffic over the `[L, F]`
-feature tensors, not by its matmuls. Plain autodiff (autodiff.py)
-keeps the stabilizers, the `den**2` path of the normalizer and a dozen
-elementwise intermediates, each a full pass over `[B, H, L, F]`. This
-version computes the features in one fused `exp` each, stores only them (plus
-`S`, `z`, the normalizer and the output), and writes the backward pass by
-hand: no gradient through the stabilizers, no `den**2`, every matmul with a
-64-aligned inner shape (the normalizer is a separate matvec instead of a
-65th column of ones). `python scripts/bench_attention.py` measures it against
-`implementation="autodiff"`.
-
-Math per slice, `x = d^(-1/4) q` (resp. k), `W` the `[F, D]` projection:
-  P = x W^T
-  Q'_i = exp(P_i - max_f P_if)                  a per-query factor: cancels
-  K'_j = exp(P_j - |x_j|^2/2 - M) [j unpadded]   M = max_{j unpadded, f}
-                                                 (P_jf - |x_j|^2/2): cancels
-  S = K'^T V, z = K'^T 1, den_i = max(Q'_i z, floor), out_i = Q'_i S / den_i
-Backward, g = dLoss/dout:
-  g_num = g / den, g_den = -<g_num_i, out_i>
-  dQ' = g_num S^T + g_den z^T, dS = Q'^T g_num, dz = Q'^T g_den
-  dK' = V dS^T + 1 dz^T,       dV = K' dS
-  dx_q = (dQ' * Q') W      (out_i is homogeneous of degree 0 in Q'_i, so
-                            the query's |x|^2 and max shifts contribute 0)
+On a CPU this pass is bound by memory traffic over `[B, H, L, F]`, so it
+stores only the features (one fused `exp` each), S, z, the normalizer and
+the output, with a hand-written backward: no gradient through the
+stabilizers (the max shifts, which cancel), no `den**2`, the normalizer a
+separate matvec (64-aligned matmuls). Per slice, `x = d^(-1/4) q` (resp. k),
+`W` the `[F, D]` projection, `P = x W^T`, M the max of `P_jf - |x_j|^2/2`
+over unpadded j and all f:
+  Q'_i = exp(P_i - max_f P_if),  K'_j = exp(P_j - |x_j|^2/2 - M) [j unpadded]
+  S = K'^T V, z = K'^T 1, out_i = Q'_i S / max(Q'_i z, floor)
+  dx_q = (dQ' * Q') W   (out_i is homogeneous of degree 0 in Q'_i, so the
+                        query's |x|^2 and max shifts contribute 0)
   dx_k = (dK' * K') W - x_k rowsum(dK' * K')
-The `softmax_hyperbolic` kernel is this with the projection `[W; -W]`.
+`softmax_hyperbolic` is this with the projection `[W; -W]`.
 """
 
 from __future__ import annotations

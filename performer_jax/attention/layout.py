@@ -81,8 +81,8 @@ def heads_major(x_BLHD: jax.Array) -> jax.Array:
 
   Heads-major layout: (b, h) lead every einsum as batch dimensions, so XLA
   runs plain batched matmuls instead of transposing the `[L, F]` feature
-  tensors around each product (about 1.7x faster fwd+bwd on CPU at L=4096);
-  only the narrow D-wide inputs are transposed, once.
+  tensors around each product (docs/benchmarks.md, "Figures behind design
+  choices"); only the narrow D-wide inputs are transposed, once.
   """
   return jnp.swapaxes(x_BLHD.astype(jnp.float32), 1, 2)
 

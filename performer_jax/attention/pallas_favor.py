@@ -1,35 +1,14 @@
-"""FAVOR+ as Pallas kernels ("pallas" implementation): features never in HBM.
+"""FAVOR+ as Pallas kernels (`implementation="pallas"`, see api.py).
 
-Each kernel program owns one (batch, head). It loads tiles of C tokens of
-q, k, v, computes their features on chip from the `[F, D]` projection
-(pallas_tiles.py: the same stabilized math as chunked.py), and writes only
-outputs, states and input cotangents: no `[B, H, L, F]` tensor exists.
-Matmuls take the inputs' dtype (bf16 on tensor cores / the MXU) and
-accumulate in float32; exponentials, normalizer and state are float32.
-
-Causal: one program walks its chunks in a `fori_loop` carrying the state
-`(S [F, Dv], z [1, F], m)` in float32 (forward) and stores the state
-entering each chunk; the backward walks the chunks in reverse carrying the
-cotangent of the state and recomputes each chunk's features (SLiM's
-trade-off: `L/C * F * (Dv + 1)` floats per (batch, head) stored, no
-features). Bidirectional: a walk summarizes the keys, then a grid over
-(batch*head, query tile) attends; the backward walks the queries
-(accumulating dS, dz) and a grid over key tiles finishes.
-
-Backends, one kernel source (`pl.pallas_call` with whole-sequence blocks
-per (batch, head), dynamic tile slices inside):
-- TPU: Mosaic TPU. The whole sequence of one (batch, head) is a VMEM block,
-  which bounds L (`supports`); a grid over chunks marked "arbitrary" with
-  the state in VMEM scratch would lift that.
-- GPU: Pallas's Triton backend. Mosaic GPU is the future GPU path, but its
-  `pallas_call` lowering has no `dot_general` (JAX 0.10: matmuls need
-  `plgpu.kernel` with `wgmma` on shared-memory refs, a different kernel);
-  Triton lowers this source today and is deprecated as of JAX 0.11. When it
-  is missing, `supports` is False and a "pallas" call runs "parallel".
-  Triton needs power-of-two C, F, D and Dv of at least 16.
-- CPU: Pallas interpret mode, for tests only.
-"auto" picks none of these until they are measured on hardware.
-Only the "softmax", "softmax_hyperbolic" and "relu" kernels are written.
+One program per (batch, head) computes the features of tiles of C tokens on
+chip (pallas_tiles.py) and writes only outputs, states and cotangents: no
+`[B, H, L, F]` tensor reaches HBM. Causal stores the float32 state entering
+each chunk and its backward recomputes the features (SLiM's trade-off).
+Backends, one source: Mosaic TPU (one (batch, head)'s whole sequence is a
+VMEM block, which bounds L: `supports`; a grid over chunks with the state in
+VMEM scratch would lift that); Triton on GPU (power-of-two C, F, D, Dv
+>= 16; deprecated as of JAX 0.11, but Mosaic GPU's `pallas_call` has no
+`dot_general` in JAX 0.10); interpret mode on the CPU, for tests.
 """
 
 from __future__ import annotations

@@ -1,21 +1,13 @@
 """The tile math of the Pallas FAVOR+ kernels (pallas_favor.py).
 
-Plain `jnp` functions on the values of one tile of C tokens of one
-(batch, head): features from `x` and the projection, the causal chunk step
-with the causal-safe running-max stabilizer of chunked.py, its hand-written
-backward, and the bidirectional summary. The kernels load tiles from their
-refs and call these; nothing here touches a ref, so the same functions serve
-every Pallas backend (and run outside a kernel too, where the tests compare
-them with `chunked.chunk_terms`).
-
-Written for what every Pallas backend lowers: 2-D arrays only (columns
-`[C, 1]`, rows `[1, F]`, scalars `[1, 1]`), no cumulative ops, no
-transposes (a column becomes a row through a masked sum with the identity),
-matmuls as `dot_general` with `dtype` operands and float32 accumulation.
-Exponentials, the running max, the normalizer and the state are float32.
-
-Math per chunk (chunked.py; a = key log-amplitude, M_i the running max over
-the unpadded keys j <= i, m_in the max before the chunk, m_end = M_{C-1}):
+Plain `jnp` functions on one tile of C tokens of one (batch, head); they
+touch no refs, so every backend shares them, and tests compare them with
+`chunked.chunk_terms` outside a kernel. Only what every backend lowers: 2-D
+arrays (columns `[C, 1]`, rows `[1, F]`, scalars `[1, 1]`), no cumulative
+ops, no transposes (a column becomes a row through a masked sum with the
+identity), `dot_general` with `dtype` operands and float32 accumulation.
+Per chunk (a = key log-amplitude, M_i the running max over the unpadded keys
+j <= i, m_in the max before the chunk, m_end = M_{C-1}):
   kt_j = phi~(k_j) exp(a_j - M_j) [j kept]    qin_i = phi~(q_i) exp(m_in - M_i)
   A_ij = (phi~(q_i) . kt_j) exp(M_j - M_i) [j <= i]
   num = A v + qin S,  den = A 1 + qin z,  out = num / max(den, floor)

@@ -1,35 +1,13 @@
-"""Scan-free causal FAVOR+ ("parallel" implementation).
+"""Scan-free causal FAVOR+ (`implementation="parallel"`, see api.py).
 
-The SLiM pass (slim.py) walks the chunks one after another: at L = 65536 and
-C = 64 that is 1,024 dependent steps of small matmuls, which leaves an
-accelerator idle. Here every step is parallel over the chunks:
-
-1. the terms of all chunks at once (`chunked.chunk_terms`: intra-chunk
-   product, rescaled queries, chunk summary `(m_out_n, T_n)`), with the
-   entry maxima m_in of every chunk from one cumulative max;
-2. the state entering every chunk, `P_n = seed + T_0 + ... + T_{n-1}`, an
-   exclusive prefix over the associative operator of summary.py
-   (`jax.lax.associative_scan`: log-depth, no loop);
-3. every chunk's output `intra + q_in P_n`, normalized.
-
-The compiled program has no loop at all (tests/attention/test_parallel.py
-checks the HLO). Values are those of the other causal implementations: the
-same chunk step and the same causal-safe stabilizer (each query against the
-running max of the keys it sees), only summed in another order.
-
-Memory: a `jax.custom_vjp` keeps q, k, v and the chunk-entry states P
-(`[B, H, L/C, F, Dv+1]`, as SLiM does), never the features. The backward pass
-recomputes the terms of all chunks, maps the output cotangent to dP,
-transposes the prefix (a reverse prefix over the same operator, see
-summary.py) into the cotangents of the chunk summaries and of the seed, and
-pulls everything back through one `jax.vjp` of the chunk terms. Like any
-pass that treats all chunks at once, the forward and the backward each hold
-one layer's features (`[B, H, L, F]`) and scores (`[B, H, L, C]`) while they
-run; what stays alive between them is only P.
-
-`seed` (sequence.py) is the summary of the keys before this device's first
-token; the backward returns its cotangent, which the caller's all-gather
-transposes into a reduce-scatter.
+All chunks' terms at once (`chunked.chunk_terms`), then the state entering
+every chunk, `P_n = seed + T_0 + ... + T_{n-1}`, as an exclusive
+`jax.lax.associative_scan` over summary.py's operator: log depth, and no
+loop in the compiled program (test_parallel.py checks the HLO). A
+`jax.custom_vjp` keeps q, k, v and the states P, never the features; the
+backward recomputes the terms and transposes the prefix (a reverse prefix,
+summary.py). `seed` (sequence.py) summarizes the keys before this device's
+first token; its cotangent is returned. Design: docs/long_context.md.
 """
 
 from __future__ import annotations

@@ -1,38 +1,14 @@
 """Sequence parallelism: attention with the length axis sharded over devices.
 
-Inside `jax.shard_map`, with the length axis of query, key, value (and of
-the masks) split over a manual mesh axis, `sequence_axis`, device p holds
-the p-th contiguous block of positions (`jax.lax.axis_index` order). The
-public functions called with `sequence_axis=...` (api.py) compute exactly
-what the unsharded call computes.
-
-FAVOR+ (after LASP-2, extended to the normalizer and the stabilizer). Each
-device summarizes its keys as `(m_p, S_p)` (summary.py: the max key
-log-amplitude and `sum_j exp(a_j - m_p) phi~(k_j) [v_j, 1]^T`, `[F, Dv+1]`
-per head), and one `all_gather` gives every device all P summaries:
-- causal: device p folds those of devices q < p (the exclusive prefix, with
-  summary.py's operator) into a seed, the state entering its first chunk;
-  its causal pass (parallel.py, slim.py or autodiff.py) starts from it. Each
-  query is still measured against the running max of the keys it sees,
-  earlier devices' keys included, so no later key, on this device or
-  another, can change an earlier output.
-- bidirectional: every device folds all P summaries into the total and
-  attends to it.
-Communication per call and layer: one all-gather whose result is
-`P x B x H x (F + 1) x (Dv + 1)` float32 per device (the maxima ride along
-as an extra row), and in the backward pass its transpose, one reduce-scatter
-of the same size (autodiff of `all_gather`). Neither depends on L.
-The local summary costs one extra pass over the device's key features; it is
-rematerialized in the backward pass (`jax.checkpoint`), so it stores nothing.
-
-Softmax and L2 attention have no such summary: with a sharded sequence each
-device gathers all keys, values and the key mask (`all_gather`, tiled) and
-attends from its own queries with their global positions. That is exact but
-neither memory- nor communication-efficient (O(L) gathered per device, the
-`[L/P, L]` logits, and a reduce-scatter of dk, dv backward).
-
-`shard_sequence` wraps an attention function in the `shard_map` that a
-module running under `jax.jit` with a mesh needs (docs/long_context.md).
+Contract and communication: `sequence_axis` in the `favor_attention`
+docstring (api.py); design: docs/long_context.md. FAVOR+ (after LASP-2):
+each device summarizes its keys as `(m_p, S_p)` (summary.py; rematerialized
+backward, so it stores nothing), one `all_gather` gives every device all P
+summaries, and device p folds those of devices q < p into the seed of its
+causal pass, or all of them (bidirectional). Queries are still measured
+against the running max of the keys they see, earlier devices' included, so
+no later key can change an earlier output. Softmax and L2 have no summary:
+they gather all keys, values and the key mask (exact, but O(L) per device).
 """
 
 from __future__ import annotations
@@ -226,7 +202,7 @@ def sequence_sharding(mesh, *, sequence_axis: AxisName = "seq",
                       head_axis: AxisName | None = None) -> Iterator[None]:
   """Makes the attention layers traced inside it sequence-parallel.
 
-  The self-attention of `performer_jax.nn.MultiHeadAttention` and
+  The self-attention of `performer_jax.linen.MultiHeadAttention` and
   `performer_jax.nnx.MultiHeadAttention` (not decoding) then runs in
   `shard_sequence(...)` with these axes: on global `[B, L, ...]` arrays
   under `jax.jit`, with L split over `sequence_axis`. The rest of a model

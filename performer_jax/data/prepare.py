@@ -1,33 +1,15 @@
-"""`performer-data prepare`: raw data -> a prepared dataset (prepared.py).
+"""`performer-data prepare`: raw data -> a prepared dataset (dataset.py).
 
-  performer-data prepare --format fasta --input 'uniref50_*.fasta.gz' \
-      --heldout-fraction 0.001 --output /data/uniref50
-  performer-data prepare --format text --input enwik8 --output /data/enwik8
-  performer-data prepare --format imagenet_npz \
-      --input '/data/imagenet64/train_data_batch_*.npz' --output /data/in64
-  python -m performer_jax.data.prepare prepare --format blastdb \
-      --input /usr/share/metastudent-data/dataset_201401/BPO/goasp.fasta \
-      --output /data/goasp
-
-One streaming pass: each input (or each byte range of a large uncompressed
+Usage: README.md#data. Each input (or byte range of a large uncompressed
 FASTA file) is a piece that a worker process parses in bounded-memory blocks
-and writes as its own shard, so memory is bounded by the block size and the
-work spreads over the machine's cores. Everything is written into a
-temporary directory that is renamed to `--output` only when complete, with
-the manifest last: an interrupted or failed run (a full disk included)
-leaves no dataset that loads, and the next run starts cleanly. Preparing
-into a directory that already holds a dataset of the same inputs and options
-does nothing (idempotent), and processes that prepare the same output at
-once (the hosts of one run) take turns under a lock file beside it.
-
-Splits: sequences with identifiers (fasta, blastdb) go to "heldout" when a
-hash of their identifier falls below `--heldout-fraction` (stable however
-the inputs are ordered or re-prepared), else to "train"; text and bytes are
-cut by position into "train", "valid", "test" (enwik8, exactly 10^8 bytes:
-90M / 5M / 5M; else 90% / 5% / 5%); images go to one split, "all".
-
-`performer-data verify DIR` (verify.py) checks a prepared dataset against
-the SHA-256 digests of its manifest.
+into its own shard. Output goes to a temporary directory renamed to
+`--output` when complete, manifest last, so a failed run leaves no dataset
+that loads; the same inputs and options again do nothing, and concurrent
+runs (the hosts of one run) take turns under a lock file. Splits: records
+with identifiers (fasta, blastdb) go to "heldout" when a hash of the
+identifier is below `--heldout-fraction` (stable under reordering), else
+"train"; text and bytes are cut by position into "train", "valid", "test"
+(90/5/5%; enwik8, 10^8 bytes: 90M/5M/5M); images go to one split, "all".
 """
 
 from __future__ import annotations
@@ -49,9 +31,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from performer_jax.data import dataset as prepared
 from performer_jax.data import files
 from performer_jax.data import image_formats
-from performer_jax.data import prepared
 from performer_jax.data import sequence_formats as seqfmt
 from performer_jax.data import verify
 

@@ -30,7 +30,7 @@ from typing import Iterable
 
 import numpy as np
 
-from performer_jax.data import prepared
+from performer_jax.data import dataset as prepared
 
 BLOCK_BYTES = 1 << 22  # a multiple of the index entry size
 

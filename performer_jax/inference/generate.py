@@ -29,7 +29,7 @@ import numpy as np
 
 from performer_jax.inference import cli
 from performer_jax.inference import loading
-from performer_jax.models import decoding
+from performer_jax.linen import decoding
 
 
 def _parser() -> argparse.ArgumentParser:

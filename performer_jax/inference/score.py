@@ -1,41 +1,14 @@
-"""`performer-score`: log-likelihoods and embeddings of sequences.
+"""`performer-score`: log-likelihoods and embeddings of sequences (README).
 
-  performer-score --workdir /tmp/protein_lm --input variants.fasta \
-      --output scores.tsv [--embeddings emb.npy] [--batch-size 32]
-
-Causal models: the log-likelihood of each sequence, the sum of
-`log p(x_t | x_<t)` over every predicted token: for proteins the residues
-and the end token, from the start token; for text every byte after the
-first (text has no start token). Masked models: the pseudo-log-likelihood
-`sum_i log p(x_i | x_without_i)`, one forward pass per position with that
-position masked (Salazar et al. 2020), so it costs n passes for n residues.
-The TSV has one row per sequence: `name`, `predicted` (the number of
-tokens scored), the (pseudo-)log-likelihood in nats and bits per token (per
-byte for text). `--embeddings` also writes float32 `[N, emb_dim]`: the mean
-of the final layer-normed hidden states over the sequence's positions.
-
-Sequences longer than the training length L (data.seq_len, start token
-included) are scored in windows of L positions (`--long window`, the
-default; `error` refuses them, `skip` leaves them out), as the model was
-trained on crops of L:
-- causal: the stream `[BOS] + x + [EOS]` is cut into windows that start
-  every `L - overlap` positions (the last one ends at the stream's end);
-  each token is predicted once, in the first window that reaches it, so
-  every token past the first window sees at least `--overlap` tokens of
-  context (default L/2). The log-likelihood is the sum over windows of the
-  tokens each one predicts (the sliding-window evaluation of causal LMs).
-- masked: position i is masked in the window of L residues centred on it
-  (clipped to the sequence), so it sees about L/2 residues on each side; the
-  pseudo-log-likelihood sums them as before, at the same n passes.
-- embeddings: the same windows as causal scoring (masked: each position in
-  the window where it lies most central), each position pooled once.
-Windows past the first lack the start token, as the model's training crops
-of long sequences did.
-
-Each forward pass is padded to its longest row rounded up to a multiple of
-`PAD_MULTIPLE` (at most seq_len / 64 programs compile), not to seq_len:
-padded keys are masked out, so only the float32 rounding of the sums
-changes. Inputs are streamed; the outputs appear when complete.
+One TSV row per sequence: `name`, `predicted` (tokens scored) and the
+log-likelihood in nats and bits per token (per byte for text): causal models
+sum `log p(x_t | x_<t)`, masked ones give the pseudo-log-likelihood (Salazar
+et al. 2020), one pass per masked position. `--embeddings`: float32
+`[N, emb_dim]`, the mean final layer-normed hidden state. Sequences longer
+than the training length L are scored in windows of L (`--long`, `--overlap`,
+see `causal_owned` and `central_owned`); windows past the first lack the
+start token, as training crops did. Padded keys are masked, so padding each
+pass to a multiple of `PAD_MULTIPLE` changes only the float32 rounding.
 """
 
 from __future__ import annotations

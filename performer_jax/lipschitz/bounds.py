@@ -1,35 +1,18 @@
 """Upper bounds on the Lipschitz constant of L2 multi-head attention.
 
-Theorem 3.2 of Kim, Papamakarios, Mnih, "The Lipschitz Constant of
-Self-Attention" (ICML 2021), for N >= 3 tokens, with phi^-1(N-1) = W_0((N-1)/e):
-
+Theorem 3.2 of Kim, Papamakarios, Mnih (ICML 2021), N >= 3 tokens,
+phi^-1(N-1) = W_0((N-1)/e), the paper's D/H = the head dim K:
   Lip_inf <= (4 phi^-1(N-1) + 1/sqrt(D/H)) ||W_O^T||_inf
              * max_h ||W_Q,h||_inf ||W_Q,h^T||_inf * max_h ||W_V,h^T||_inf
   Lip_2   <= sqrt(N)/sqrt(D/H) (4 phi^-1(N-1) + 1)
              * sqrt(sum_h ||W_Q,h||_2^2 ||W_V,h||_2^2) ||W_O||_2
-
-The norms are those of the map X -> L2-MHA(X) on flattened X in R^{N x D}.
-Conventions (see maps.py): row-vector inputs, W_Q,h = query_kernel[:, h, :]
-is D x K, W_V,h likewise, W_O = out_kernel reshaped to (H K) x O. The paper's
-D/H is the head dim K, which is also what the logits and A_h are scaled by.
-||M||_inf is the max absolute row sum, so ||W^T||_inf (max absolute column sum
-of W) is the inf-norm Lipschitz constant of X -> X W.
-
-Fewer than three tokens: a token placed far away from the others gets zero
-attention weight and zero Jacobian entries in the limit, so every N'-token
-input is a limit of N-token inputs with N' <= N, and Lip(N') <= sup bound(N).
-The functions below therefore return bound(max(N, 3)).
-
-Masks (causal, padding): with the inf norm, each output row of a masked map
-(that still attends to itself) equals that row of the unmasked map applied to
-the subset of tokens it sees, whose Lipschitz bound is bound(n_i) <= bound(N)
-(the bound grows with N). So the inf bound holds unchanged for the causal
-mask and, with a padding mask, for the rows of the real tokens (padded
-queries are computed by `l2_attention` against zeroed keys and values, a
-different map, and are not covered). With the 2-norm the row blocks only combine as
-||J||_2^2 <= sum_i ||J_i||_2^2 <= sum_i bound_2(n_i)^2, which for the causal
-mask (n_i = i) is what `causal=True` returns; it is looser, not equal to the
-unmasked bound.
+for X -> L2-MHA(X) on flattened X in R^{N x D}, weights as in maps.py,
+||M||_inf the max absolute row sum. N < 3 gets bound(3): with a far-away
+token (zero weight in the limit), an input is a limit of longer ones. Each
+row of a masked map is the unmasked map on the tokens it sees, and the
+bound grows with N, so the inf bound covers the causal mask and the real
+rows of a padding mask; the 2-norm only gives
+||J||_2^2 <= sum_i bound_2(n_i)^2 (`causal=True`: n_i = i).
 """
 
 from __future__ import annotations
@@ -245,7 +228,8 @@ def find_l2_attention_params(variables: Mapping[str, Any]) -> Mapping[str, Any]:
   if not found:
     raise ValueError(
         "no attention params (a dict with 'query', 'value' and 'out') found; "
-        "pass the variables of MultiHeadAttention(attention='l2')")
+        "pass the variables of an L2 MultiHeadAttention "
+        "(AttentionConfig(kind='l2'))")
   if len(found) > 1:
     raise ValueError(
         f"found {len(found)} attention param dicts at "
@@ -255,7 +239,7 @@ def find_l2_attention_params(variables: Mapping[str, Any]) -> Mapping[str, Any]:
     raise ValueError(
         f"attention params at {'/'.join(path) or '<root>'} have a separate "
         "'key' kernel: only tied L2 attention (W_K = W_Q, "
-        "MultiHeadAttention(attention='l2')) has a Lipschitz bound")
+        "AttentionConfig(kind='l2')) has a Lipschitz bound")
   return params
 
 

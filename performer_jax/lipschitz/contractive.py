@@ -1,33 +1,14 @@
 """Contractive blocks: maps [B, L, D] -> [B, L, D] with Lipschitz constant < 1.
 
-`ContractiveL2Attention` wraps `MultiHeadAttention(attention="l2")` and scales
-its output by c / bound, where bound is the Theorem 3.2 upper bound (see
-bounds.py) recomputed from the current weights at every call, for the
-sequence length of the input. So Lip_norm(block) <= c < 1 for every weight
-value, not just at initialization.
-
-`ContractiveMlp` is Dense -> ELU -> Dense with each kernel divided by its
-operator norm (exact for "inf", a <= 3% overestimate for "2"; ELU is
-1-Lipschitz) and the output scaled by c.
-
-Both are per-sequence maps, so Lip is that of X in R^{L x D} -> R^{L x D};
-batch elements are independent.
-
-Gradient through the normalizer: by default the bound is *not* wrapped in
-stop_gradient, so training follows the true gradient of the function the
-network computes (c f_W(X) / bound(W)), and the optimizer sees that growing
-the weights also grows the divisor. With `stop_gradient_bound=True` the
-forward map is the same (still contractive: the bound is always evaluated
-at the current weights) but the gradient ignores the divisor's dependence on
-the weights, which is cheaper and is what spectral normalization usually does;
-the optimizer is then working on a biased gradient.
-
-Masks: for norm "inf" the bound covers the causal mask and any padding mask
-(each row is a row of L2-MHA on the tokens it sees, and the bound increases
-with N); for norm "2" the causal bound sqrt(sum_i bound_2(i)^2) is used. With
-a padding key_mask, the outputs at real tokens are covered; the outputs at
-padded positions (which `l2_attention` computes against zeroed keys/values
-and which every loss ignores) are not.
+`ContractiveL2Attention` scales L2 `MultiHeadAttention` by c / bound, the
+Theorem 3.2 bound (bounds.py) recomputed from the current weights and
+length at every call, so Lip <= c < 1 per sequence for every weight value.
+`ContractiveMlp` is Dense -> ELU -> Dense, each kernel divided by its
+operator norm, scaled by c. By default the gradient flows through the bound
+(the true gradient of c f_W(X) / bound(W)); `stop_gradient_bound=True`
+keeps the forward map but ignores the divisor's dependence on the weights:
+cheaper, as spectral normalization does, but biased. Masks are covered as
+in bounds.py: real tokens only, not padded positions.
 """
 
 from __future__ import annotations
@@ -38,8 +19,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from performer_jax.linen import MultiHeadAttention
 from performer_jax.lipschitz import bounds
-from performer_jax.nn import MultiHeadAttention
+from performer_jax.schemas import AttentionConfig
 
 
 def check_c_norm(c, norm):
@@ -80,8 +62,8 @@ class ContractiveL2Attention(nn.Module):
     """[B, L, D] -> [B, L, D] (dtype of the attention module)."""
     check_c_norm(self.c, self.norm)
     attention = MultiHeadAttention(
-        num_heads=self.num_heads, qkv_features=self.qkv_features,
-        attention="l2", causal=self.causal, dtype=self.dtype,
+        num_heads=self.num_heads, config=AttentionConfig(kind="l2"),
+        qkv_features=self.qkv_features, causal=self.causal, dtype=self.dtype,
         param_dtype=self.param_dtype, kernel_init=self.kernel_init,
         name="attention")
     y_BLD = attention(x_BLD, key_mask=key_mask, deterministic=deterministic)

@@ -1,24 +1,13 @@
 """Invertible residual maps y = x + g(x) with Lip(g) < 1 (i-ResNet style).
 
-If g is a contraction (Lip(g) = c < 1 in some norm), then x -> x + g(x) is a
-bijection, and its inverse at y is the unique fixed point of
-x -> y - g(x), reached by the iteration x_{k+1} = y - g(x_k) from any start
-(Banach). The error shrinks by a factor c per iteration:
-||x_k - x*|| <= c^k / (1 - c) ||x_1 - x_0||, so c close to 1 needs many
-iterations, which is experiment 3 (experiments/lipschitz/invertible.py).
-
-`fixed_point_inverse` is a pure function of g (a closure over its weights), so
-it works for any contractive map, e.g. `model.apply(variables, x,
-method=...)` of a Flax module.
-
-Tolerances are floored at what the dtype can resolve. Near the fixed point
-every evaluation of `y - g(x)` is rounded to the spacing of the numbers it
-produces (4.8e-7 for float32 values near 4), so a step can sit at one or two
-ulps forever: a tolerance below that would make "converged" depend on the
-CPU's rounding rather than on the map. The stopping tolerance is therefore
-`max(atol + rtol * max|y|, RESOLUTION_ULPS * eps(dtype) * max|y|)`; a tighter
-request is raised to the floor (not an error), and `InverseInfo.tolerance`
-reports the value that was used.
+If Lip(g) = c < 1, x -> x + g(x) is a bijection and its inverse at y is the
+fixed point of x -> y - g(x), reached by iteration from any start (Banach),
+with ||x_k - x*|| <= c^k / (1 - c) ||x_1 - x_0||: c near 1 needs many steps.
+`fixed_point_inverse` takes g as a function (e.g. a closure over a Flax
+module's `apply`). The stopping tolerance is
+`max(atol + rtol * max|y|, RESOLUTION_ULPS * eps(dtype) * max|y|)`: rounding
+can keep a step one or two ulps from the fixed point forever, so a tighter
+request is raised to the floor, not refused (`InverseInfo.tolerance`).
 """
 
 from __future__ import annotations

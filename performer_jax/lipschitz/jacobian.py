@@ -1,23 +1,14 @@
 """Empirical lower bounds on Lipschitz constants: max_X ||J_f(X)||_p.
 
-For a differentiable f: R^{N x D} -> R^{N x O}, Lip_p(f) = sup_X ||J_f(X)||_p
-where J_f(X) is the [N*O, N*D] Jacobian of the flattened map (row-major
-flattening, so rows n*O + o and columns m*D + d). Any X therefore gives a
-lower bound, and gradient ascent on X (Adam, several restarts run in parallel
-with vmap) finds good ones, as in Section 6 of Kim et al. (2021).
-
-Objectives:
-  "full":        the exact norm of the full Jacobian (jacfwd); cost grows like
-                 (N D)^2 times the cost of f, so only for small N * D.
-  "first_token": (inf norm only) the max absolute row sum over the rows of
-                 token 0, one reverse pass. For a permutation-equivariant f
-                 (self-attention without masks or positions) every row is row
-                 0 of a permuted input, so max_X of this equals max_X of the
-                 full inf norm; for any f it is a lower bound of ||J||_inf.
-  "jvp":         (2-norm only) ||J u||_2 / ||u||_2 with the direction u
-                 optimised jointly with X; one JVP, cheap for large N.
-  "auto":        "full" when N * D <= 32, otherwise the cheap one.
-The value reported is always a valid lower bound of Lip_p(f).
+Lip_p(f) = sup_X ||J_f(X)||_p for f: R^{N x D} -> R^{N x O}, J_f(X) the
+[N*O, N*D] Jacobian of the row-major flattened map, so any X gives a lower
+bound; Adam on X, restarts in parallel (vmap), finds good ones (Kim et al.
+2021, Section 6). Objectives: "full", the exact norm (jacfwd, (N D)^2 times
+the cost of f: small N * D only); "first_token" (inf norm), the rows of
+token 0, one reverse pass, whose max over X is the full norm's for
+permutation-equivariant f (no masks or positions); "jvp" (2-norm),
+||J u|| / ||u|| with u optimised too; "auto", "full" when N * D <= 32.
+Every value is a valid lower bound.
 """
 
 from __future__ import annotations

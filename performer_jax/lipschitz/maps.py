@@ -1,26 +1,16 @@
 """Multi-head self-attention as pure functions of the weights.
 
-These are brute-force references written straight from the paper's formulas
-(Kim, Papamakarios, Mnih 2021), used to take Jacobians with respect to the
-input and to check `performer_jax.nn.MultiHeadAttention`. They take the same
-parameter dicts as the Flax module (layout of `nn.DenseGeneral`):
-
-  query kernel W_Q  [D, H, K]   (L2: W_K = W_Q, no separate key kernel)
-  key kernel   W_K  [D, H, K]   (dot-product only)
-  value kernel W_V  [D, H, K]
-  out kernel   W_O  [H, K, O],  out bias [O]
-
-Inputs are row vectors as in the paper: X is [N, D] and X W_Q,h with
-W_Q,h = query_kernel[:, h, :] (a D x K matrix). Here K is the head dim, the
-paper's D/H.
-
-L2-MHA (tied): with A_h = W_Q,h W_Q,h^T / sqrt(K) (D x D),
+Brute-force references from the formulas of Kim, Papamakarios, Mnih (2021),
+for input Jacobians and to check `performer_jax.linen.MultiHeadAttention`,
+with its parameter dicts (`nn.DenseGeneral`): query, key (dot-product only;
+L2 ties W_K = W_Q) and value kernels `[D, H, K]`, out kernel `[H, K, O]`,
+out bias `[O]`. Rows as in the paper: X is [N, D], W_Q,h =
+query_kernel[:, h, :] is D x K, K the head dim (the paper's D/H). L2-MHA:
   P_h[i, j] = softmax_j(-||x_i W_Q,h - x_j W_Q,h||^2 / sqrt(K)),
-  F_h(X) = P_h X A_h,
+  A_h = W_Q,h W_Q,h^T / sqrt(K),  F_h(X) = P_h X A_h,
   L2-MHA(X) = [F_1(X) W_V,1, ..., F_H(X) W_V,H] W_O + b_O.
-The logits are formed from explicit pairwise differences (not the expanded
-||q||^2 - 2 q.k + ||k||^2 form that the production kernel uses), so that the
-two are independent implementations.
+Logits use explicit pairwise differences, not the production kernel's
+expanded form, so that the two are independent implementations.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ bound and dropout would make the branch random. Dropout (model.dropout_rate)
 is applied to the embeddings only, outside the invertible part; the final
 LayerNorm and the tied output embedding also sit outside it.
 
-Same call signature as `performer_jax.models.Transformer`:
+Same call signature as `performer_jax.linen.Transformer`:
   __call__(inputs_BL int32, *, key_mask_BL=None, deterministic=True)
     -> logits_BLV float32
 and built from the same `model` config section by `make_invertible_model`.
@@ -24,12 +24,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from performer_jax.config.schema import ConfigError
-from performer_jax.config.sections import ModelConfig
+from performer_jax.core import transformer as core
+from performer_jax.linen import embeddings
 from performer_jax.lipschitz import contractive
 from performer_jax.lipschitz import invertible
-from performer_jax.models import embeddings
-from performer_jax.models import transformer
+from performer_jax.schemas.base import ConfigError
+from performer_jax.schemas.sections import ModelConfig
 
 
 class InvertibleL2Transformer(nn.Module):
@@ -189,7 +189,7 @@ def make_invertible_model(model: ModelConfig | Any, *, vocab_size: int,
   model = model if isinstance(model, ModelConfig) else ModelConfig.parse(
       model)
   check_model(model)
-  transformer.check_vocab_size(vocab_size)
+  core.check_vocab_size(vocab_size)
   contractive.check_c_norm(c, norm)
   return InvertibleL2Transformer(model, vocab_size=vocab_size,
                                  causal=bool(causal), c=float(c), norm=norm,

@@ -8,8 +8,7 @@
   update_from_linen,        weights both ways between the Linen and the NNX
   to_linen_variables        modules (convert.py)
 
-The math is the Linen modules' (performer_jax.nn.core and
-performer_jax.models.transformer); see docs/nnx.md.
+The math is the Linen modules' (performer_jax.core); see docs/nnx.md.
 """
 
 from performer_jax.nnx.attention import MultiHeadAttention

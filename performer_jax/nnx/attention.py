@@ -1,21 +1,11 @@
-"""`MultiHeadAttention` for Flax NNX: softmax, FAVOR+ or L2 attention.
+"""The NNX `MultiHeadAttention`: softmax, FAVOR+ or L2 (Lipschitz).
 
-The module owns its variables and runs `performer_jax.nn.core.AttentionCore`,
-the math the Linen module runs too; its state has the names and shapes of
-the Linen variables, so `convert.py` maps one onto the other:
-
-  nnx.Param        query/key/value/out kernels and biases ("params"; L2 has
-                   only query, value and out, W_K = W_Q).
-  RandomFeatures   `projection`: float32 [num_features, head_dim] FAVOR+
-                   features ("random_features"). Not a Param: optimizers
-                   built with `wrt=nnx.Param` and `nnx.grad` leave it alone,
-                   and `redraw_random_features` replaces it in place.
-  nnx.Cache        the decoding state after `init_cache` ("cache"): a
-                   constant-size prefix-sum state for FAVOR+, a key-value
-                   cache for softmax and L2.
-
-Every Param carries logical axis names ("embed", "heads", "kv") as
-`out_sharding` metadata; see `core.shard_eagerly` for when they shard.
+It runs `core.attention.AttentionCore`, the Linen module's math, and its
+state has the Linen variables' names and shapes (`convert.py` maps one onto
+the other): nnx.Param kernels and biases, `RandomFeatures` (the FAVOR+
+projection, float32 [num_features, head_dim]: not a Param, so optimizers
+built with `wrt=nnx.Param` leave it alone) and, after `init_cache`,
+nnx.Cache decoding state.
 """
 
 from __future__ import annotations
@@ -27,9 +17,9 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from performer_jax.attention import api
-from performer_jax.config.sections import AttentionConfig
-from performer_jax.nn import core
+from performer_jax.core import attention as core
+from performer_jax.core.sharding import nnx_sharding
+from performer_jax.schemas.sections import AttentionConfig
 
 
 class RandomFeatures(nnx.Variable):
@@ -63,9 +53,9 @@ class ProjectionWeights(nnx.Module):
                param_dtype: Any, *, rngs: nnx.Rngs):
     self.kernel = nnx.Param(
         spec.init_kernel(kernel_init, rngs.params(), param_dtype),
-        **core.nnx_sharding(spec.kernel_axes))
+        **nnx_sharding(spec.kernel_axes))
     self.bias = (nnx.Param(spec.init_bias(param_dtype),
-                           **core.nnx_sharding(spec.bias_axes))
+                           **nnx_sharding(spec.bias_axes))
                  if spec.use_bias else nnx.data(None))
 
   def weights(self) -> dict[str, jax.Array | None]:
@@ -74,49 +64,32 @@ class ProjectionWeights(nnx.Module):
 
 
 class MultiHeadAttention(nnx.Module):
-  """Multi-head attention with a choice of softmax, FAVOR+ or L2 attention.
+  """Multi-head attention; `config` picks softmax, FAVOR+ or L2.
 
   Args:
     in_features: D, the input width.
     num_heads: H.
-    qkv_features: total query/key/value width (default: in_features); must
-      divide by num_heads.
-    out_features: output width (default: in_features).
-    attention: "softmax" (exact), "favor" (FAVOR+) or "l2" (tied, Lipschitz).
-    kernel, num_features, orthogonal, scaling, chunk_size, implementation:
-      FAVOR+'s feature map and random features, as
-      `performer_jax.nn.MultiHeadAttention`.
-    causal: autoregressive masking.
-    dropout_rate: dropout on the concatenated head outputs; on in training
-      mode (the NNX default; `model.eval()` turns it off).
-    dtype: compute dtype of the projections (attention math is float32).
-    param_dtype: parameter dtype.
-    decode: one token per call on the cache of `init_cache` (causal only).
-      An attribute, so `model.set_attributes(decode=True)` switches a
-      trained model to decoding.
-    use_bias: q/k/v and out biases.
-    kernel_init: initializer of the kernels.
+    config: the attention, as the Linen `MultiHeadAttention`'s (default
+      `AttentionConfig()`: FAVOR+ with 256 features).
+    qkv_features, out_features, causal, dropout_rate, dtype, param_dtype,
+      use_bias, kernel_init: as the Linen module's. Dropout is on in
+      training mode (the NNX default; `model.eval()` turns it off).
+    decode: one call per token (or prefill) on the cache of `init_cache`;
+      an attribute, so `set_attributes(decode=True)` switches a trained
+      model to decoding.
     rngs: streams "params", "random_features" (default: "params") and, with
       dropout, "dropout" (default: forked from "params").
   """
 
-  def __init__(self, in_features: int, num_heads: int, *,
+  def __init__(self, in_features: int, num_heads: int,
+               config: AttentionConfig = AttentionConfig(), *,
                qkv_features: int | None = None,
-               out_features: int | None = None, attention: str = "softmax",
-               kernel: str | Callable = "softmax",
-               num_features: int | None = 256, orthogonal: bool = True,
-               scaling: str = "chi",
-               chunk_size: int = api.DEFAULT_CHUNK_SIZE,
-               implementation: str = "auto", causal: bool = False,
+               out_features: int | None = None, causal: bool = False,
                dropout_rate: float = 0.0, dtype: Any = jnp.float32,
                param_dtype: Any = jnp.float32, decode: bool = False,
                use_bias: bool = True,
                kernel_init: Callable = nnx.initializers.xavier_uniform(),
                rngs: nnx.Rngs):
-    config = core.module_config(
-        attention=attention, kernel=kernel, num_features=num_features,
-        orthogonal=orthogonal, scaling=scaling, chunk_size=chunk_size,
-        implementation=implementation)
     self.attention_core = core.AttentionCore.create(
         config, in_features=in_features, num_heads=num_heads,
         qkv_features=qkv_features, out_features=out_features, causal=causal,
@@ -131,17 +104,8 @@ class MultiHeadAttention(nnx.Module):
         if config.uses_projection else nnx.data(None))
     self.dropout = make_dropout(dropout_rate, rngs)
 
-  @classmethod
-  def from_config(cls, config: AttentionConfig, in_features: int,
-                  num_heads: int, *, rngs: nnx.Rngs,
-                  **kwargs) -> "MultiHeadAttention":
-    """The module for a `model.attention` section; `kwargs` set the other
-    arguments (causal, dtype, ...)."""
-    return cls(in_features, num_heads, **core.config_fields(config),
-               rngs=rngs, **kwargs)
-
-  def attention_config(self) -> AttentionConfig:
-    """The attention arguments as a checked AttentionConfig."""
+  @property
+  def config(self) -> AttentionConfig:
     return self.attention_core.config
 
   def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array | None = None,
@@ -210,7 +174,7 @@ def redraw_random_features(model: nnx.Module, rng: jax.Array, *,
   """Redraws every `RandomFeatures` variable of `model` in place.
 
   Works eagerly and inside `nnx.jit`. Draws exactly what
-  `performer_jax.nn.redraw_random_features` draws for the same model's Linen
+  `performer_jax.linen.redraw_random_features` draws for the same model's Linen
   variables: leaf i (in the order of the Linen "random_features" tree) gets
   `fold_in(rng, i)`, and stacked layers an independent draw each.
 

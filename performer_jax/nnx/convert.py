@@ -1,25 +1,12 @@
 """Weights both ways between the Linen and the NNX modules.
 
-The NNX modules of this package name their state as the Linen modules name
-their variables, so a conversion is a mapping of collections to NNX
-variable types and nothing else:
-
-  Linen collection    NNX variable type
-  "params"            nnx.Param
-  "random_features"   RandomFeatures
-  "cache"             nnx.Cache
-
-It holds for `MultiHeadAttention` (the same arguments in both APIs) and for
-the `Transformer` of one model section, `scan_layers` or not (the stacked
-"layers" layout of `nn.scan` is the layout of the NNX model's `nnx.vmap`
-blocks). The dropout streams (nnx.RngState) have no Linen counterpart and are
-neither read nor written.
-
-  linen_model = models.make_model(cfg, vocab_size=V, causal=True)
-  variables = linen_model.init(rngs, tokens)
-  model = pnnx.make_model(cfg, vocab_size=V, causal=True, rngs=nnx.Rngs(0))
-  pnnx.update_from_linen(model, variables)   # now the same function
-  variables = pnnx.to_linen_variables(model)  # and back
+NNX state is named as the Linen variables, so a conversion only maps
+collections to variable types: "params" <-> nnx.Param, "random_features"
+<-> RandomFeatures, "cache" <-> nnx.Cache. This holds for
+`MultiHeadAttention` and a model section's `Transformer`, `scan_layers` or
+not (`nn.scan`'s stacked "layers" is the layout of the `nnx.vmap` blocks).
+Dropout streams (nnx.RngState) are neither read nor written. Usage:
+docs/nnx.md.
 """
 
 from __future__ import annotations

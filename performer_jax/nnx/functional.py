@@ -30,10 +30,10 @@ from flax import nnx
 from flax import traverse_util
 import jax
 
-from performer_jax.config.sections import ModelConfig
-from performer_jax.models import transformer as linen_transformer
+from performer_jax.core import transformer as core
 from performer_jax.nnx import convert
 from performer_jax.nnx import transformer
+from performer_jax.schemas.sections import ModelConfig
 
 # Collections a training state holds (no cache: the trainer never decodes).
 _TRAINED = ("params", "random_features")
@@ -109,14 +109,17 @@ class FunctionalTransformer:
     if extra:
       raise ValueError(f"FunctionalTransformer.apply takes the collections "
                        f"{list(_TRAINED)}, got {extra}; decode with "
-                       "performer_jax.models or pnnx.Transformer instead")
+                       "performer_jax.linen or pnnx.Transformer instead")
     if not deterministic and not (rngs and "dropout" in rngs):
       raise ValueError("apply(..., deterministic=False) needs "
                        "rngs={'dropout': key}")
     dropout = rngs["dropout"] if rngs and "dropout" in rngs else (
         jax.random.PRNGKey(0))
-    # The initial values drawn here are overwritten below; under jit they
-    # are never computed.
+    # A model is built per call, not kept between steps: the trainer's step
+    # is a pure function of pytrees, jitted once, so this runs only while
+    # tracing (once per compiled step), and the initial values drawn here
+    # are overwritten below, dead code that XLA removes. A kept model would
+    # be mutable state outside the jitted function.
     model = self._build(nnx.Rngs(params=0, dropout=dropout))
     convert.update_from_linen(model, variables)
     return model(inputs_BL, key_mask_BL=key_mask_BL,
@@ -125,13 +128,13 @@ class FunctionalTransformer:
 
 def make_model(model: ModelConfig | Any, *, vocab_size: int, causal: bool,
                decode: bool = False) -> FunctionalTransformer:
-  """The builder of `config.model_api = "nnx"`: `models.make_model`'s
+  """The builder of `config.model_api = "nnx"`: `linen.make_model`'s
   signature, returning a `FunctionalTransformer` (no decoding: decode the
-  trained variables with `performer_jax.models` or `pnnx.Transformer`)."""
+  trained variables with `performer_jax.linen` or `pnnx.Transformer`)."""
   if decode:
     raise ValueError("the functional NNX model does not decode; load the "
                      "variables into pnnx.make_model(..., decode=True) "
-                     "(pnnx.update_from_linen) or use performer_jax.models")
-  model = linen_transformer.parse_model_args(
+                     "(pnnx.update_from_linen) or use performer_jax.linen")
+  model = core.parse_model_args(
       model, vocab_size=vocab_size, causal=causal, decode=False)
   return FunctionalTransformer(model, int(vocab_size), bool(causal))

@@ -1,7 +1,7 @@
 """The encoder and decoder-only `Transformer` for Flax NNX.
 
-The model is `performer_jax.models.transformer.forward` and
-`residual_block`, the structure the Linen model runs too, over NNX layers.
+The model is `core.transformer.forward` and `residual_block`, the structure
+the Linen model runs too, over NNX layers.
 Its state has the Linen model's names and shapes ("token_embed",
 "pos_embed", "layer_0".."layer_{n-1}" or, with `scan_layers`, one stacked
 "layers", "ln_final"), so `convert.py` maps one onto the other leaf by leaf.
@@ -26,20 +26,22 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from performer_jax.config.sections import ModelConfig
-from performer_jax.models import embeddings
-from performer_jax.models import transformer
-from performer_jax.nn import core
+from performer_jax.core import embeddings
+from performer_jax.core import transformer
+from performer_jax.core.attention import check_decode
+from performer_jax.core.sharding import nnx_sharding
+from performer_jax.core.sharding import product_sharding
 from performer_jax.nnx.attention import make_dropout
 from performer_jax.nnx.attention import MultiHeadAttention
+from performer_jax.schemas.sections import ModelConfig
 
 
 def _layer_norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
   return nnx.LayerNorm(
       cfg.emb_dim, epsilon=cfg.ln_epsilon, dtype=cfg.compute_dtype,
       param_dtype=cfg.storage_dtype,
-      scale_metadata=core.nnx_sharding(transformer.LN_AXES),
-      bias_metadata=core.nnx_sharding(transformer.LN_AXES), rngs=rngs)
+      scale_metadata=nnx_sharding(transformer.LN_AXES),
+      bias_metadata=nnx_sharding(transformer.LN_AXES), rngs=rngs)
 
 
 def _linear(cfg: ModelConfig, name: str, in_features: int,
@@ -50,20 +52,20 @@ def _linear(cfg: ModelConfig, name: str, in_features: int,
       param_dtype=cfg.storage_dtype,
       kernel_init=nnx.initializers.xavier_uniform(),
       bias_init=nnx.initializers.zeros_init(),
-      kernel_metadata=core.nnx_sharding(axes),
-      bias_metadata=core.nnx_sharding(axes[1:]), rngs=rngs)
+      kernel_metadata=nnx_sharding(axes),
+      bias_metadata=nnx_sharding(axes[1:]), rngs=rngs)
 
 
 class TiedEmbedding(nnx.Module):
   """`[vocab, emb_dim]` table that embeds tokens and, transposed, gives the
-  logits (see models/embeddings.py)."""
+  logits (see core/embeddings.py)."""
 
   def __init__(self, vocab_size: int, emb_dim: int, *, dtype: Any,
                param_dtype: Any, rngs: nnx.Rngs):
     self.embedding = nnx.Param(
         embeddings.TOKEN_INIT(rngs.params(), (vocab_size, emb_dim),
                               param_dtype),
-        **core.nnx_sharding(embeddings.TOKEN_AXES))
+        **nnx_sharding(embeddings.TOKEN_AXES))
     self.dtype = dtype
 
   def __call__(self, inputs_BL: jax.Array) -> jax.Array:
@@ -87,7 +89,7 @@ class PositionEmbedding(nnx.Module):
     self.pos_embedding = (
         nnx.Param(embeddings.POSITION_INIT(rngs.params(), (max_len, emb_dim),
                                            param_dtype),
-                  **core.nnx_sharding(embeddings.POSITION_AXES))
+                  **nnx_sharding(embeddings.POSITION_AXES))
         if posemb == "learned" else nnx.data(None))
 
   def init_cache(self) -> None:
@@ -118,7 +120,7 @@ class TokenTypeEmbedding(nnx.Module):
         embeddings.POSITION_INIT(rngs.params(),
                                  (cfg.token_types, cfg.emb_dim),
                                  cfg.storage_dtype),
-        **core.nnx_sharding(transformer.TYPE_AXES))
+        **nnx_sharding(transformer.TYPE_AXES))
 
   def __call__(self, x_BLD: jax.Array) -> jax.Array:
     return transformer.add_token_type(x_BLD, self.embedding[...])
@@ -140,19 +142,19 @@ class MlpBlock(nnx.Module):
   @staticmethod
   def _product(linear: nnx.Linear):
     # An explicit mesh needs wo's output sharding (its "mlp" input axis is
-    # sharded); see core.product_sharding.
-    return lambda x: linear(x, out_sharding=core.product_sharding(
+    # sharded); see core.sharding.product_sharding.
+    return lambda x: linear(x, out_sharding=product_sharding(
         x, linear.kernel[...], 1))
 
 
 class TransformerBlock(nnx.Module):
-  """One pre-LN block (`models.transformer.residual_block`)."""
+  """One pre-LN block (`core.transformer.residual_block`)."""
 
   def __init__(self, cfg: ModelConfig, causal: bool, decode: bool, *,
                rngs: nnx.Rngs):
     self.ln_attention = _layer_norm(cfg, rngs)
-    self.attention = MultiHeadAttention.from_config(
-        cfg.attention, cfg.emb_dim, cfg.num_heads, causal=causal,
+    self.attention = MultiHeadAttention(
+        cfg.emb_dim, cfg.num_heads, cfg.attention, causal=causal,
         dropout_rate=0.0, dtype=cfg.compute_dtype,
         param_dtype=cfg.storage_dtype, decode=decode, rngs=rngs)
     self.ln_mlp = _layer_norm(cfg, rngs)
@@ -241,7 +243,7 @@ class Transformer(nnx.Module):
     Returns:
       float32 [B, L, vocab_size] logits.
     """
-    core.check_decode(self.decode, self.causal)
+    check_decode(self.decode, self.causal)
     return transformer.forward(
         inputs_BL, key_mask_BL, deterministic, token_embed=self.token_embed,
         pos_embed=self.pos_embed, dropout=self.dropout, layers=self._layers,
@@ -285,7 +287,7 @@ class Transformer(nnx.Module):
 def make_model(model: ModelConfig | Any, *, vocab_size: int, causal: bool,
                decode: bool = False, rngs: nnx.Rngs) -> Transformer:
   """Builds the NNX `Transformer` from a model section, as
-  `performer_jax.models.make_model` builds the Linen one.
+  `performer_jax.linen.make_model` builds the Linen one.
 
   Args:
     model: a ModelConfig, or a ConfigDict/mapping it is parsed from.

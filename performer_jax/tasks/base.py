@@ -1,19 +1,15 @@
 """The contract between tasks (data) and the trainer.
 
-A task turns its config into a `TaskData`: a train source, an eval source and
-the facts the trainer needs (vocabulary, causality, how to report the loss).
-Sources are *random access by step*: `get_batch(step)` is a pure function of
-(seed, step, process), so resuming a run only needs the step number and every
-process can build its own shard of the global batch without talking to others.
-
-Every batch is a dict of numpy arrays, local to this process:
+A task turns its config into a `TaskData`: train and eval sources and the
+facts the trainer needs (vocabulary, causality, how to report the loss).
+`get_batch(step)` is a pure function of (seed, step, process), so resuming
+needs only the step and each process builds its own rows. A batch is a dict
+of numpy arrays, b = global_batch_size // process_count:
   inputs:   int32   [b, L]  token ids fed to the model
   targets:  int32   [b, L]  token ids the model must predict at each position
-  weights:  float32 [b, L]  loss weight per position (0 on padding, and for
-                            masked LM 1 only on the masked positions)
-  key_mask: bool    [b, L]  True where the position is a real token (attention
-                            padding mask)
-with b = global_batch_size // process_count.
+  weights:  float32 [b, L]  loss weight (0 on padding; masked LM: 1 only on
+                            the masked positions)
+  key_mask: bool    [b, L]  True at real tokens (attention padding mask)
 """
 
 from __future__ import annotations
@@ -23,7 +19,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from performer_jax.config import sections
+from performer_jax.schemas import sections
 
 BATCH_KEYS = ("inputs", "targets", "weights", "key_mask")
 # Every task's sizes: "smoke" (seconds; the tests), "cpu" (a demo that learns

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from performer_jax.config import sections
+from performer_jax.schemas import sections
 from performer_jax.tasks import base
 from performer_jax.tasks import sampling
 

@@ -1,29 +1,15 @@
 """Autoregressive image modelling over 8-bit intensities (`pixel_lm`).
 
-An image uint8 [H, W, C] is read in raster order over (H, W, C): the
-D = H*W*C intensities p_0..p_{D-1}. Vocabulary: 257 = the 256 intensities
-plus BOS = 256, which starts every image so that p_0 is predicted too.
-The stream is x = [BOS, p_0, ..., p_{D-1}] and a row is a window of L+1
-tokens: inputs = x[o:o+L], targets = x[o+1:o+L+1]. With the full length
-L = D (the real task): o = 0, inputs = [BOS, p_0..p_{D-2}],
-targets = [p_0..p_{D-1}]. L < D (smoke tests only) trains on a random
-window (o uniform in [0, D-L]) and evaluates the first L intensities;
-L > D is an error. Loss unit "dim" (bits per dimension). No padding.
-
-Datasets (`data.dataset`):
-  "fashion_mnist": the Debian dataset-fashion-mnist IDX files (default;
-      paths must be "");
-  "idx": IDX image files at data.train_path / data.eval_path;
-  "imagenet": downsampled ImageNet 32/64 npz batches;
-  "cifar10": CIFAR-10 python batches.
-Paths may be a prepared dataset (`performer-data prepare --format
-imagenet_npz|cifar|idx`), a glob (e.g. ".../train_data_batch_*.npz") or a
-comma-separated list of files, prepared once into the cache in sorted
-order. Images are read from disk as rows need them, so memory does not
-grow with the number of images (ImageNet64 train: 14.7 GB).
-Train rows visit the images in a fresh permutation each epoch; eval batch
-i row r is image (i*B + r) mod N. unigram_bits: entropy of the train
-intensity histogram.
+An image uint8 [H, W, C] is the raster-order stream of its D = H*W*C
+intensities p_0..p_{D-1}; vocabulary 257, BOS = 256 starting every image so
+that p_0 is predicted too. A row is a window of L+1 tokens of
+x = [BOS, p_0..p_{D-1}]: inputs = x[o:o+L], targets = x[o+1:o+L+1], o = 0
+at L = D (the real task); L < D (smoke tests) trains on a random window and
+evaluates the first L; L > D is an error. Loss unit "dim", no padding.
+`data.dataset`: "fashion_mnist" (Debian IDX files, the default), "idx" (IDX
+files at data.train_path / eval_path), "imagenet" (downsampled 32/64 npz
+batches), "cifar10" (python batches); paths may be prepared datasets, globs
+or comma-separated lists, prepared once. Images are read from disk as needed.
 """
 
 from __future__ import annotations
@@ -35,11 +21,11 @@ import os
 
 import numpy as np
 
-from performer_jax.config import sections
+from performer_jax.data import dataset as prepared
 from performer_jax.data import defaults
 from performer_jax.data import files
 from performer_jax.data import prepare
-from performer_jax.data import prepared
+from performer_jax.schemas import sections
 from performer_jax.tasks import base
 from performer_jax.tasks import sampling
 

@@ -1,32 +1,16 @@
 """Protein tasks: masked LM (`protein_mlm`) and causal LM (`protein_lm`).
 
-Vocabulary (29 tokens, shared by both tasks):
-  0 PAD, 1 MASK, 2 BOS, 3 EOS, then the amino acids in the order
-  `ACDEFGHIKLMNPQRSTVWY` (ids 4-23) + `BZXUO` (ids 24-28).
-
-protein_mlm (causal=False): a row is one sequence's residues, randomly
-cropped to L (train; the first L for eval) or padded to L, without special
-tokens. 15% of the real positions are selected (independently per position),
-80% of those become MASK, 10% a uniformly random *standard* amino acid, 10%
-stay. targets = the original residues (PAD on padding); weights = 1 exactly
-on the selected positions.
-
-protein_lm (causal=True): a sequence s of length n becomes the stream
-x = [BOS, s_0, ..., s_{n-1}, EOS] and a row is a window of L+1 tokens:
-inputs = x[o:o+L], targets = x[o+1:o+L+1]. Train picks o uniformly in
-[0, n+1-L] (0 when it fits), eval o = 0; so an uncropped row is
-inputs = [BOS, s_0, ..., s_{n-1}], targets = [s_0, ..., s_{n-1}, EOS], and a
-long one inputs = [BOS, s_0..s_{L-2}], targets = [s_0..s_{L-1}].
-Positions past the stream are padding (PAD, weight 0, key_mask False).
-
-Data: prepared datasets (data/prepared.py), read record by record, so
-memory does not depend on the dataset's size and each process reads only
-its rows. Default: train on mmseqs2-examples DB.fasta.gz (20,000
-sequences), eval on QUERY.fasta.gz (500), both prepared into the cache on
-first use. Train rows visit the sequences in a fresh permutation each epoch;
-eval batch i row r is sequence (i*B + r) mod N. unigram_bits: entropy of the
-train residue counts (MLM) or of the residue + EOS counts of the streams'
-targets (LM), from the dataset's manifest.
+Vocabulary (29): 0 PAD, 1 MASK, 2 BOS, 3 EOS, then ACDEFGHIKLMNPQRSTVWY, BZXUO.
+protein_mlm: a row is one sequence's residues without special tokens,
+cropped to L (train: at random; eval: the first L) or padded. Each real
+position is selected with probability 15%: 80% of those become MASK, 10% a
+random standard amino acid, 10% stay; targets are the original residues,
+weights 1 exactly on the selected positions.
+protein_lm: a row is a window of L+1 tokens of x = [BOS, s_0..s_{n-1}, EOS]:
+inputs = x[o:o+L], targets = x[o+1:o+L+1], o uniform in [0, n+1-L] (train,
+0 when it fits) or 0 (eval); past the stream PAD, weight 0, key_mask False.
+Data: prepared datasets (data/dataset.py; defaults in docs/training.md).
+unigram_bits: entropy of the train residue (+ EOS for LM) target counts.
 """
 
 from __future__ import annotations
@@ -36,11 +20,11 @@ import logging
 
 import numpy as np
 
-from performer_jax.config import sections
+from performer_jax.data import dataset as prepared
 from performer_jax.data import defaults
 from performer_jax.data import fasta
 from performer_jax.data import prepare
-from performer_jax.data import prepared
+from performer_jax.schemas import sections
 from performer_jax.tasks import base
 from performer_jax.tasks import masking
 from performer_jax.tasks import sampling

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from performer_jax.config import sections
+from performer_jax.schemas import sections
 from performer_jax.tasks import base
 
 NAME = "sentence_embedding"

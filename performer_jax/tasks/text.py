@@ -1,25 +1,13 @@
 """Byte-level causal language modelling (`text_lm`), loss unit "byte".
 
-Vocabulary: the 256 byte values, no reserved token. No token is needed:
-every row is a full window of real bytes (never padding, so weights and
-key_mask are all 1/True) and windows start mid-stream, so a BOS would be
-meaningless.
-
-A row is a window of L+1 consecutive bytes w: inputs = w[:L],
-targets = w[1:]. Train windows start uniformly at random in the train split
-(seeded by (seed, step, row)); eval batch i row r is the fixed window
-starting at byte (i*B + r) * L of the eval split (consecutive,
-non-overlapping inputs; the tail that does not fill a batch is dropped).
-
-Sources (`data.source`), each a prepared dataset (`performer-data prepare
---format text`) or a file prepared once into the cache:
-  "wiki_sample": the gensim Wikipedia XML sample (default; `data.path` ""
-      means the copy `scripts/setup_data.sh` made), split 90/5/5 by bytes;
-  "enwik8": enwik8 (or enwik8.zip) at `data.path`, split 90M/5M/5M;
-  "file": any file at `data.path`, split 90/5/5 by bytes.
-Windows are read from disk as they are needed.
-`data.eval_split` picks "valid" or "test". unigram_bits: entropy of the
-train split's byte histogram.
+Vocabulary: the 256 byte values, no special token: rows are full windows of
+real bytes (no padding) starting mid-stream, where a BOS would mean nothing.
+A row is a window w of L+1 bytes: inputs = w[:L], targets = w[1:]. Train
+windows start at random in the train split (seeded by (seed, step, row));
+eval batch i row r starts at byte (i*B + r) * L of `data.eval_split`, the
+tail that does not fill a batch dropped. `data.source`, a prepared dataset
+or a file prepared once: "wiki_sample" (the gensim Wikipedia XML sample,
+default), "enwik8" (or enwik8.zip) or "file" (any file) at `data.path`.
 """
 
 from __future__ import annotations
@@ -28,11 +16,11 @@ import dataclasses
 
 import numpy as np
 
-from performer_jax.config import sections
+from performer_jax.data import dataset as prepared
 from performer_jax.data import defaults
 from performer_jax.data import files
 from performer_jax.data import prepare
-from performer_jax.data import prepared
+from performer_jax.schemas import sections
 from performer_jax.tasks import base
 from performer_jax.tasks import sampling
 

@@ -1,18 +1,12 @@
 """Orbax checkpoints of the TrainState under `<workdir>/checkpoints`.
 
-Orbax coordinates multi-process saves itself (every process calls `save`
-with its shards). Saves are asynchronous: `save` returns once the arrays are
-copied off the devices, so the donated state can be reused immediately;
-`close` waits for the writes to finish. A checkpoint carries a small JSON
-`metadata` dict beside the state (the loop keeps its partial metrics window
-there, so logged metrics survive a restart exactly).
-
-Resuming takes the newest checkpoint that restores and passes a validity
-check. One that does not (truncated or deleted files, a missing item,
-non-finite values) is moved aside to `<workdir>/checkpoints_corrupt/`, never
-deleted, reported in one line, and the next older one is tried. A checkpoint
-whose arrays have other shapes than the model's is not corrupt but another
-run's: that raises `IncompatibleCheckpointError` and moves nothing.
+Every process calls `save` with its shards. `save` returns once the arrays
+are off the devices (the donated state can be reused); `close` waits for the
+writes. A small JSON `metadata` dict rides along. Resuming takes the newest
+checkpoint that restores and is valid; a corrupt one (truncated or missing
+files, a missing item, non-finite values) is moved, never deleted, to
+`<workdir>/checkpoints_corrupt/` and the next older tried. Other shapes than
+the model's mean another run's: `IncompatibleCheckpointError`, nothing moved.
 """
 
 from __future__ import annotations

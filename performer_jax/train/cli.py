@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   def run(unused_argv):
     # pylint: disable=g-import-not-at-top
     from performer_jax import compile_cache
-    from performer_jax.config import experiment
+    from performer_jax import experiment
     from performer_jax.train import trainer
     # pylint: enable=g-import-not-at-top
     compile_cache.enable()  # a rerun after preemption skips the compiles

@@ -17,8 +17,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from performer_jax.config import experiment
-from performer_jax.config import sections
+from performer_jax import experiment
+from performer_jax.schemas import sections
 
 log = logging.getLogger("performer_jax.train")
 

@@ -1,28 +1,15 @@
 """One training run in a workdir: the loop and its bookkeeping.
 
-The loop dispatches step t, then fetches the metrics of step t-1 (already
-done), so the host never waits for the device except at checkpoints, evals
-and the end. A non-finite loss, gradient norm or parameter norm stops the
-run with `NonFiniteLossError`.
-
-A checkpoint is one that training can continue from. Before state S_t is
-saved, the step that follows it is run on a copy (`_trains_on`): only if
-that step gives a finite loss, gradient norm and parameter norm is S_t
-written. So an exploded but finite state is never kept as "the last good
-one", and every checkpoint in the workdir takes at least one more step.
-The probe reuses the compiled train step (no recompilation) and costs one
-step per save.
-
-Metrics are exact across restarts. Train metrics are logged for the windows
-of steps `(k L, (k+1) L]`, L = log_every; a checkpoint carries the sums of
-its partial window, so a resumed run logs the same numbers as an
-uninterrupted one. Records that a crashed run wrote after its newest
-checkpoint are dropped from metrics.jsonl (and purged from TensorBoard)
-before they are logged again.
-
-SIGTERM makes the loop save the current step and return ("preempted"); the
-next run in the same workdir resumes from the newest checkpoint, and since
-batches and rngs are pure functions of the step it continues exactly.
+The loop dispatches step t before fetching step t-1's metrics, so the host
+waits for the device only at checkpoints, evals and the end. A non-finite
+loss, gradient norm or parameter norm raises `NonFiniteLossError`. A state
+is saved only if the step after it, run on a copy with the compiled step
+(`_trains_on`, one step per save), is finite: every checkpoint can be
+trained on. A checkpoint carries its partial metrics window, and records a
+crashed run wrote past it are dropped (metrics.jsonl, TensorBoard), so a
+resumed run logs what an uninterrupted one would. SIGTERM saves and returns
+"preempted"; batches and rngs are pure functions of the step, so the next
+run continues exactly.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The optax optimizer and learning-rate schedule built from `config.optimizer`.
 
-Defaults (config/sections.py) follow the Performer paper: Adam(0.9, 0.98,
+Defaults (schemas/sections.py) follow the Performer paper: Adam(0.9, 0.98,
 1e-9), peak learning rate 1e-3, gradient clipping at global norm 0.5 and
 weight decay 0.1.
 
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from performer_jax.config.sections import OptimizerConfig
+from performer_jax.schemas.sections import OptimizerConfig
 
 
 def warmup_steps(opt_config: OptimizerConfig, total_steps: int) -> int:

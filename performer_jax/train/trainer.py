@@ -21,12 +21,11 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from performer_jax import models
+from performer_jax import experiment
+from performer_jax import linen as pnn
 from performer_jax.attention import sequence as sequence_lib
-from performer_jax.config import experiment
-from performer_jax.data import prepared
+from performer_jax.data import dataset as prepared
 from performer_jax.data import verify as verify_lib
-from performer_jax.nn import attention as attention_lib
 from performer_jax.tasks import base
 from performer_jax.train import distributed
 from performer_jax.train import loop
@@ -80,7 +79,7 @@ class Trainer:
       log.info("warmup: %d steps instead of optimizer.warmup_steps=%d, to "
                "fit trainer.steps=%d", warmup, config.optimizer.warmup_steps,
                config.trainer.steps)
-    self.rules = state_lib.axis_rules(models.LOGICAL_AXIS_RULES)
+    self.rules = state_lib.axis_rules(pnn.LOGICAL_AXIS_RULES)
     batch_size, seq_len = config.data.batch_size, config.data.seq_len
     with self.context():
       self.abstract_state, self.shardings = state_lib.state_shardings(
@@ -88,7 +87,7 @@ class Trainer:
     self.batch_sharding = distributed.batch_sharding(self.mesh)
     replicated = NamedSharding(self.mesh, P())
     att = config.model.attention
-    redraw = functools.partial(attention_lib.redraw_random_features,
+    redraw = functools.partial(pnn.redraw_random_features,
                                orthogonal=att.orthogonal, scaling=att.scaling)
     redraw_every = att.redraw_every if att.kind == "favor" else 0
     self.init_fn = jax.jit(

@@ -1,7 +1,7 @@
 """`trainer.init_from`: start a run's parameters from another run's weights.
 
 The source is a workdir (its newest checkpoint) or a `performer-export`
-file, read by `inference.loading.load` (parameters and random features only,
+file, read by `saved_model.read` (parameters and random features only,
 never the optimizer). Only `params` are taken: the random features are drawn
 afresh, the optimizer and the step start from zero. The attention kind may
 differ (a softmax run into FAVOR+ of any kernel: the same weights, FAVOR+
@@ -16,6 +16,8 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from performer_jax.train import saved_model
 
 # Mismatches named in the error before it says "and N more".
 _LISTED = 12
@@ -44,11 +46,9 @@ def mismatches(source: Any, target: Any) -> list[str]:
 def load_params(init_from: str, abstract_params: Any, shardings: Any) -> Any:
   """The params of `init_from`, laid out as `abstract_params` (shapes and
   dtypes) with `shardings`; ValueError naming every mismatch."""
-  # pylint: disable-next=g-import-not-at-top
-  from performer_jax.inference import loading
   try:
-    source = loading.load(init_from).variables["params"]
-  except loading.ModelLoadError as e:
+    source = saved_model.read(init_from).variables["params"]
+  except saved_model.ModelLoadError as e:
     raise ValueError(f"config.trainer.init_from: {e}") from None
   problems = mismatches(source, abstract_params)
   if problems:

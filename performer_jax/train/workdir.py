@@ -1,18 +1,13 @@
-"""A workdir is bound to its run: the config it was trained with, and
-metrics that match its checkpoints.
+"""A workdir is bound to its run: config and metrics match its checkpoints.
 
-`config.json` describes the checkpoints in the workdir. A run that resumes
-there compares its config with it first (`check_resume`): a different task,
-model or data shape is refused, with the differing keys listed, before
-anything is built or written; settings that only steer the loop (steps,
-logging, eval, checkpointing, the optimizer schedule, the mesh) may change
-and are listed in the log. `--config.trainer.allow_config_change=true`
-accepts any change deliberately. `config.json` is rewritten only once the
-state is restored (or initialized), and every run appends its config to
-`config_history.jsonl`.
-
-After a crash, `metrics.jsonl` may hold records past the newest checkpoint;
-`truncate_metrics` drops them before the resumed run logs those steps again.
+A resuming run first compares its config with `config.json`
+(`check_resume`): a different task, model or data shape is refused, keys
+listed, before anything is written; loop settings (steps, logging, eval,
+checkpointing, the optimizer schedule, the mesh) may change.
+`--config.trainer.allow_config_change=true` accepts any change.
+`config.json` is rewritten only once the state is restored or initialized;
+every run appends to `config_history.jsonl`. `truncate_metrics` drops the
+records a crashed run wrote past its newest checkpoint.
 """
 
 from __future__ import annotations
@@ -24,7 +19,7 @@ import tempfile
 import time
 from typing import Any, Iterable, Mapping
 
-from performer_jax.config import experiment
+from performer_jax import experiment
 
 log = logging.getLogger("performer_jax.train")
 

@@ -11,7 +11,7 @@ import pytest
 from performer_jax.attention import favor_attention
 from performer_jax.attention import l2_attention
 from performer_jax.attention import softmax_attention
-from tests import inputs
+from tests.helpers import inputs
 
 CASES = {
     "favor_autodiff": functools.partial(favor_attention,

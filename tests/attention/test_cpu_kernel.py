@@ -21,7 +21,7 @@ from performer_jax.attention import api
 from performer_jax.attention import cpu_kernel
 from performer_jax.attention import favor_attention
 from performer_jax.kernels import build
-from tests import inputs
+from tests.helpers import inputs
 
 
 

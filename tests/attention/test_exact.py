@@ -8,7 +8,7 @@ from jax.test_util import check_grads
 
 from performer_jax.attention import l2_attention
 from performer_jax.attention import softmax_attention
-from tests import reference
+from tests.helpers import reference
 
 # Jitted once per shape: eager op-by-op dispatch would dominate test time.
 FUNCTIONS = {

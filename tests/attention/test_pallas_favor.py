@@ -23,7 +23,7 @@ from performer_jax.attention import api
 from performer_jax.attention import layout
 from performer_jax.attention import pallas_favor
 from performer_jax.attention import parallel
-from tests import inputs
+from tests.helpers import inputs
 
 # L is not a multiple of the tile C: the last tile is padded.
 B, L, H, D, M, C = 1, 40, 2, 8, 16, 16

@@ -22,7 +22,7 @@ from performer_jax.attention import layout
 from performer_jax.attention import parallel
 from performer_jax.attention import slim
 from performer_jax.attention import summary
-from tests import inputs
+from tests.helpers import inputs
 
 
 def square_features(x, projection):

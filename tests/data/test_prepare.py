@@ -13,10 +13,10 @@ import sys
 import numpy as np
 import pytest
 
+from performer_jax.data import dataset as prepared
 from performer_jax.data import prepare
-from performer_jax.data import prepared
 from performer_jax.data import sequence_formats
-from tests import inputs
+from tests.helpers import inputs
 
 GOOD = (">sp|P1|ONE first protein\n"
         "MKV\r\n"

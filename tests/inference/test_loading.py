@@ -13,7 +13,7 @@ import performer_jax
 from performer_jax import inference
 from performer_jax.inference import cli
 from performer_jax.train import checkpoint as checkpoint_lib
-from tests.inference import runs
+from tests.helpers import runs
 
 # One worker builds the runs once for every test of the package.
 pytestmark = pytest.mark.xdist_group("inference")

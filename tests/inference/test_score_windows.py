@@ -12,7 +12,7 @@ import pytest
 from performer_jax import inference
 from performer_jax.inference import score
 from performer_jax.tasks import protein
-from tests.inference import runs
+from tests.helpers import runs
 
 pytestmark = pytest.mark.xdist_group("inference")
 

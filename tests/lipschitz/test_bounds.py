@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from performer_jax.linen import MultiHeadAttention
 from performer_jax.lipschitz import bounds
 from performer_jax.lipschitz import jacobian
 from performer_jax.lipschitz import maps
-from performer_jax.nn import MultiHeadAttention
+from performer_jax.schemas import AttentionConfig
 
 
 def _numpy_bounds(params, n):
@@ -133,7 +134,7 @@ def test_jacobian_convention_for_linear_maps():
 
 
 def test_reference_matches_module_and_weights_are_tied():
-  module = MultiHeadAttention(num_heads=2, attention="l2")
+  module = MultiHeadAttention(num_heads=2, config=AttentionConfig(kind="l2"))
   x_BLD = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 6))
   variables = flax.core.meta.unbox(
       jax.jit(module.init)(jax.random.PRNGKey(1), x_BLD))
@@ -144,7 +145,8 @@ def test_reference_matches_module_and_weights_are_tied():
   # Non-trivial out bias so that it is checked as well.
   params = {**params, "out": {**params["out"], "bias": jnp.arange(6.0)}}
   for causal in (False, True):
-    mod = MultiHeadAttention(num_heads=2, attention="l2", causal=causal)
+    mod = MultiHeadAttention(num_heads=2, config=AttentionConfig(kind="l2"),
+                             causal=causal)
     got = jax.jit(mod.apply)({"params": params}, x_BLD)
     want = jax.vmap(lambda x: maps.l2_mha(params, x, causal=causal))(x_BLD)
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=2e-5)
@@ -180,7 +182,8 @@ def test_reference_matches_module_and_weights_are_tied():
 
 
 def test_find_params_errors():
-  softmax = MultiHeadAttention(num_heads=2, attention="softmax")
+  softmax = MultiHeadAttention(num_heads=2,
+                               config=AttentionConfig(kind="softmax"))
   x = jnp.ones((1, 4, 4))
   variables = softmax.init(jax.random.PRNGKey(0), x)
   with pytest.raises(ValueError, match="'key' kernel"):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from performer_jax import models
+from performer_jax import linen as pnn
 from performer_jax.lipschitz import bounds
 from performer_jax.lipschitz import contractive
 from performer_jax.lipschitz import invertible
@@ -115,7 +115,7 @@ def test_fixed_point_inverse_linear_contraction():
 
 
 def _lm_config(num_layers=1):
-  cfg = models.default_model_config()
+  cfg = pnn.ModelConfig.defaults()
   cfg.attention.kind = "l2"
   cfg.num_layers = num_layers
   cfg.num_heads = 2

@@ -2,7 +2,9 @@
 Linen module on the same weights, masks, causality, gradients, decoding,
 random features and the errors."""
 
+import dataclasses
 import functools
+import inspect
 
 from flax import nnx
 import flax.linen as nn
@@ -13,11 +15,13 @@ import numpy as np
 import optax
 import pytest
 
-from performer_jax import nn as pjnn
+from performer_jax import linen as pjnn
 from performer_jax import nnx as pnnx
-from tests import reference
-from tests.nnx.compare import assert_close
-from tests.nnx.compare import assert_trees_close
+from performer_jax.schemas import AttentionConfig
+from performer_jax.schemas import ModelConfig
+from tests.helpers import reference
+from tests.helpers.compare import assert_close
+from tests.helpers.compare import assert_trees_close
 
 # (attention, kernel, num_features): every kind, and FAVOR+ with a
 # projection and with deterministic relu features.
@@ -38,8 +42,9 @@ def pair(attention, kernel, num_features, causal=False, **kwargs):
   """(NNX module, Linen module, the NNX module's variables in Linen form).
 
   Shared: tests that mutate the module work on `nnx.clone(module)`."""
-  kwargs.update(attention=attention, kernel=kernel,
-                num_features=num_features, causal=causal)
+  config = AttentionConfig(kind=attention, kernel=kernel,
+                           num_features=num_features)
+  kwargs.update(config=config, causal=causal)
   module = pnnx.MultiHeadAttention(
       16, 2, rngs=nnx.Rngs(params=1, random_features=2), **kwargs)
   linen = pjnn.MultiHeadAttention(num_heads=2, **kwargs)
@@ -135,9 +140,9 @@ def test_equals_linen_on_the_same_weights(case, causal):
   if not causal:
     # And back (the weights do not depend on causal): a Linen init loaded
     # into a fresh NNX module.
-    other = pnnx.MultiHeadAttention(16, 2, attention=case[0],
-                                    kernel=case[1], num_features=case[2],
-                                    rngs=nnx.Rngs(7))
+    other = pnnx.MultiHeadAttention(
+        16, 2, AttentionConfig(kind=case[0], kernel=case[1],
+                               num_features=case[2]), rngs=nnx.Rngs(7))
     boxed = linen.init(jax.random.PRNGKey(5), X)
     pnnx.update_from_linen(other, boxed)
     assert_close(other(X, x_kv, key_mask=mask),
@@ -182,8 +187,9 @@ def test_gradients_equal_linen(case):
 
 
 def test_check_grads():
-  module = pnnx.MultiHeadAttention(8, 2, attention="favor", num_features=8,
-                                   causal=True, rngs=nnx.Rngs(3))
+  module = pnnx.MultiHeadAttention(8, 2,
+               config=AttentionConfig(kind="favor", num_features=8),
+               causal=True, rngs=nnx.Rngs(3))
   x = jax.random.normal(jax.random.PRNGKey(4), (1, 5, 8))
   check_grads(jax.jit(lambda x: module(x)), (x,), order=1, modes=("rev",),
               atol=2e-2, rtol=2e-2, eps=1e-2)
@@ -291,8 +297,8 @@ def test_dropout_in_training_mode_only():
 
 
 def test_rngs_streams_and_defaults():
-  make = lambda rngs: pnnx.MultiHeadAttention(16, 2, attention="favor",
-                                              num_features=8, rngs=rngs)
+  make = lambda rngs: pnnx.MultiHeadAttention(
+      16, 2, AttentionConfig(kind="favor", num_features=8), rngs=rngs)
   a = make(nnx.Rngs(params=0, random_features=1))
   b = make(nnx.Rngs(params=0, random_features=2))
   np.testing.assert_array_equal(a.query.kernel[...], b.query.kernel[...])
@@ -308,9 +314,9 @@ def test_rngs_streams_and_defaults():
 
 
 def test_dtypes_and_widths():
-  module = pnnx.MultiHeadAttention(16, 2, qkv_features=8, out_features=12,
-                                   attention="favor", num_features=8,
-                                   dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  module = pnnx.MultiHeadAttention(
+      16, 2, AttentionConfig(kind="favor", num_features=8), qkv_features=8,
+      out_features=12, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(
       nnx.state(module)))
   out = module(X)
@@ -320,19 +326,34 @@ def test_dtypes_and_widths():
 
 
 def test_bad_arguments_are_named():
-  make = lambda **kw: pnnx.MultiHeadAttention(16, 2, rngs=nnx.Rngs(0), **kw)
-  with pytest.raises(ValueError, match=r"MultiHeadAttention\(attention=\.\.\.\)"
+  make = lambda **kw: pnnx.MultiHeadAttention(16, 2, AttentionConfig(**kw),
+                                              rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"config\.model\.attention\.kind"
                      r" must be one of \['softmax', 'favor', 'l2'\]"):
-    make(attention="linear")
+    make(kind="linear")
   with pytest.raises(ValueError, match="divisible by num_heads"):
     pnnx.MultiHeadAttention(16, 3, rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match=r"MultiHeadAttention\(kernel=\.\.\.\) "
+  with pytest.raises(ValueError, match=r"config\.model\.attention\.kernel "
                      "must be one of"):
-    make(attention="favor", kernel="cos")
+    make(kind="favor", kernel="cos")
   with pytest.raises(ValueError, match="in_features=16"):
     make()(jnp.ones((2, 3, 8)))
-  config = make(attention="favor", num_features=8).attention_config()
-  assert config.kind == "favor" and config.num_features == 8
-  rebuilt = pnnx.MultiHeadAttention.from_config(config, 16, 2,
-                                                rngs=nnx.Rngs(0))
-  assert rebuilt.attention_config() == config
+  config = AttentionConfig(kind="favor", num_features=8)
+  assert pnnx.MultiHeadAttention(16, 2, config,
+                                 rngs=nnx.Rngs(0)).config == config
+
+
+def test_one_attention_config_for_both_apis_and_the_config_file():
+  """The modules take the config section itself: the same defaults, and no
+  attention setting declared a second time as a module argument."""
+  linen_layer = pjnn.MultiHeadAttention(num_heads=2)
+  nnx_layer = pnnx.MultiHeadAttention(16, 2, rngs=nnx.Rngs(0))
+  assert linen_layer.config == nnx_layer.config == AttentionConfig()
+  assert ModelConfig().attention == AttentionConfig()
+  assert linen_layer.attention_core(16).config == AttentionConfig()
+  settings = {f.name for f in dataclasses.fields(AttentionConfig)}
+  linen_args = {f.name for f in dataclasses.fields(pjnn.MultiHeadAttention)}
+  nnx_args = set(inspect.signature(pnnx.MultiHeadAttention).parameters)
+  assert not settings & (linen_args | nnx_args)
+  with pytest.raises(TypeError, match="takes an AttentionConfig"):
+    pnnx.MultiHeadAttention(16, 2, {"kind": "favor"}, rngs=nnx.Rngs(0))

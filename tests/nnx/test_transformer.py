@@ -12,13 +12,11 @@ import numpy as np
 import optax
 import pytest
 
-from performer_jax import models
-from performer_jax import nn as pjnn
+from performer_jax import linen as pnn
 from performer_jax import nnx as pnnx
-from tests import inputs
-from tests.models.test_transformer import to_scan_layout
-from tests.nnx.compare import assert_close
-from tests.nnx.compare import assert_trees_close
+from tests.helpers import inputs
+from tests.helpers.compare import assert_close
+from tests.helpers.compare import assert_trees_close
 
 VOCAB = 13
 BATCH = 2
@@ -44,11 +42,11 @@ def built(kind, causal, **overrides):
   `nnx.clone(model)`. A scanned model gets the loop model's weights,
   stacked, so that it computes the loop model's function."""
   cfg = config(kind, **overrides)
-  linen = models.make_model(cfg, vocab_size=VOCAB, causal=causal)
+  linen = pnn.make_model(cfg, vocab_size=VOCAB, causal=causal)
   model = pnnx.make_model(cfg, vocab_size=VOCAB, causal=causal,
                           rngs=nnx.Rngs(params=2, random_features=3))
   if overrides.get("scan_layers"):
-    pnnx.update_from_linen(model, to_scan_layout(built(kind, causal)[2]))
+    pnnx.update_from_linen(model, inputs.to_scan_layout(built(kind, causal)[2]))
   model.eval()
   return model, linen, pnnx.to_linen_variables(model)
 
@@ -64,7 +62,7 @@ def test_own_init_has_the_linen_tree_and_logical_axes(kind, overrides):
   # Shapes and metadata need no values, except the features' draws.
   model = make() if "num_features" in KIND_OPTIONS[kind] else (
       nnx.eval_shape(make))
-  linen = models.make_model(cfg, vocab_size=VOCAB, causal=True)
+  linen = pnn.make_model(cfg, vocab_size=VOCAB, causal=True)
   boxed = jax.eval_shape(linen.init, jax.random.PRNGKey(0),
                          jnp.zeros((BATCH, LEN), jnp.int32))
   shapes = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)
@@ -174,7 +172,7 @@ def test_training_step_with_optimizer_and_redraw():
   # Redrawn inside the jitted step: exactly the Linen redraw of the same
   # variables, and only the features change.
   step(model, optimizer, jax.random.PRNGKey(9), True)
-  expected = pjnn.redraw_random_features(after, jax.random.PRNGKey(9))
+  expected = pnn.redraw_random_features(after, jax.random.PRNGKey(9))
   jax.tree.map(np.testing.assert_array_equal,
                pnnx.to_linen_variables(model)["random_features"],
                expected["random_features"])
@@ -231,12 +229,12 @@ def test_decode_cache_is_the_linen_cache():
   cache = pnnx.to_linen_variables(decoder)["cache"]
   shapes = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)
   assert shapes(cache) == shapes(jax.eval_shape(
-      lambda v: models.init_cache(linen_decoder, v, BATCH, LEN),
+      lambda v: pnn.init_cache(linen_decoder, v, BATCH, LEN),
       variables)["cache"])
   ours = jnp.concatenate([decoder(x[:, t:t + 1]) for t in range(5)], 1)
   logits = []
   for t in range(5):
-    logits_BV, cache = models.decode_step(
+    logits_BV, cache = pnn.decode_step(
         linen_decoder, {**variables, "cache": cache}, x[:, t:t + 1])
     logits.append(logits_BV[:, None])
   assert_close(ours, jnp.concatenate(logits, 1), tol=1e-5)
@@ -245,7 +243,7 @@ def test_decode_cache_is_the_linen_cache():
   # Linen's cache loaded into the NNX model continues where Linen stopped.
   pnnx.update_from_linen(decoder, {"cache": cache})
   next_B1 = tokens(7, (BATCH, 1))
-  linen_next, _ = models.decode_step(
+  linen_next, _ = pnn.decode_step(
       linen_decoder, {**variables, "cache": cache}, next_B1)
   assert_close(decoder(next_B1)[:, 0], linen_next, tol=1e-5)
 
@@ -265,7 +263,7 @@ def test_linen_init_loads_and_errors_are_named():
   variables = pnnx.to_linen_variables(model)
   with pytest.raises(ValueError, match="unknown Linen collection 'stats'"):
     pnnx.update_from_linen(fresh, {"stats": {}})
-  scanned = to_scan_layout(variables)
+  scanned = inputs.to_scan_layout(variables)
   with pytest.raises(ValueError, match=r"missing .*params/layer_0/.*not in "
                      r"the NNX model \['params/layers/"):
     pnnx.update_from_linen(fresh, scanned)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests import inputs
+from tests.helpers import inputs
 
 _PATH = os.path.join(inputs.REPO, "scripts", "causal_breakdown.py")
 _spec = importlib.util.spec_from_file_location("causal_breakdown", _PATH)

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from performer_jax.config import ConfigError
+from performer_jax.schemas import ConfigError
 from performer_jax.tasks import base
 from performer_jax.tasks import copy as copy_task
 

@@ -49,7 +49,7 @@ def test_no_lock_file_is_left_beside_the_output(tmp_path):
 def test_a_saved_config_with_the_old_key_still_loads():
   """Workdirs written when the switch was data.strict_fasta (default False:
   skip) keep their meaning."""
-  from performer_jax.config import experiment  # pylint: disable=g-import-not-at-top
+  from performer_jax import experiment  # pylint: disable=g-import-not-at-top
   for strict in (False, True):
     saved = {"task": "protein_mlm", "data": {"strict_fasta": strict}}
     assert experiment.parse_saved(saved).data.skip_invalid is (not strict)

@@ -15,14 +15,14 @@ import pytest
 
 from performer_jax.data import defaults
 from performer_jax.data import fasta
-from performer_jax.config import ConfigError
-from performer_jax.tasks import TASKS
-from performer_jax.tasks import VARIANTS
+from performer_jax.schemas import ConfigError
 from performer_jax.tasks import base
 from performer_jax.tasks import masking
 from performer_jax.tasks import pixels
 from performer_jax.tasks import protein
 from performer_jax.tasks import sampling
+from performer_jax.tasks import TASKS
+from performer_jax.tasks import VARIANTS
 
 # ---------------------------------------------------------------- fixtures
 

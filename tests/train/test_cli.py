@@ -11,7 +11,7 @@ import time
 import pytest
 
 from performer_jax.train import cli
-from tests import inputs
+from tests.helpers import inputs
 
 pytestmark = pytest.mark.xdist_group("cli")
 TIMING = ("steps_per_sec", "tokens_per_sec", "data_wait")

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from performer_jax.config import experiment
+from performer_jax import experiment
 from performer_jax.train import cli
-from tests import inputs
+from tests.helpers import inputs
 
 pytestmark = pytest.mark.xdist_group("cli")
 TASKS = ("copy", "pixel_lm", "protein_lm", "protein_mlm", "text_lm")

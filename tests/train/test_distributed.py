@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from performer_jax.config import DistributedConfig
-from performer_jax.config import experiment
+from performer_jax import experiment
 from performer_jax.configs import copy as copy_config
+from performer_jax.schemas import DistributedConfig
 from performer_jax.train import distributed
 
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from performer_jax.config import OptimizerConfig
+from performer_jax.schemas import OptimizerConfig
 from performer_jax.train import optimizer as optimizer_lib
 
 

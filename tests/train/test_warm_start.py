@@ -13,7 +13,7 @@ import pytest
 from performer_jax import inference
 from performer_jax.train import trainer
 from performer_jax.train import warm_start
-from tests.inference import runs
+from tests.helpers import runs
 
 
 def _favor_config(emb_dim=16):

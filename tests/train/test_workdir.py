@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from performer_jax.config import experiment
+from performer_jax import experiment
 from performer_jax.configs import copy as copy_config
 from performer_jax.train import workdir as workdir_lib
 
