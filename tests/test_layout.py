@@ -3,6 +3,7 @@
 
 import ast
 import pathlib
+import re
 
 import pytest
 
@@ -11,22 +12,20 @@ from tests.helpers import inputs
 ROOT = pathlib.Path(inputs.REPO)
 PACKAGE = ROOT / "performer_jax"
 
-# Lowest first. A module may import its own package and any package of a
-# lower layer; packages that share a layer never import each other.
-LAYERS = (
-    ("allocator", "compile_cache", "kernels"),  # the platform
-    ("attention",),                             # pure attention math
-    ("schemas",),                               # config sections
-    ("core",),                                  # what Linen and NNX share
-    ("linen", "nnx", "data"),
-    ("lipschitz", "tasks"),
-    ("experiment",),                            # config -> model and task
-    ("configs",),                               # the shipped config files
-    ("train",),
-    ("inference",),
-    ("convert",),
-    ("__init__",),                              # the package's front door
-)
+
+def _layers() -> tuple[tuple[str, ...], ...]:
+  """The table under "## Layers" in docs/contracts.md, lowest first: the
+  rule is written there once."""
+  text = (ROOT / "docs" / "contracts.md").read_text()
+  table = text.split("## Layers", 1)[1].split("\n## ", 1)[0]
+  rows = [line.split("|") for line in table.splitlines()
+          if re.match(r"\| \d+ \|", line)]
+  return tuple(tuple(re.findall(r"`([a-z_]+)`", row[2])) for row in rows)
+
+
+# A module may import its own package and any package of a lower layer;
+# packages that share a layer never import each other.
+LAYERS = _layers()
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 # Test files named after something other than a module.
@@ -40,9 +39,7 @@ MIRRORS = {"experiments": ROOT / "experiments", "scripts": ROOT / "scripts",
 def _sources():
   """(unit, path) of every module: its top-level package or module name."""
   for path in sorted(PACKAGE.rglob("*.py")):
-    parts = path.relative_to(PACKAGE).with_suffix("").parts
-    yield parts[0] if len(parts) > 1 or parts[0] != "__init__" else (
-        "__init__"), path
+    yield path.relative_to(PACKAGE).with_suffix("").parts[0], path
   for path in sorted((ROOT / "configs").glob("*.py")):
     yield "configs", path
 
@@ -68,19 +65,23 @@ def _imported_units(path: pathlib.Path) -> set[str]:
 
 
 def test_every_unit_has_a_layer():
+  assert len(LAYERS) >= 10 and all(LAYERS), LAYERS
   units = {unit for unit, _ in _sources()}
-  assert units <= set(LAYER), f"add {sorted(units - set(LAYER))} to LAYERS"
+  assert units <= set(LAYER), (f"add {sorted(units - set(LAYER))} to the "
+                               "layer table of docs/contracts.md")
+
+
+def _upward(unit: str, imported: set[str]) -> list[str]:
+  """The units of `imported` at `unit`'s layer or above (names imported
+  from the front door that are not units, e.g. __version__, are fine)."""
+  return sorted(t for t in imported - {unit}
+                if t in LAYER and LAYER[t] >= LAYER[unit])
 
 
 def test_imports_point_downwards():
-  upward = []
-  for unit, path in _sources():
-    for target in _imported_units(path) - {unit}:
-      if target not in LAYER:
-        continue  # a name imported from the front door, e.g. __version__
-      if LAYER[target] >= LAYER[unit]:
-        upward.append(f"{path.relative_to(ROOT)} imports {target} "
-                      f"(layer {LAYER[target]} >= {LAYER[unit]})")
+  upward = [f"{path.relative_to(ROOT)} imports {target}"
+            for unit, path in _sources()
+            for target in _upward(unit, _imported_units(path))]
   assert not upward, "\n".join(upward)
 
 
@@ -99,6 +100,9 @@ def test_the_rule_catches_an_upward_import(tmp_path):
   bad.write_text("def f():\n  from performer_jax.train import loop\n"
                  "from performer_jax import linen as pnn\n")
   assert _imported_units(bad) == {"train", "linen"}
+  assert _upward("attention", _imported_units(bad)) == ["linen", "train"]
+  assert _upward("nnx", {"linen", "core", "nnx"}) == ["linen"]  # siblings
+  assert not _upward("train", {"attention", "linen", "__version__"})
 
 
 def _subjects(test_dir: pathlib.Path) -> set[str]:
