@@ -1,23 +1,13 @@
 """Runs a process under tcmalloc, so XLA:CPU stops page-faulting every step.
 
-XLA on the CPU allocates an executable's large temporaries (feature tensors,
-activations) with `malloc` and frees them when the call returns. glibc serves
-every block above its mmap threshold (32 MiB at most) with a fresh `mmap` and
-unmaps it on `free`, so each call faults its working set back in and the
-kernel zeroes every 4 KiB page again. tcmalloc keeps freed memory for reuse
-(what it saves: docs/benchmarks.md, "Figures behind design choices"). The
-same preload is standard on Cloud TPU VMs.
-
-tcmalloc must be loaded before the process starts (`LD_PRELOAD`), so the
-entry points (`performer-train`, the benchmark scripts) re-execute
-themselves once under it when it is installed (Debian/Ubuntu:
-`apt-get install libtcmalloc-minimal4`; `scripts/setup.sh` tries). Set
-`PERFORMER_JAX_TCMALLOC=0` to opt out. Library code never does this: nothing
-here runs at import time. In your own script or notebook,
-`performer_jax.use_fast_allocator()` is the one switch (a script re-executes
-under tcmalloc; a running interpreter keeps glibc's freed memory instead,
-`keep_freed_memory`), and the first FAVOR+ call on the CPU backend without
-it says so once. `python scripts/bench_allocator.py` compares them.
+XLA:CPU mallocs an executable's large temporaries and frees them on return;
+glibc serves blocks above its mmap threshold with a fresh `mmap`, so every
+call faults (and the kernel zeroes) its working set again. tcmalloc keeps
+freed memory for reuse (savings: docs/benchmarks.md). It must be preloaded
+(`LD_PRELOAD`), so the entry points re-execute once under it when installed
+(`libtcmalloc-minimal4`); `PERFORMER_JAX_TCMALLOC=0` opts out. Nothing runs
+at import time: in your own code, `performer_jax.use_fast_allocator()`
+(re-executes a script; a running interpreter keeps freed memory instead).
 """
 
 from __future__ import annotations

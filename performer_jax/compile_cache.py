@@ -1,17 +1,12 @@
 """A persistent XLA compilation cache for the command-line tools.
 
-Every `performer-*` command starts a fresh process that compiles the same
-programs as the last one: the train step after a preemption, the model and
-the sampling loop of each `performer-generate` or `performer-score` call.
-JAX can keep compiled programs on disk; the entry points turn that on
-before their first compile, and library code never does (nothing here runs
-at import time). What it saves: docs/benchmarks.md, "Figures behind design
-choices".
-
-Where: `$JAX_COMPILATION_CACHE_DIR` when it is set (then JAX's own settings
-apply unchanged), else `$XDG_CACHE_HOME/performer_jax/xla` (default
-`~/.cache/performer_jax/xla`); it holds one file per distinct program and
-may be deleted at any time. `PERFORMER_JAX_COMPILE_CACHE=0` turns it off.
+Every `performer-*` command is a fresh process that recompiles the last one's
+programs (a resumed train step, each generate or score call). The entry
+points turn on JAX's on-disk cache before their first compile; library code
+never does. Where: `$JAX_COMPILATION_CACHE_DIR` if set (JAX's own settings
+then apply), else `$XDG_CACHE_HOME/performer_jax/xla` (default
+`~/.cache/performer_jax/xla`); it may be deleted at any time.
+`PERFORMER_JAX_COMPILE_CACHE=0` turns it off. Savings: docs/benchmarks.md.
 """
 
 from __future__ import annotations

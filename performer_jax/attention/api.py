@@ -1,23 +1,17 @@
 """The public attention functions: argument checks and dispatch.
 
-`favor_attention` (Choromanski et al. 2021), `softmax_attention` and
-`l2_attention` (Kim et al. 2021) take Flax-layout tensors, check them here,
-prepare them once (layout.py) and dispatch to an implementation:
-
-  exact.py        softmax and L2 attention, O(L^2) memory
-  autodiff.py     FAVOR+ in plain JAX (every kernel; the reference)
-  fused.py        bidirectional FAVOR+ with a hand-written VJP
-  slim.py         causal FAVOR+ with a recomputing (SLiM) backward
-  parallel.py     causal FAVOR+ without a sequential loop (associative prefix)
-  pallas_favor.py causal and bidirectional FAVOR+ as Pallas kernels (GPU,
-                  TPU; interpret mode on the CPU, for tests)
-  cpu_kernel.py   causal FAVOR+ through a compiled XLA:CPU kernel
-  sequence.py     any of them with the length sharded over a mesh axis
-                  (`sequence_axis`, inside `shard_map`)
-
-All implementations give the same values and gradients (tested against each
-other and a float64 brute force); they differ in speed and memory. Every one
-of them runs and differentiates inside `jax.shard_map` (vma.py).
+`favor_attention` (Choromanski et al. 2021; its docstring describes the
+implementations), `softmax_attention` and `l2_attention` (Kim et al. 2021)
+check Flax-layout tensors, prepare them once (layout.py) and dispatch to:
+  exact.py         softmax and L2 attention, O(L^2) memory
+  autodiff.py      FAVOR+ in plain JAX, every kernel (the reference)
+  fused.py         bidirectional FAVOR+ with a hand-written VJP
+  slim.py          causal FAVOR+ with a recomputing (SLiM) backward
+  parallel.py      causal FAVOR+ as an associative prefix
+  pallas_favor.py  FAVOR+ as Pallas kernels
+  cpu_kernel.py    causal FAVOR+ through a compiled XLA:CPU kernel
+  sequence.py      any of them with the length sharded over a mesh axis
+All of them run and differentiate inside `jax.shard_map` (vma.py).
 """
 
 from __future__ import annotations

@@ -1,16 +1,13 @@
 """The chunked causal FAVOR+ step, shared by every causal implementation.
 
 Query i gets `phi(q_i)^T S_i`, `S_i = sum_{j<=i} phi(k_j) [v_j, 1]^T`
-(`[F, Dv+1]`, the last column the normalizer): on chunks of C tokens, the
-masked `tril(Q'_c K'_c^T) V_c` plus the state carried in. `chunk_terms`
-computes one chunk; the implementations (api.py) differ only in how they
-combine chunks (decoding: `C = 1`). Stabilizer: features are
-`feats * exp(log_amp)`; key amplitudes are measured against the running max
-`M_i = max_{j<=i} log_amp_j`, so every weight is <= 1 and no key after i can
-change query i's output, not even through underflow. It cancels exactly, so
-it carries no gradient. States are relative to the running max at their
-end. Padded keys have log-amplitude `-inf` and zero features; a `-inf`
-running max is replaced by 0 where it multiplies (an all-zero state).
+(`[F, Dv+1]`, last column the normalizer); `chunk_terms` computes C tokens:
+the masked `tril(Q'_c K'_c^T) V_c` plus the state carried in. Keys are
+measured against the running max `M_i = max_{j<=i} log_amp_j`: every weight
+is <= 1 and no later key can change query i's output, not even through
+underflow; it cancels exactly, so carries no gradient. States are relative
+to the running max at their end. Padded keys have log-amplitude `-inf` and
+zero features; a `-inf` running max is replaced by 0 where it multiplies.
 """
 
 from __future__ import annotations

@@ -1,29 +1,13 @@
 """Causal FAVOR+ through the compiled XLA:CPU kernel ("kernel" implementation).
 
-XLA computes the features (projection, exp, stabilizer, mask) and their
-gradients; the C++ kernel (`performer_jax/kernels/causal_favor_cpu.cc`)
-computes the causal product, its normalizer and their backward pass, walking
-each (batch, head) sequence chunk by chunk with the running state in cache.
-The VJP stores the chunk-entry states and in-chunk scores (more than SLiM,
-still linear in L); its speed: docs/benchmarks.md.
-
-Same semantics as the other implementations, tested against them: key
-log-amplitudes are measured against the running max over keys j <= i
-(`chunked.running_max`, or its fused form `fused.key_features`), so no
-future key reaches a past output; padded keys are zeroed before the kernel,
-so they drop out of numerator and normalizer alike. Gradients are exact: the
-stabilizer cancels in exact arithmetic, so it is a constant to the backward.
-
-The kernel serves the non-negative feature maps ("softmax",
-"softmax_hyperbolic", "relu", user functions); "softmax_trig" (signed
-features, another normalizer guard) stays on the SLiM path. It exists for the
-CPU backend only and must be built first (`python -m
-performer_jax.kernels.build`, which scripts/setup.sh runs).
-
-Under jit on a multi-device mesh XLA gathers the kernel's inputs and every
-device computes the whole batch (correct, tested, but not sharded: the call
-carries no batch-partitioning rule yet). Multi-device CPU meshes are a test
-setting; on GPU and TPU "auto" never picks the kernel.
+XLA computes the features and their gradients; the C++ kernel
+(kernels/causal_favor_cpu.cc) computes the causal product, its normalizer
+and their backward chunk by chunk, storing chunk-entry states and in-chunk
+scores. Keys are stabilized by the running max over j <= i and padded keys
+are zeroed before the kernel (chunked.py). Non-negative feature maps only:
+"softmax_trig" stays on SLiM. CPU only; build it first with
+`python -m performer_jax.kernels.build`. No batch-partitioning rule yet: on a
+multi-device mesh every device computes the whole batch.
 """
 
 from __future__ import annotations

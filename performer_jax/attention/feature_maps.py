@@ -1,18 +1,12 @@
 """Kernel feature maps phi for FAVOR+, in a factored, overflow-free form.
 
-Every map returns `(feats, log_amp)` with the true feature vector equal to
-`exp(log_amp)[..., None] * feats`:
-  feats:   float32 `[..., F]`, bounded (entries <= 1 for the exponential maps)
-  log_amp: float32 `[...]` per-token log-amplitude, or None when it is 0.
-
-Keeping the amplitude apart is what makes the attention stable: a per-query
-amplitude cancels between numerator and normalizer and is simply dropped,
-while key amplitudes are rescaled by a stabilizer that `chunked.py` chooses so
-that it never looks at future keys in causal mode. Constant factors such as
-`1/sqrt(m)` cancel in the normalization too and are omitted.
-
-Inputs x are already multiplied by the data normalizer `d^(-1/4)`, so that
-`exp(x . y)` is the softmax kernel `exp(q . k / sqrt(d))`.
+Every map returns `(feats, log_amp)`, the features being
+`exp(log_amp)[..., None] * feats`: feats float32 `[..., F]`, bounded (<= 1 for
+the exponential maps); log_amp float32 `[...]`, or None when it is 0. Query
+amplitudes cancel in the normalization and are dropped; key amplitudes are
+stabilized in chunked.py. Constant factors (`1/sqrt(m)`) cancel and are
+omitted. Inputs are pre-scaled by `d^(-1/4)`, so that `exp(x . y)` is the
+softmax kernel `exp(q . k / sqrt(d))`.
 """
 
 from __future__ import annotations

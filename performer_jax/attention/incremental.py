@@ -1,17 +1,13 @@
 """Decoding: a constant-size state for FAVOR+, a KV cache otherwise.
 
-Causal FAVOR+ is a linear recurrence: with S = sum_j phi(k_j) [v_j, 1]^T the
-output for a new token is phi(q)^T S normalized by its last column. The state
-is kept relative to a running max of the key log-amplitudes, and each token
-is one chunk of length 1 of the chunked causal pass (chunked.chunk_terms), so
-decoding reproduces the full forward pass with the same stabilizer.
-
-Several tokens at once (a prompt's prefill, `favor_extend`) are one more
-segment of the sequence, exactly as a device's block is under sequence
-parallelism (sequence.py): the state is the segment's seed, the outputs come
-from the chunked causal pass started from it, and the new state is the seed
-combined with the segment's summary (summary.py). `kv_extend` writes several
-keys and values into a KV cache and attends causally at their positions.
+The FAVOR+ state S = sum_j phi(k_j) [v_j, 1]^T is kept relative to the
+running max of the key log-amplitudes; a token is a chunk of length 1 of the
+chunked causal pass (chunked.chunk_terms), so decoding reproduces the full
+forward pass. Several tokens (prefill, `favor_extend`) are one more segment,
+as a device's block is under sequence parallelism: the outputs come from the
+chunked pass seeded with the state, the new state is the seed joined with the
+segment's summary (summary.py). `kv_extend` writes several keys and values
+into a KV cache and attends causally at their positions.
 """
 
 from __future__ import annotations

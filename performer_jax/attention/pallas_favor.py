@@ -1,14 +1,13 @@
 """FAVOR+ as Pallas kernels (`implementation="pallas"`, see api.py).
 
-One program per (batch, head) computes the features of tiles of C tokens on
-chip (pallas_tiles.py) and writes only outputs, states and cotangents: no
-`[B, H, L, F]` tensor reaches HBM. Causal stores the float32 state entering
-each chunk and its backward recomputes the features (SLiM's trade-off).
-Backends, one source: Mosaic TPU (one (batch, head)'s whole sequence is a
-VMEM block, which bounds L: `supports`; a grid over chunks with the state in
-VMEM scratch would lift that); Triton on GPU (power-of-two C, F, D, Dv
->= 16; deprecated as of JAX 0.11, but Mosaic GPU's `pallas_call` has no
-`dot_general` in JAX 0.10); interpret mode on the CPU, for tests.
+One program per (batch, head) computes the features of C-token tiles on chip
+(pallas_tiles.py) and writes only outputs, states and cotangents: no
+`[B, H, L, F]` tensor reaches HBM. Causal stores each chunk's entry state and
+recomputes the features backward. Backends: Mosaic TPU (a whole sequence per
+VMEM block bounds L: `supports`; a grid over chunks would lift that); Triton
+on GPU (power-of-two C, F, D, Dv >= 16; deprecated as of JAX 0.11, but
+Mosaic GPU's `pallas_call` has no `dot_general` in JAX 0.10); interpret mode
+on the CPU, for tests.
 """
 
 from __future__ import annotations

@@ -1,19 +1,13 @@
-"""Random projections for FAVOR+: Haar-orthogonal blocks with chi or sqrt(d) norms.
+"""FAVOR+ random projections: Haar-orthogonal blocks with chi or sqrt(d) norms.
 
 Orthogonal random features (Choromanski et al. 2021, Sec. 2.4) stack
-`ceil(m / d)` independent `d x d` orthogonal blocks. Each block must be
-*Haar*-distributed: a plain QR of a Gaussian matrix is not (its Q has a sign
-pattern tied to R), and the resulting estimator is biased along some
-directions. Gram-Schmidt of a Gaussian matrix yields exactly the Q whose R
-has a positive diagonal, i.e. the `sign(diag R)`-corrected QR, so its output
-is Haar.
-
-Why not `jnp.linalg.qr` / `jax.random.orthogonal`: on a 2-core CPU, jaxlib
-0.10's batched LAPACK kernels (`ParallelBatchMap`) can deadlock when XLA runs
-two of them concurrently on its thread pool, which a model with one projection
-per layer does at init and at every redraw inside the jitted train step. The
-matmul-only Gram-Schmidt below never calls LAPACK, costs O(d^3) per block
-(nothing at d <= 128) and runs on any backend.
+`ceil(m / d)` independent `d x d` blocks, which must be Haar-distributed: a
+plain QR of a Gaussian matrix is not (a biased estimator); Gram-Schmidt is
+(the `sign(diag R)`-corrected QR). Not `jnp.linalg.qr` or
+`jax.random.orthogonal`: on a 2-core CPU, jaxlib 0.10's batched LAPACK
+kernels can deadlock when XLA runs two at once (one projection per layer, at
+init and every redraw in the jitted step). Gram-Schmidt is matmul-only,
+O(d^3) per block, on any backend.
 """
 
 from __future__ import annotations

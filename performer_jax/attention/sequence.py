@@ -1,14 +1,13 @@
 """Sequence parallelism: attention with the length axis sharded over devices.
 
-Contract and communication: `sequence_axis` in the `favor_attention`
-docstring (api.py); design: docs/long_context.md. FAVOR+ (after LASP-2):
-each device summarizes its keys as `(m_p, S_p)` (summary.py; rematerialized
-backward, so it stores nothing), one `all_gather` gives every device all P
-summaries, and device p folds those of devices q < p into the seed of its
-causal pass, or all of them (bidirectional). Queries are still measured
-against the running max of the keys they see, earlier devices' included, so
-no later key can change an earlier output. Softmax and L2 have no summary:
-they gather all keys, values and the key mask (exact, but O(L) per device).
+Contract and communication: `sequence_axis` in `favor_attention` (api.py);
+design: docs/long_context.md. FAVOR+ (after LASP-2): each device summarizes
+its keys as `(m_p, S_p)` (summary.py; rematerialized backward), one
+`all_gather` gives every device all P summaries, and device p folds those of
+devices q < p (all of them, bidirectional) into its seed. Queries are still
+measured against the running max of the keys they see, so no later key can
+change an earlier output. Softmax and L2 gather all keys, values and the key
+mask (exact, but O(L) per device).
 """
 
 from __future__ import annotations

@@ -5,8 +5,7 @@ only q, k, v and the state entering each chunk (`[N, B, H, F, Dv+1]`,
 N = L / C); the reverse scan rebuilds each chunk's features and scores and
 maps the output cotangent and dS_n through one `jax.vjp` of the chunk.
 Memory beyond q, k, v: O(L F Dv / C + C^2 + C F) per layer, time O(L).
-States are stored, not rebuilt by subtraction
-(`S_{n-1} = S_n - sum_c phi(k) v^T`): undoing a rescaling by
+States are stored, not rebuilt by subtraction: undoing a rescaling by
 `exp(M_{n-1} - M_n) <= 1` would multiply rounding error (or revive
 underflowed terms) by up to `exp(M_n - M_{n-1})`. Everything is float32.
 """

@@ -1,14 +1,13 @@
 """Segment summaries of keys and the associative operator that joins them.
 
-A segment of keys (a chunk, or one device's keys) is `(m, S)`: m, float32
-`[X...]`, the max key log-amplitude of its unpadded keys (`-inf` if none;
-None for kernels without amplitudes), and S, float32 `[X..., F, E]`,
-`sum_j exp(a_j - m) phi~(k_j) [v_j, 1]^T` relative to `finite_or_zero(m)`
-(0 when m is `-inf`); any m >= the segment's max is a valid scale. Join:
+A segment (a chunk, or one device's keys) is `(m, S)`: m float32 `[X...]`,
+the max log-amplitude of its unpadded keys (`-inf` if none; None without
+amplitudes); S float32 `[X..., F, E]`, relative to `finite_or_zero(m)`:
+`sum_j exp(a_j - m) phi~(k_j) [v_j, 1]^T`; any m >= the max is valid. Join:
   `(m_a, S_a) + (m_b, S_b) = (m, S_a exp(m_a - m) + S_b exp(m_b - m))`,
   `m = max(m_a, m_b)`: associative, identity `(-inf, 0)`, exponents <= 0.
-The maxima cancel in exact arithmetic, so they carry no gradient; the
-transpose of a prefix is a suffix over the same operator on `(-m, dS)`.
+The maxima cancel, so carry no gradient; a prefix transposes to a suffix
+over the same operator on `(-m, dS)`.
 """
 
 from __future__ import annotations

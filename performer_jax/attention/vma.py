@@ -1,20 +1,13 @@
 """Varying manual axes: the types a custom VJP must keep inside `shard_map`.
 
-Inside `jax.shard_map` (with its default `check_vma=True`) every array's type
-records the mesh axes along which its value differs from device to device
-(`jax.typeof(x).mat.varying`, formerly `.vma`). JAX checks these types where
-it cannot infer them: a `jax.custom_vjp` backward rule must return
-cotangents of exactly its inputs' types, a `lax.scan` carry must keep its
-type, and an XLA FFI call returns arrays typed as invariant whatever its
-inputs. Outside `shard_map` every set is empty and these helpers do nothing.
-
-The rule used by every custom VJP here: cast all differentiable inputs to
-the union of their varying axes *before* the custom VJP (`align`). The cast
-is an ordinary JAX op outside the custom rule, so autodiff transposes it (a
-`psum` of the cotangent over the axes an input did not vary along, which is
-exactly the gradient of a replicated input used by every device). Inside the
-rule everything then has one type, and `like` casts the few values the rule
-creates from constants (or an FFI call returns) to it.
+Inside `jax.shard_map` (`check_vma=True`) an array's type records the mesh
+axes its value varies along (`jax.typeof(x).mat.varying`; outside: none).
+JAX checks these where it cannot infer them: custom-VJP cotangents must have
+their inputs' types, scan carries keep theirs, FFI calls return invariant
+arrays. Every custom VJP here: `align` casts all differentiable inputs to the
+union of their varying axes *before* the custom VJP, so autodiff transposes
+the cast (the `psum` a replicated input's gradient needs); inside, `like`
+casts values made from constants (or FFI results) to that type.
 """
 
 from __future__ import annotations

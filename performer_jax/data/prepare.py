@@ -1,15 +1,13 @@
 """`performer-data prepare`: raw data -> a prepared dataset (dataset.py).
 
-Usage: README.md#data. Each input (or byte range of a large uncompressed
-FASTA file) is a piece that a worker process parses in bounded-memory blocks
-into its own shard. Output goes to a temporary directory renamed to
-`--output` when complete, manifest last, so a failed run leaves no dataset
-that loads; the same inputs and options again do nothing, and concurrent
-runs (the hosts of one run) take turns under a lock file. Splits: records
-with identifiers (fasta, blastdb) go to "heldout" when a hash of the
-identifier is below `--heldout-fraction` (stable under reordering), else
-"train"; text and bytes are cut by position into "train", "valid", "test"
-(90/5/5%; enwik8, 10^8 bytes: 90M/5M/5M); images go to one split, "all".
+Usage: README.md#data. Worker processes parse each input (or byte range of a
+large uncompressed FASTA file) in bounded memory into its own shard. Output
+is renamed to `--output` when complete, manifest last, so a failed run
+leaves nothing that loads; rerunning does nothing, and concurrent runs take
+turns under a lock file. Splits: records with identifiers go to "heldout"
+when a hash of the identifier is below `--heldout-fraction` (stable under
+reordering), else "train"; text and bytes are cut by position into "train",
+"valid", "test" (90/5/5%); images go to one split, "all".
 """
 
 from __future__ import annotations

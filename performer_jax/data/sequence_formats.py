@@ -5,9 +5,9 @@ Every reader yields `Block`s: the records of a stretch of input as one
 uint8 array of bytes back to back, their lengths, a 32-bit hash of each
 record's identifier (for splits that survive re-preparation) and the byte
 offset of each record in the input (for error messages). FASTA blocks are
-parsed record by record with C-speed bytes methods, not line by line, so
-one core reads well above 50 MB/s; an uncompressed file is cut into byte ranges that workers parse in
-parallel (a range owns the records whose '>' lies in it).
+parsed with C-speed bytes methods, not line by line (throughput:
+docs/benchmarks.md); an uncompressed file is cut into byte ranges that
+workers parse in parallel (a range owns the records whose '>' lies in it).
 """
 
 from __future__ import annotations
@@ -73,9 +73,8 @@ def parse_fasta(data: bytes, base: int, path: str, rejects: Rejects,
   stop marker of translated .faa files) is dropped; any other character
   outside the 25-letter alphabet, or an empty sequence, makes the record
   invalid. The work runs as a few C-speed bytes operations over the whole
-  block (all sequences joined by NUL), not per line or per residue, so one
-  core reads a few hundred MB/s; records are only looked at one by one when
-  the block holds an invalid one.
+  block (all sequences joined by NUL), not per line or per residue; records
+  are only looked at one by one when the block holds an invalid one.
   """
   first = data.find(b">")
   lead = data if first < 0 else data[:first]

@@ -1,20 +1,12 @@
 """`performer-data verify DIR`: is every shard of a prepared dataset intact?
 
-  performer-data verify /data/uniref50        # exit 0: intact, 1: damaged
-
-Recomputes the SHA-256 of every shard file and compares it with the
-manifest (prepared.py): the tokens or images of every dataset, and the
-indexes of datasets prepared since the manifest records them
-(`index_sha256`). Every index is also checked entry by entry: it starts at
-0, never decreases and ends at the size of its tokens file. This finds
-damage that the checks made when a split is opened (file sizes) and when a
-record is read (its two offsets) cannot see, such as a single flipped bit.
-
-Files are streamed in fixed blocks by a pool of threads, one file each at
-a time (hashlib and file reads release the GIL, so the threads run on all
-cores); memory stays at `workers x BLOCK_BYTES` whatever the dataset's
-size. A single file is hashed by one thread: SHA-256 is sequential. Training
-runs the same check first with `--config.data.verify=true`.
+Exit status 0: intact, 1: damaged. Compares every shard file's SHA-256 with
+the manifest (dataset.py; indexes only where it records `index_sha256`) and
+checks each index entry by entry (starts at 0, never decreases, ends at its
+tokens file's size): this finds damage the open- and read-time checks cannot
+see, such as one flipped bit. Threads stream one file each in fixed blocks
+(hashlib releases the GIL); memory stays at `workers x BLOCK_BYTES`.
+Training runs the same check first with `--config.data.verify=true`.
 """
 
 from __future__ import annotations

@@ -2,13 +2,11 @@
 
   performer-export --workdir DIR --output model.msgpack [--step N]
 
-`performer-generate` (generate.py) and `performer-score` (score.py) load a
-model with `--workdir` (a performer-train workdir, or a file written by
-performer-export) and read sequences from a file: FASTA (a file whose first
-non-blank character is ">"), else one sequence per non-empty line. Errors
-print one line naming the problem (an unknown character, a workdir without
-a checkpoint, an output folder that does not exist) and exit with the
-status of `performer-train` (2 for bad input).
+`performer-generate` and `performer-score` load `--workdir` (a
+performer-train workdir, or a performer-export file) and read sequences as
+FASTA (first non-blank character ">"), else one per non-empty line. Errors
+print one line naming the problem and exit with `performer-train`'s status
+(2 for bad input).
 """
 
 from __future__ import annotations

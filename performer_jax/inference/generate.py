@@ -1,18 +1,12 @@
 """`performer-generate`: samples from a trained causal model.
 
   performer-generate --workdir /tmp/protein_lm --prompt MKV --num-samples 4
-  performer-generate --workdir /tmp/text_lm --prompt "The " --max-len 200 \
-      --temperature 0.8 --top-k 40
-  performer-generate --workdir /tmp/pixels --num-samples 16 \
-      --output samples.png
 
-Text models write text, protein models FASTA (one record per sample, cut at
-the end token) and pixel models a PNG grid of the images. Prompts come from
-`--prompt` or `--prompt-file` (FASTA, or one per line); a model with a start
-token (proteins, pixels) samples from it when no prompt is given. Each
+Text models write text, protein models FASTA (cut at the end token), pixel
+models a PNG grid. Prompts: `--prompt` or `--prompt-file` (FASTA, or one per
+line); a model with a start token samples from it without a prompt. Each
 prompt is prefilled in one pass, then `--num-samples` continuations are
-decoded in batches of `--batch-size` (FAVOR+ from its constant-size state,
-softmax and L2 from a key-value cache). Padding, start and mask tokens are
+decoded in batches of `--batch-size`. Padding, start and mask tokens are
 never sampled.
 """
 

@@ -3,12 +3,11 @@
 One TSV row per sequence: `name`, `predicted` (tokens scored) and the
 log-likelihood in nats and bits per token (per byte for text): causal models
 sum `log p(x_t | x_<t)`, masked ones give the pseudo-log-likelihood (Salazar
-et al. 2020), one pass per masked position. `--embeddings`: float32
-`[N, emb_dim]`, the mean final layer-normed hidden state. Sequences longer
-than the training length L are scored in windows of L (`--long`, `--overlap`,
-see `causal_owned` and `central_owned`); windows past the first lack the
-start token, as training crops did. Padded keys are masked, so padding each
-pass to a multiple of `PAD_MULTIPLE` changes only the float32 rounding.
+et al. 2020). `--embeddings`: float32 `[N, emb_dim]`, the mean final
+layer-normed hidden state. Sequences longer than the training length L are
+scored in windows of L (`--long`, `--overlap`); windows past the first lack
+the start token, as training crops did. Padding to a multiple of
+`PAD_MULTIPLE` changes only the float32 rounding.
 """
 
 from __future__ import annotations

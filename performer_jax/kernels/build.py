@@ -1,15 +1,11 @@
 """Builds and locates the C++ FFI kernels of performer_jax.
 
-The kernels are compiled with `-march=native` on the machine that runs them,
-so the library name carries a hash of the source, the compiler flags, the
-jaxlib version (its FFI headers) and the CPU's feature flags: a cache shared
-between different CPUs or jaxlib versions never loads a mismatched build.
-
-  python -m performer_jax.kernels.build          # build if missing
-  python -m performer_jax.kernels.build --force  # rebuild
-
-Needs a C++17 compiler and the Eigen 3 headers (Debian: g++ libeigen3-dev;
-scripts/setup.sh installs both). Library directory:
+Kernels are compiled with `-march=native`, so the library name hashes the
+source, compiler flags, jaxlib version (its FFI headers) and CPU feature
+flags: a cache shared between CPUs or jaxlib versions never loads a
+mismatched build. `python -m performer_jax.kernels.build [--force]` builds
+(rebuilds). Needs a C++17 compiler and the Eigen 3 headers (Debian: g++
+libeigen3-dev; scripts/setup.sh installs both). Library directory:
 `$PERFORMER_JAX_KERNEL_DIR`, default `~/.cache/performer_jax/kernels`.
 """
 

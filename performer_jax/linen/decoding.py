@@ -1,12 +1,8 @@
 """Autoregressive decoding for the decoder-only `Transformer`.
 
-A model built with `make_model(..., causal=True, decode=True)` shares its
-parameters (and random features) with the training model but runs on a
-"cache" collection: a key-value cache for softmax and L2 attention, a
-constant-size prefix-sum state for FAVOR, and the position index of the
-positional embedding. Each call feeds the next tokens: a whole prompt at
-once (`prefill`: one causal pass that fills the cache) or one token
-(`decode_step`).
+A `make_model(..., causal=True, decode=True)` model shares the training
+model's parameters and random features; its "cache" collection holds the
+attention cache (attention/incremental.py) and the position index.
 
   variables = init_cache(decode_model, train_variables, batch_size, max_len)
   logits_BPV, cache = prefill(decode_model, variables, prompt_BP)

@@ -1,20 +1,13 @@
-"""A drop-in `attention_fn` for `flax.linen.MultiHeadDotProductAttention` and
-`flax.nnx.MultiHeadAttention`.
+"""A drop-in FAVOR+ `attention_fn` for Flax's Linen and NNX attention modules.
 
-Flax hands its attention function a dense mask `[batch..., H or 1, Lq, Lk]`,
-and NNX also `is_causal`. FAVOR+ never forms the attention matrix, so it can
-honour only masks of the form `key_padding & (causal tril if causal)` (rows
-of padded queries may be all False). Anything else - an arbitrary mask, an
-additive bias, attention dropout, sowing attention weights - cannot be
-represented, and instead of silently ignoring it (the official code does) the
-function raises: at trace time whatever shapes decide, and for a traced mask
-at run time, on every backend (`_checked`).
-
-Flax's `decode=True` keeps a key-value cache and asks for one query against
-it; causal FAVOR+ decodes with a constant-size state instead, which the
-modules of this library keep (`performer_jax.nnx.MultiHeadAttention` and
-`performer_jax.linen.MultiHeadAttention` with `decode=True`). A causal call with
-fewer queries than keys is refused with that pointer.
+Flax passes a dense mask `[batch..., H or 1, Lq, Lk]` (NNX also `is_causal`).
+FAVOR+ never forms the attention matrix, so only masks of the form
+`key_padding & (causal tril if causal)` are honoured (padded query rows may
+be all False). Anything else (an arbitrary mask, additive bias, attention
+dropout, sown weights) raises rather than being ignored: at trace time, or
+for a traced mask at run time (`_checked`). A causal call with fewer queries
+than keys (Flax's `decode=True`) is refused: this library's
+`MultiHeadAttention` modules decode FAVOR+ from a constant-size state.
 """
 
 from __future__ import annotations

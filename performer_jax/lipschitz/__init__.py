@@ -1,14 +1,12 @@
 """Lipschitz toolkit for L2 self-attention (Kim, Papamakarios, Mnih 2021).
 
-  lambertw:    principal Lambert W in JAX (phi^-1(N-1) = W_0((N-1)/e)).
-  maps:        L2 and dot-product multi-head attention as pure functions of
-               the weights (references for Jacobians and tests).
-  bounds:      Theorem 3.2 upper bounds (inf- and 2-norm), from weights or
-               from a module's variables.
-  jacobian:    empirical lower bounds, max_X ||J_f(X)||, by Adam ascent.
-  contractive: ContractiveL2Attention (c / bound scaling) and ContractiveMlp.
-  invertible:  fixed-point inverse of y = x + g(x) and InvertibleResidual.
-  model:       InvertibleL2Transformer LM and make_invertible_model.
+  lambertw:    principal Lambert W (phi^-1(N-1) = W_0((N-1)/e))
+  maps:        L2 and dot-product attention as pure functions of the weights
+  bounds:      Theorem 3.2 upper bounds (inf- and 2-norm)
+  jacobian:    empirical lower bounds, max_X ||J_f(X)||, by Adam ascent
+  contractive: contractive L2 attention and MLP blocks
+  invertible:  fixed-point inverse of y = x + g(x)
+  model:       an invertible L2 Transformer LM
 """
 
 from performer_jax.lipschitz.bounds import l2_mha_bound

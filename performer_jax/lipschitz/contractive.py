@@ -2,13 +2,12 @@
 
 `ContractiveL2Attention` scales L2 `MultiHeadAttention` by c / bound, the
 Theorem 3.2 bound (bounds.py) recomputed from the current weights and
-length at every call, so Lip <= c < 1 per sequence for every weight value.
-`ContractiveMlp` is Dense -> ELU -> Dense, each kernel divided by its
-operator norm, scaled by c. By default the gradient flows through the bound
-(the true gradient of c f_W(X) / bound(W)); `stop_gradient_bound=True`
-keeps the forward map but ignores the divisor's dependence on the weights:
-cheaper, as spectral normalization does, but biased. Masks are covered as
-in bounds.py: real tokens only, not padded positions.
+length at every call, so Lip <= c < 1 per sequence (over real tokens, not
+padding) for every weight value. `ContractiveMlp` is Dense -> ELU -> Dense,
+each kernel divided by its operator norm, scaled by c. The gradient flows
+through the bound; `stop_gradient_bound=True` ignores the divisor's
+dependence on the weights: cheaper, as spectral normalization does, but
+biased.
 """
 
 from __future__ import annotations

@@ -4,11 +4,10 @@ Lip_p(f) = sup_X ||J_f(X)||_p for f: R^{N x D} -> R^{N x O}, J_f(X) the
 [N*O, N*D] Jacobian of the row-major flattened map, so any X gives a lower
 bound; Adam on X, restarts in parallel (vmap), finds good ones (Kim et al.
 2021, Section 6). Objectives: "full", the exact norm (jacfwd, (N D)^2 times
-the cost of f: small N * D only); "first_token" (inf norm), the rows of
-token 0, one reverse pass, whose max over X is the full norm's for
-permutation-equivariant f (no masks or positions); "jvp" (2-norm),
-||J u|| / ||u|| with u optimised too; "auto", "full" when N * D <= 32.
-Every value is a valid lower bound.
+the cost of f); "first_token" (inf norm), token 0's rows, one reverse pass,
+with the full norm's max over X for permutation-equivariant f (no masks or
+positions); "jvp" (2-norm), ||J u|| / ||u|| with u optimised too; "auto",
+"full" when N * D <= 32.
 """
 
 from __future__ import annotations

@@ -1,16 +1,13 @@
-"""Multi-head self-attention as pure functions of the weights.
+"""Multi-head self-attention as pure functions of weights (Kim et al. 2021).
 
-Brute-force references from the formulas of Kim, Papamakarios, Mnih (2021),
-for input Jacobians and to check `performer_jax.linen.MultiHeadAttention`,
-with its parameter dicts (`nn.DenseGeneral`): query, key (dot-product only;
-L2 ties W_K = W_Q) and value kernels `[D, H, K]`, out kernel `[H, K, O]`,
-out bias `[O]`. Rows as in the paper: X is [N, D], W_Q,h =
-query_kernel[:, h, :] is D x K, K the head dim (the paper's D/H). L2-MHA:
+References for input Jacobians and for checking `linen.MultiHeadAttention`,
+on its parameter dicts: query, key (dot-product only; L2 ties W_K = W_Q),
+value kernels `[D, H, K]` (K the head dim), out `[H, K, O]`, bias `[O]`.
+X is [N, D], W_Q,h = query_kernel[:, h, :]. L2-MHA:
   P_h[i, j] = softmax_j(-||x_i W_Q,h - x_j W_Q,h||^2 / sqrt(K)),
   A_h = W_Q,h W_Q,h^T / sqrt(K),  F_h(X) = P_h X A_h,
   L2-MHA(X) = [F_1(X) W_V,1, ..., F_H(X) W_V,H] W_O + b_O.
-Logits use explicit pairwise differences, not the production kernel's
-expanded form, so that the two are independent implementations.
+Explicit pairwise differences keep it independent of the production kernel.
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
 """An invertible L2 Transformer language model (Kim et al. 2021, Section 5).
 
-The hidden stack is made of invertible residual blocks
-  x = x + ContractiveL2Attention(x)      (Lip <= c)
-  x = x + ContractiveMlp(x)              (Lip <= c)
-so every block, hence the whole stack from embeddings to final features, is
-a bijection that `invert_hidden` undoes by fixed-point iteration. There is no
-LayerNorm or dropout inside the blocks: LayerNorm has no global Lipschitz
-bound and dropout would make the branch random. Dropout (model.dropout_rate)
-is applied to the embeddings only, outside the invertible part; the final
-LayerNorm and the tied output embedding also sit outside it.
-
-Same call signature as `performer_jax.linen.Transformer`:
-  __call__(inputs_BL int32, *, key_mask_BL=None, deterministic=True)
-    -> logits_BLV float32
-and built from the same `model` config section by `make_invertible_model`.
+Hidden blocks are invertible residuals, `x + ContractiveL2Attention(x)` and
+`x + ContractiveMlp(x)` (Lip <= c < 1 each), so the stack is a bijection that
+`invert_hidden` undoes by fixed-point iteration. No LayerNorm (no global
+Lipschitz bound) or dropout (a random branch) inside the blocks: dropout on
+the embeddings, the final LayerNorm and tied output embedding sit outside.
+Same call as `linen.Transformer` (`inputs_BL int32 -> logits_BLV float32`),
+built from the same `model` config section by `make_invertible_model`.
 """
 
 from __future__ import annotations

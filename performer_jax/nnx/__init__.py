@@ -1,14 +1,8 @@
 """Flax NNX modules: `from performer_jax import nnx as pnnx`.
 
-  MultiHeadAttention        softmax, FAVOR+ or L2 attention (attention.py)
-  Transformer, make_model   the encoder and decoder-only models
-                            (transformer.py)
-  RandomFeatures            the Variable type of FAVOR+'s features
-  redraw_random_features    new features, in place
-  update_from_linen,        weights both ways between the Linen and the NNX
-  to_linen_variables        modules (convert.py)
-
-The math is the Linen modules' (performer_jax.core); see docs/nnx.md.
+Attention (attention.py), the models (transformer.py) and weights both ways
+between the Linen and NNX modules (convert.py). The math is the Linen
+modules' (performer_jax.core); see docs/nnx.md.
 """
 
 from performer_jax.nnx.attention import MultiHeadAttention

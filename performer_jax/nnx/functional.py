@@ -1,23 +1,13 @@
 """The NNX Transformer driven through Linen's functional `init`/`apply`.
 
-The trainer (`performer_jax.train`) works on pure pytrees: it jits one
-`train_step(state, batch)` whose state holds the parameters and the random
-features as nested dicts, shards them by their logical axis names and saves
-them with orbax. `FunctionalTransformer` gives it the NNX model
-(`config.model_api = "nnx"`) through the same two calls as a Linen module:
-
-  init(rngs, inputs_BL, key_mask_BL=..., deterministic=True) -> variables
-  apply(variables, inputs_BL, key_mask_BL=..., deterministic=..., rngs=...)
-
-`apply` builds the NNX model inside the traced function, loads `variables`
-into it and calls it. Under `jax.jit` the throwaway initial values are dead
-code that XLA removes, so the step costs what a Linen step costs.
-
-The variables are the Linen layout (`nnx/convert.py`: the NNX state has the
-Linen names and shapes), boxed with the NNX variables' logical axis names.
-So a checkpoint does not depend on the API that trained it: a run started
-with one API resumes with the other, and `performer_jax.load_model`, the
-Linen decoders and `pnnx.update_from_linen` all read it.
+`FunctionalTransformer` gives the trainer, which works on pure pytrees, the
+NNX model (`config.model_api = "nnx"`) through a Linen module's `init` and
+`apply`. `apply` builds the model inside the traced function and loads
+`variables` into it; under `jax.jit` the throwaway initial values are dead
+code. The variables are the Linen layout (nnx/convert.py), boxed with the
+logical axis names, so a checkpoint does not depend on the API that trained
+it: either API resumes it, and `performer_jax.load_model`, the Linen
+decoders and `pnnx.update_from_linen` read it.
 """
 
 from __future__ import annotations

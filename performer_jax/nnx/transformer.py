@@ -1,21 +1,13 @@
 """The encoder and decoder-only `Transformer` for Flax NNX.
 
-The model is `core.transformer.forward` and `residual_block`, the structure
-the Linen model runs too, over NNX layers.
-Its state has the Linen model's names and shapes ("token_embed",
-"pos_embed", "layer_0".."layer_{n-1}" or, with `scan_layers`, one stacked
-"layers", "ln_final"), so `convert.py` maps one onto the other leaf by leaf.
-
+The Linen model's structure (`core.transformer.forward`) over NNX layers,
+with the Linen state's names and shapes, so `convert.py` maps one onto the
+other leaf by leaf. `scan_layers` stacks the blocks along a leading "layers"
+axis (`nnx.vmap`, `nnx.scan`); `remat` rematerializes each.
   model = pnnx.make_model(config.model, vocab_size=V, causal=True,
                           rngs=nnx.Rngs(0))
-  logits_BLV = model(tokens_BL)                        # training mode
+  logits_BLV = model(tokens_BL)
   model.eval(); model.set_attributes(decode=True)      # switch to decoding
-  model.init_cache(batch_size, max_len)
-  logits_B1V = nnx.jit(lambda m, t: m(t))(model, tokens_B1)
-
-With `scan_layers` the blocks are created under `nnx.vmap` (parameters,
-random features and caches stacked along a leading "layers" axis) and run
-under `nnx.scan`; with `remat` each block is rematerialized (`nnx.remat`).
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
-"""The mechanism behind every config section: a frozen dataclass that checks
-itself.
+"""Every config section is a frozen dataclass that checks itself.
 
-A section names each of its fields once, with its type and default, and
-checks its own values in `check()`. `Section.parse(mapping)` builds it from
-an ml_collections ConfigDict (or any mapping), rejecting unknown keys and
-building nested sections; `Section.defaults()` turns the defaults into the
+A section names each field once, with its type and default, and checks its
+values in `check()`. `Section.parse(mapping)` builds it from a ConfigDict
+(or any mapping), rejecting unknown keys; `Section.defaults()` gives the
 ConfigDict that config files start from, so command-line overrides
 (`--config.model.num_layers=4`) reach exactly these fields. Every error is a
-`ConfigError` naming the full key (`config.model.num_layers`), the bad value
-and what is allowed.
-
-The pattern follows the flax gemma example's typed config dataclasses.
+`ConfigError` naming the full key, the bad value and what is allowed.
 """
 
 from __future__ import annotations

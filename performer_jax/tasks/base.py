@@ -1,15 +1,13 @@
 """The contract between tasks (data) and the trainer.
 
-A task turns its config into a `TaskData`: train and eval sources and the
-facts the trainer needs (vocabulary, causality, how to report the loss).
-`get_batch(step)` is a pure function of (seed, step, process), so resuming
-needs only the step and each process builds its own rows. A batch is a dict
-of numpy arrays, b = global_batch_size // process_count:
-  inputs:   int32   [b, L]  token ids fed to the model
-  targets:  int32   [b, L]  token ids the model must predict at each position
-  weights:  float32 [b, L]  loss weight (0 on padding; masked LM: 1 only on
-                            the masked positions)
-  key_mask: bool    [b, L]  True at real tokens (attention padding mask)
+A task turns its config into a `TaskData`: train and eval sources, the
+vocabulary, causality and how to report the loss. `get_batch(step)` is a
+pure function of (seed, step, process): resuming needs only the step, and
+each process builds its own rows. A batch is a dict of numpy arrays,
+b = global_batch_size // process_count:
+  inputs, targets: int32 [b, L]  token ids fed in; ids to predict
+  weights:  float32 [b, L]  loss weight (0 on padding; MLM: masked only)
+  key_mask: bool    [b, L]  True at real tokens
 """
 
 from __future__ import annotations

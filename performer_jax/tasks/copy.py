@@ -1,16 +1,13 @@
 """A copy task that needs no data files (smoke tests and debugging).
 
-Each example holds n random tokens followed by the same n tokens again
-(n uniform in [seq_len // 4, seq_len // 2]); the rest of the row is padding.
-  causal: inputs = [BOS, s_0 .. s_{L-2}], targets = s; weights are 1 on the
-          copied half only (the first half is unpredictable noise).
-  mlm:    inputs = s with a random `mask_rate` fraction of its real tokens
-          replaced by MASK, targets = s, weights 1 on the masked positions.
-Token ids: 0 = PAD, 1 = BOS, 2 = MASK, 3..vocab_size-1 = payload.
-
-Batches are a pure function of (seed, split, step): every process generates
-the same global batch and keeps its own rows, so the global batch does not
-depend on the number of processes.
+A row is n random tokens, the same n again (n uniform in
+[seq_len // 4, seq_len // 2]), then padding. Ids: 0 PAD, 1 BOS, 2 MASK,
+3..vocab_size-1 payload.
+  causal: inputs = [BOS, s_0 .. s_{L-2}], targets = s, weights 1 on the copy.
+  mlm:    a random `mask_rate` fraction of real tokens becomes MASK,
+          targets = s, weights 1 on the masked positions.
+Batches are a pure function of (seed, split, step): every process makes the
+same global batch and keeps its rows, whatever the number of processes.
 """
 
 from __future__ import annotations

@@ -1,15 +1,12 @@
 """Autoregressive image modelling over 8-bit intensities (`pixel_lm`).
 
 An image uint8 [H, W, C] is the raster-order stream of its D = H*W*C
-intensities p_0..p_{D-1}; vocabulary 257, BOS = 256 starting every image so
-that p_0 is predicted too. A row is a window of L+1 tokens of
-x = [BOS, p_0..p_{D-1}]: inputs = x[o:o+L], targets = x[o+1:o+L+1], o = 0
-at L = D (the real task); L < D (smoke tests) trains on a random window and
-evaluates the first L; L > D is an error. Loss unit "dim", no padding.
-`data.dataset`: "fashion_mnist" (Debian IDX files, the default), "idx" (IDX
-files at data.train_path / eval_path), "imagenet" (downsampled 32/64 npz
-batches), "cifar10" (python batches); paths may be prepared datasets, globs
-or comma-separated lists, prepared once. Images are read from disk as needed.
+intensities; vocabulary 257, BOS = 256, x = [BOS, p_0..p_{D-1}]. A row is
+inputs = x[o:o+L], targets = x[o+1:o+L+1]: o = 0 at L = D (the real task);
+L < D (smoke tests) trains on a random window and evaluates the first L;
+L > D is an error. Loss unit "dim", no padding. `data.dataset`:
+"fashion_mnist" (default), "idx", "imagenet" (downsampled npz), "cifar10";
+paths may be prepared datasets, globs or comma-separated lists.
 """
 
 from __future__ import annotations

@@ -1,16 +1,13 @@
 """Protein tasks: masked LM (`protein_mlm`) and causal LM (`protein_lm`).
 
 Vocabulary (29): 0 PAD, 1 MASK, 2 BOS, 3 EOS, then ACDEFGHIKLMNPQRSTVWY, BZXUO.
-protein_mlm: a row is one sequence's residues without special tokens,
-cropped to L (train: at random; eval: the first L) or padded. Each real
-position is selected with probability 15%: 80% of those become MASK, 10% a
-random standard amino acid, 10% stay; targets are the original residues,
-weights 1 exactly on the selected positions.
-protein_lm: a row is a window of L+1 tokens of x = [BOS, s_0..s_{n-1}, EOS]:
-inputs = x[o:o+L], targets = x[o+1:o+L+1], o uniform in [0, n+1-L] (train,
-0 when it fits) or 0 (eval); past the stream PAD, weight 0, key_mask False.
-Data: prepared datasets (data/dataset.py; defaults in docs/training.md).
-unigram_bits: entropy of the train residue (+ EOS for LM) target counts.
+protein_mlm: a row is one sequence's residues, cropped to L (train: at
+random; eval: the first L) or padded; 15% of real positions are selected
+(80% become MASK, 10% a random standard amino acid, 10% stay), weights 1
+exactly there. protein_lm: inputs = x[o:o+L], targets = x[o+1:o+L+1] of
+x = [BOS, s_0..s_{n-1}, EOS], o uniform in [0, n+1-L] (train, 0 when it
+fits) or 0 (eval); past the stream PAD, weight 0, key_mask False. Data:
+prepared datasets (defaults: docs/training.md).
 """
 
 from __future__ import annotations

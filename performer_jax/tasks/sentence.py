@@ -1,18 +1,13 @@
-"""Sentence embeddings of converted BERT-style encoders
-(`sentence_embedding`).
+"""Sentence embeddings of converted BERT encoders (`sentence_embedding`).
 
-The task of models imported from pretrained checkpoints
-(`performer-convert`, performer_jax/convert/): a bidirectional encoder whose
-input is the `tokenizers` tokenization of `data.tokenizer`, a tokenizer.json
-held in the config itself, so that a workdir or exported model needs no
-other file. `encode` returns the whole model input, special tokens included
-(BERT: `[CLS] ... [SEP]`), without padding or truncation; there is no
-separate start token (`bos` None). `performer-score --embeddings` mean-pools
-the final hidden states over these tokens, as sentence-transformers' mean
-pooling does.
-
-performer-train has no data for it: `build` refuses, and the distillation
-fine-tune of experiments/minilm trains converted models directly.
+The task of models from `performer-convert` (convert/bert.py): a
+bidirectional encoder over the `tokenizers` tokenization of
+`data.tokenizer`, a tokenizer.json held in the config itself, so a workdir
+or exported model needs no other file. `encode` returns the whole model
+input with special tokens (`[CLS] ... [SEP]`), unpadded and untruncated;
+`bos` is None. `performer-score --embeddings` mean-pools the final hidden
+states over these tokens. performer-train has no data for it (`build`
+refuses); experiments/minilm fine-tunes converted models directly.
 """
 
 from __future__ import annotations

@@ -1,23 +1,13 @@
 """Command line: absl flags with an ml_collections config.
 
-  performer-train --config=copy:smoke --config.model.num_layers=4 \
-      --workdir=/tmp/run
-  performer-train --config=path/to/my_config.py:arg --workdir=/tmp/run
+  performer-train --config=copy:smoke --workdir=/tmp/run
 
-`--config` takes a config shipped with the package by name
-(`performer_jax.configs.<name>`, the repository's configs/ folder) or a path
-to a config file. Flags are defined when `main` runs, not at import, so
-importing performer_jax.train never touches absl's global flags.
-
-The exit status says what happened (`ExitCode`), for schedulers and
-wrappers: 0 finished, 75 preempted (SIGTERM; the checkpoint is saved, rerun
-the same command to resume; 75 is EX_TEMPFAIL, "try again"), 2 a bad config,
-data file or workdir, 3 training diverged, 74 a checkpoint could not be
-written (e.g. a full disk), 1 anything else (a runtime failure, a lost
-peer process). In a multi-process job a failed process exits at once rather
-than waiting for its peers (`leave`). A failure prints a short
-message that names the key or file and the fix; the full traceback goes to
-`WORKDIR/error.log`, or to the terminal with `--verbose`.
+`--config`: a packaged config's name (`performer_jax.configs.<name>`) or a
+path. Flags are defined when `main` runs, not at import. Exit status
+(`ExitCode`): 0 finished, 75 preempted (SIGTERM; checkpoint saved, rerun to
+resume), 2 bad config, data file or workdir, 3 diverged, 74 checkpoint not
+written, 1 anything else; a failed process of a multi-process job exits at
+once (`leave`). Tracebacks: `WORKDIR/error.log`, or the terminal (`--verbose`).
 """
 
 from __future__ import annotations

@@ -2,14 +2,12 @@
 
 The loop dispatches step t before fetching step t-1's metrics, so the host
 waits for the device only at checkpoints, evals and the end. A non-finite
-loss, gradient norm or parameter norm raises `NonFiniteLossError`. A state
-is saved only if the step after it, run on a copy with the compiled step
-(`_trains_on`, one step per save), is finite: every checkpoint can be
-trained on. A checkpoint carries its partial metrics window, and records a
-crashed run wrote past it are dropped (metrics.jsonl, TensorBoard), so a
-resumed run logs what an uninterrupted one would. SIGTERM saves and returns
-"preempted"; batches and rngs are pure functions of the step, so the next
-run continues exactly.
+loss, gradient or parameter norm raises `NonFiniteLossError`. A state is
+saved only if one step from it (`_trains_on`) is finite: every checkpoint
+can be trained on. A checkpoint carries its partial metrics window, and a
+crashed run's records past it are dropped, so a resumed run logs what an
+uninterrupted one would. SIGTERM saves and returns "preempted"; batches and
+rngs are pure functions of the step, so the next run continues exactly.
 """
 
 from __future__ import annotations

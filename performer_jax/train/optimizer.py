@@ -1,15 +1,12 @@
-"""The optax optimizer and learning-rate schedule built from `config.optimizer`.
+"""The optax optimizer and learning-rate schedule from `config.optimizer`.
 
 Defaults (schemas/sections.py) follow the Performer paper: Adam(0.9, 0.98,
 1e-9), peak learning rate 1e-3, gradient clipping at global norm 0.5 and
-weight decay 0.1.
-
-  adam:  weight decay is an L2 term added to the gradient before Adam's
-         scaling (classic Adam + L2).
-  adamw: decoupled weight decay, `param -= lr * wd * param` (Loshchilov &
-         Hutter), as in the Performer paper's flax.optim.Adam.
-Weight decay only applies to arrays with ndim >= 2 (kernels and embeddings),
-not to biases or LayerNorm scales.
+weight decay 0.1. "adam" adds weight decay to the gradient before Adam's
+scaling (Adam + L2); "adamw" decouples it, `param -= lr * wd * param`
+(Loshchilov & Hutter), as the paper's flax.optim.Adam does. Weight decay
+only applies to arrays with ndim >= 2 (kernels and embeddings), not to
+biases or LayerNorm scales.
 """
 
 from __future__ import annotations

@@ -1,17 +1,13 @@
 """A trained model on disk: a workdir's checkpoint or an exported file.
 
-A workdir holds `config.json` and orbax checkpoints of the whole training
-state; `read` rebuilds the model from the config (the vocabulary comes from
-`Task.io`, so no dataset is read) and restores only the parameters and
-random features of the newest (or a chosen) checkpoint. `write_export`
-writes the same into one portable msgpack file (`flax.serialization`) that
-`read` reads too, and that needs neither orbax nor the workdir:
-
+`read` rebuilds the model from a workdir's `config.json` (the vocabulary
+comes from `Task.io`, so no dataset is read) and restores only the
+parameters and random features of the newest (or a chosen) orbax
+checkpoint. `write_export` writes the same into one msgpack file
+(`flax.serialization`) that `read` reads too, without orbax or the workdir:
   {"format": "performer-jax model", "version": 1, "config": <json str>,
    "step": int, "params": {...}, "random_features": {...}}
-
-`performer_jax.inference.load` wraps it for users; the trainer's
-`init_from` reads its parameters here.
+Users load it with `performer_jax.inference.load`; `init_from` reads here.
 """
 
 from __future__ import annotations
