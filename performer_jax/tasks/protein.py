@@ -115,7 +115,8 @@ class _ProteinSource(sampling.RowSource):
 class MlmSource(_ProteinSource):
   """Masked-LM rows (see the module docstring)."""
 
-  def __init__(self, proteins: prepared.Sequences, *, mask_rate: float, **kwargs):
+  def __init__(self, proteins: prepared.Sequences, *, mask_rate: float,
+               **kwargs):
     super().__init__(proteins, **kwargs)
     self.mask_rate = mask_rate
 
