@@ -41,7 +41,10 @@ def summarize(workdir: str) -> str:
 
 
 if __name__ == "__main__":
-  if len(sys.argv) < 2:
+  if len(sys.argv) < 2 or {"-h", "--help"} & set(sys.argv[1:]):
     sys.exit(__doc__)
-  for wd in sys.argv[1:]:
-    print(summarize(wd))
+  try:
+    for wd in sys.argv[1:]:
+      print(summarize(wd))
+  except (OSError, ValueError, KeyError) as e:
+    sys.exit(f"summarize_run: {e}")
