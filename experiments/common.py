@@ -45,8 +45,9 @@ def smallest(ok, lo: int, hi_max: int, *, start: int | None = None,
 
   Probes `start` (default lo), halves down to the last failure or doubles
   up to the first success, then bisects geometrically; returns hi_max + 1
-  if ok(hi_max) fails. Assumes ok is monotone: each probe is one random
-  draw, so the answer carries that draw's noise.
+  if ok(hi_max) fails. Assumes ok is monotone; for a random ok, make each
+  probe a vote over several draws (the callers do), or the answer carries
+  one draw's noise.
   """
   n = max(lo, min(start or lo, hi_max))
   if ok(n):

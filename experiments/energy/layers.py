@@ -1,30 +1,42 @@
-"""An energy whose majorize-minimize steps are self-attention layers.
+"""The energy and the constrained Transformer layer of Yang, Huang and Wipf.
 
 Yang, Huang and Wipf (2022), "Transformers from an Optimization
-Perspective". For tokens Y `[L, D]`, inputs X, a metric W `[D', D]` and
-lam >= 0,
+Perspective", as in the authors' code (energy_curve/model.py): tokens Y
+`[L, D]` (rows), an attention metric W `[D, D]` with S = W W^T, an FFN
+matrix W_f `[D, D]` (symmetric, eigenvalues clipped to [-0.95, 0.95]) and a
+bias B `[D]`:
 
-  E(Y) = sum_{i,j} rho(|W (y_i - y_j)|^2 / 2) + lam/2 |Y - X|^2,
-  rho(z) = -exp(-z)  (concave, increasing).
+  E_att(Y) = sum_{i>j} -exp(-|(y_i - y_j) W|^2 / 2) + |Y|^2 / 2,
+  E_ffn(Y) = tr(Y W_f Y^T) / 2 + |Y - B|^2 / 2,      E = E_att + E_ffn.
 
-Concavity gives the majorizer rho(z) <= rho(z0) + exp(-z0) (z - z0), a
-quadratic in Y with weights beta_ij = exp(-|W(y_i - y_j)|^2 / 2), equal at
-the current Y. A preconditioned gradient step on it is
+Layer = attention step then FFN step (alpha = 1 in the paper's code):
 
-  attn_i = sum_j beta_ij y_j / D_i,   D_i = sum_j beta_ij
-         = softmax_j((W y_i).(W y_j) - |W y_j|^2 / 2) applied to values y_j,
-  y_i <- y_i - alpha / (2 c D_i + lam) [2 D_i S (y_i - attn_i)
-                                         + lam (y_i - x_i)],
+  attention:  Y <- (1 - a) Y + a softmax(Y S Y^T) Y   (tied query-key S,
+              identity value map, no key bias),
+  FFN:        Y <- Y - a grad E_ffn = Y ((1 - a) I - a W_f) + a B.
 
-S = W^T W, c = |S|_2: softmax attention with tied query and key maps (the
-paper's symmetry constraint), a key bias -|W y_j|^2 / 2 (constant when token
-norms are equalized, as after LayerNorm), value/output map S and a residual
-step. Since beta is a Gaussian kernel (positive semi-definite), the
-majorizer's preconditioned Hessian has eigenvalues in [0, 1]: every step
-with 0 < alpha < 2 cannot increase E. Unconstrained attention (independent
-W_Q, W_K, W_V, no key bias) has no such guarantee, nor has FAVOR+, whose
-weights beta are random estimates (no longer symmetric); `tied_attention`
-estimates the Gaussian kernel itself with positive random features.
+(The authors' code measures E_att with Y W but attends with W^T W; the two
+agree for symmetric W. Here both use S = W W^T.)
+
+What is guaranteed (our derivation). FFN: E_ffn is quadratic with Hessian
+eigenvalues 1 + eig(W_f) in [0.05, 1.95], so a gradient step with
+0 < a < 2 / 1.95 never increases E_ffn. Attention: rho(z) = -exp(-z) is
+concave, so Q(Y) = sum_{i>j} beta_ij |(y_i - y_j) W|^2 / 2 + |Y|^2 / 2 +
+const, beta_ij = exp(-|(y_i - y_j) W|^2 / 2) at the current Y, majorizes
+E_att and touches it there; any step that lowers Q lowers E_att. The step
+with a = 1 is Y <- P Y, P = softmax(Y S Y^T). If every token has the same
+S-norm y_j S y_j^T, P = D^-1 beta (a random walk on a positive
+semi-definite kernel, eigenvalues in [0, 1]) and the pairwise term of Q
+cannot increase; |PY| <= |Y| needs in addition |P|_2 <= 1 (e.g. equal
+degrees D_i). Neither condition holds exactly for free inputs, so the
+attention step descends on E_att only approximately (always at small
+|W|, where P is near uniform), and an FFN step can raise E_att (and an
+attention step E_ffn): the sum E is not guaranteed to fall per layer.
+Once the tokens have merged, E_att = -L(L-1)/2 + L |y|^2 / 2 while the FFN
+steps drive y to B (I + W_f)^-1, whose norm grows without bound as an
+eigenvalue of W_f nears -1; a positive semi-definite W_f keeps it near B.
+FAVOR+ replaces softmax(Y S Y^T) Y by `favor_attention` (positive random
+features estimate numerator and normalizer).
 """
 
 from __future__ import annotations
@@ -35,82 +47,91 @@ import jax.numpy as jnp
 from performer_jax.attention import favor_attention
 from performer_jax.attention import softmax_attention
 
-
-def energy(y_LD: jax.Array, x_LD: jax.Array, w: jax.Array,
-           lam: float) -> jax.Array:
-  """E(Y), float32 scalar."""
-  return -jnp.sum(jnp.exp(-_half_sq_dist(y_LD @ w.T))) + lam / 2 * jnp.sum(
-      (y_LD - x_LD) ** 2)
+FFN_CLIP = 0.95  # |eigenvalues of W_f| <= this, as in the authors' code.
 
 
-def _half_sq_dist(z_LE):
-  sq = jnp.sum(z_LE ** 2, -1)
-  return jnp.maximum(0.5 * (sq[:, None] + sq[None, :]) - z_LE @ z_LE.T, 0.0)
+def constrain_ffn(w_f: jax.Array, psd: bool = False) -> jax.Array:
+  """Symmetrised W_f with eigenvalues clipped to [-FFN_CLIP, FFN_CLIP], or
+  to [0, FFN_CLIP] with `psd` (the authors' normalize_weight clips
+  W_f W_f^T, which is positive semi-definite)."""
+  lam, u = jnp.linalg.eigh((w_f + w_f.T) / 2)
+  return (u * jnp.clip(lam, 0.0 if psd else -FFN_CLIP, FFN_CLIP)) @ u.T
 
 
-def _augmented(z_LE):
-  """q', k' with q'.k' = q.k - |k|^2 / 2, scaled by head_dim^(1/4) to undo
-  softmax_attention's 1/sqrt(head_dim)."""
-  ones = jnp.ones_like(z_LE[:, :1])
-  q = jnp.concatenate([z_LE, ones], -1)
-  k = jnp.concatenate([z_LE, -0.5 * jnp.sum(z_LE ** 2, -1, keepdims=True)],
-                      -1)
-  scale = q.shape[-1] ** 0.25
-  return scale * q[:, None], scale * k[:, None]
+def attention_energy(y_LD: jax.Array, w: jax.Array) -> jax.Array:
+  z = y_LD @ w
+  sq = jnp.sum(z ** 2, -1)
+  half_d = jnp.maximum(0.5 * (sq[:, None] + sq[None, :]) - z @ z.T, 0.0)
+  below = jnp.tril(jnp.ones_like(half_d), -1)  # pairs i > j
+  return -jnp.sum(below * jnp.exp(-half_d)) + 0.5 * jnp.sum(y_LD ** 2)
 
 
-def gaussian_positive(x, projection_MD):
-  """Positive random features of the Gaussian kernel exp(-|q - k|^2 / 2):
-  E[phi(q) phi(k)] with phi(x) = exp(w.x - |x|^2), w ~ N(0, I). A constant
-  shift keeps exp finite and cancels in the normalization."""
-  logits = x @ projection_MD.T - jnp.sum(x * x, -1, keepdims=True)
-  return jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits)))
+def ffn_energy(y_LD: jax.Array, w_f: jax.Array, b_D: jax.Array) -> jax.Array:
+  return 0.5 * jnp.sum((y_LD @ w_f) * y_LD) + 0.5 * jnp.sum((y_LD - b_D) ** 2)
 
 
-def tied_attention(y_LD, w, projection=None):
-  """attn `[L, D]`: sum_j beta_ij y_j / D_i, exact (`softmax_attention` on
-  augmented queries and keys) or FAVOR+ (`favor_attention` with Gaussian
-  positive features, `projection` `[m, D']`)."""
-  z = y_LD @ w.T
+def energy(y_LD, params) -> jax.Array:
+  """E(Y) = E_att + E_ffn, float32 scalar; params: w, w_f, b."""
+  return (attention_energy(y_LD, params["w"]) +
+          ffn_energy(y_LD, params["w_f"], params["b"]))
+
+
+def attention_step(y_LD, w, alpha: float = 1.0, projection=None):
+  """(1 - a) Y + a softmax(Y W W^T Y^T) Y; FAVOR+ when `projection`
+  `[m, D]` is given."""
+  z = y_LD @ w
+  scale = z.shape[-1] ** 0.25  # Undoes the library's 1/sqrt(head_dim).
+  q = scale * z[:, None]
   v = y_LD[:, None]
   if projection is None:
-    q, k = _augmented(z)
-    return softmax_attention(q, k, v)[:, 0]
-  x = z.shape[-1] ** 0.25 * z[:, None]  # Undoes the library's d^(-1/4).
-  return favor_attention(x, x, v, projection, kernel=gaussian_positive)[:, 0]
-
-
-def exact_layer(y_LD, x_LD, w, lam: float, alpha: float, projection=None):
-  """One majorize-minimize step; FAVOR+ estimates attn when `projection`
-  is given (D_i, a step size only, stays exact)."""
-  z = y_LD @ w.T
-  s = w.T @ w
-  c = jnp.linalg.norm(s, 2)
-  d_L = jnp.sum(jnp.exp(-_half_sq_dist(z)), -1)
-  attn = tied_attention(y_LD, w, projection)
-  grad = 2 * d_L[:, None] * ((y_LD - attn) @ s) + lam * (y_LD - x_LD)
-  return y_LD - alpha / (2 * c * d_L + lam)[:, None] * grad
-
-
-def unconstrained_layer(y_LD, w_q, w_k, w_v, alpha: float):
-  """Standard residual self-attention: y <- (1 - alpha) y + alpha
-  softmax((W_Q y_i).(W_K y_j)) W_V y_j."""
-  dq = w_q.shape[0] ** 0.25
-  out = softmax_attention(dq * (y_LD @ w_q.T)[:, None],
-                          dq * (y_LD @ w_k.T)[:, None],
-                          (y_LD @ w_v.T)[:, None])[:, 0]
+    out = softmax_attention(q, q, v)[:, 0]
+  else:
+    out = favor_attention(q, q, v, projection)[:, 0]
   return (1 - alpha) * y_LD + alpha * out
 
 
-def unroll(layer, y_LD, x_LD, w, lam, num_layers: int,
-           per_layer=None) -> jax.Array:
-  """E after 0..num_layers steps `y <- layer(y, per_layer[t])`: `[layers+1]`.
+def ffn_step(y_LD, w_f, b_D, alpha: float = 1.0):
+  """Y - a grad E_ffn(Y) (w_f symmetric)."""
+  eye = jnp.eye(w_f.shape[0], dtype=y_LD.dtype)
+  return y_LD @ ((1 - alpha) * eye - alpha * w_f) + alpha * b_D
 
-  `per_layer`: a pytree with a leading `[num_layers]` axis (FAVOR+ draws a
-  fresh projection per layer), or None.
-  """
+
+def exact_layer(y_LD, params, alpha=(1.0, 1.0), projection=None):
+  """(Y after the attention step, Y after the FFN step)."""
+  y_att = attention_step(y_LD, params["w"], alpha[0], projection)
+  return y_att, ffn_step(y_att, params["w_f"], params["b"], alpha[1])
+
+
+def unconstrained_layer(y_LD, free):
+  """Standard attention with free W_Q, W_K, W_V and a free FFN matrix F:
+  Y <- softmax(Y W_Q W_K^T Y^T) Y W_V, then Y <- Y F + B.
+  (Returns the same pair as `exact_layer`.)"""
+  d = free["w_q"].shape[1] ** 0.25
+  y_att = softmax_attention(d * (y_LD @ free["w_q"])[:, None],
+                            d * (y_LD @ free["w_k"])[:, None],
+                            (y_LD @ free["w_v"])[:, None])[:, 0]
+  return y_att, y_att @ free["f"] + free["b"]
+
+
+def unroll(layer, y_LD, params, num_layers: int, per_layer=None) -> dict:
+  """Energies along `num_layers` layers `layer(y, per_layer[t]) -> (y_att,
+  y_out)`: dict of `[num_layers + 1]` arrays E, E_att, E_ffn after each
+  layer, and `[num_layers]` arrays att_rise (E_att after the attention step
+  minus before) and ffn_rise (E_ffn after the FFN step minus before)."""
+  def parts(y):
+    return (attention_energy(y, params["w"]),
+            ffn_energy(y, params["w_f"], params["b"]))
+
   def body(y, arg):
-    y = layer(y, arg)
-    return y, energy(y, x_LD, w, lam)
-  _, es = jax.lax.scan(body, y_LD, per_layer, length=num_layers)
-  return jnp.concatenate([energy(y_LD, x_LD, w, lam)[None], es])
+    y_att, y_out = layer(y, arg)
+    a0, _ = parts(y)
+    a1, f1 = parts(y_att)
+    a2, f2 = parts(y_out)
+    return y_out, {"E": a2 + f2, "E_att": a2, "E_ffn": f2,
+                   "att_rise": a1 - a0, "ffn_rise": f2 - f1}
+
+  _, out = jax.lax.scan(body, y_LD, per_layer, length=num_layers)
+  a, f = parts(y_LD)
+  for name, first in (("E", a + f), ("E_att", a), ("E_ffn", f)):
+    out[name] = jnp.concatenate([first[None], out[name]])
+  return out

@@ -2,22 +2,27 @@
 
 Likhosherstov, Choromanski and Weller (2021), "On the Expressive Power of
 Self-Attention Matrices". A is `[L, L]`, non-negative, with k non-zeros in
-every row and every column. A row-stochastic M approximates A at precision
-eps (the paper's notion: ratios of elements, so row scaling is free) when in
-every row i
+every row and every column. The paper measures precision by preserved
+ratios of matrix elements; its exact definition was not available to us,
+and this project reads it as follows. A row-stochastic M approximates A at
+precision eps when in every row i
 
   pattern ratios:   for non-zeros j, j':
                     |log(M_ij / M_ij') - log(A_ij / A_ij')| <= log(1 + eps)
-  off-pattern:      for A_ij = 0 and A_ij' > 0:  M_ij / M_ij' <= eps.
+  off-pattern:      for A_ij = 0 and A_ij' > 0:  M_ij / M_ij' <= eps
+
+(ratios only, so row scaling is free).
 
 Construction (the paper's proof, made an algorithm): B = C + log A on the
 pattern and 0 elsewhere, so exp(B) is a row-rescaled A whose off-pattern
 entries are exp(-C) times smaller; B is k-sparse, hence B = I B with rows
 of I and columns of B of bounded norm, and a Gaussian R `[L, d] / sqrt(d)`
 (Johnson-Lindenstrauss) gives X1 = R, X2 = B^T R with X1 X2^T ~ B up to an
-additive error O(sqrt(k log L / d)). The inputs are X = [X1, X2] `[L, 2d]`
-and the fixed parameters W_Q = d^(1/4) [I; 0], W_K = d^(1/4) [0; I], so that
-softmax(X W_Q (X W_K)^T / sqrt(d)) = softmax(X1 X2^T).
+additive error O(C sqrt(k log L / d)) (the columns of B have norm about
+C sqrt(k)). The inputs are X = [X1, X2] `[L, 2d]` and the fixed parameters
+W_Q = d^(1/4) [I; 0], W_K = d^(1/4) [0; I] `[2d, d]`, so that
+softmax(X W_Q (X W_K)^T / sqrt(d)) = softmax(X1 X2^T): d is the query/key
+width (the paper's "query dimension"), the input width is 2d.
 
 The fit keeps the same fixed parameters and learns the inputs (queries and
 keys, each row of norm <= rho) by Adam on a hinge loss on the two
@@ -93,11 +98,15 @@ def within(logits_LL, a_LL, eps: float) -> bool:
 def construction(a_LL: np.ndarray, d: int, eps: float, seed: int
                  ) -> tuple[np.ndarray, np.ndarray]:
   """The paper's (X1 `[L, d]`, X2 `[L, d]`): softmax(X1 X2^T) ~ A."""
+  length = a_LL.shape[0]
   on = a_LL > 0
-  b_LL = np.where(on, gap(eps) + np.log(np.where(on, a_LL, 1.0)), 0.0)
   r_LD = np.random.default_rng(seed).standard_normal(
-      (a_LL.shape[0], d)).astype(np.float32) / np.sqrt(d)
-  x2_LD = (b_LL.T.astype(np.float32) @ r_LD)
+      (length, d)).astype(np.float32) / np.sqrt(d)
+  # X2 = B^T R through B's k non-zeros per column (L k d, not L^2 d).
+  rows_LK = np.argsort(~on, axis=0, kind="stable")[:int(on[:, 0].sum())].T
+  b_LK = (gap(eps) + np.log(a_LL[rows_LK, np.arange(length)[:, None]])
+          ).astype(np.float32)
+  x2_LD = np.einsum("jk,jkd->jd", b_LK, r_LD[rows_LK])
   # Balance the two halves (same product, smaller norms for FAVOR+).
   scale = np.sqrt(np.linalg.norm(x2_LD, axis=1).mean() /
                   np.linalg.norm(r_LD, axis=1).mean())

@@ -4,11 +4,13 @@ Edelman, Goel, Kakade and Zhang (2021), "Inductive Biases and Variable
 Creation in Self-Attention Mechanisms": bounded-norm attention represents
 s-sparse functions of T inputs with sample complexity growing like log T.
 The data: x uniform in {0, 1}^T, a fixed hidden subset S of s positions and
-y = f(x_S) with f the strict majority 1[sum x_S > s / 2] (AND for s = 2,
-majority for s = 3). The model: bit and position embeddings, a [CLS] token
-at position 0, one `performer_jax.linen.MultiHeadAttention` layer (softmax,
-FAVOR+ or L2) with a residual connection and LayerNorm, and an MLP reading
-the [CLS] output.
+y = f(x_S), f one of `FUNCTIONS`: parity (the paper's experiments: no bit
+and no proper subset of S correlates with y), strict majority or AND (each
+hidden bit alone correlates with y, an easier signal for gradient descent).
+The model: bit and position embeddings, a [CLS] token at position 0, one
+`performer_jax.linen.MultiHeadAttention` layer (softmax, FAVOR+ or L2; one
+head by default, as in the theorem) with a residual connection and
+LayerNorm, and an MLP reading the [CLS] output.
 """
 
 from __future__ import annotations
@@ -32,21 +34,41 @@ def hidden_subset(length: int, s: int, seed: int) -> np.ndarray:
                                                     replace=False))
 
 
-def label(bits_NT: jax.Array, subset: np.ndarray) -> jax.Array:
-  """Strict majority of the bits at `subset`: int32 `[N]`."""
-  return (2 * jnp.sum(bits_NT[:, subset], -1) > len(subset)).astype(jnp.int32)
+def _parity(bits_NS):
+  return jnp.sum(bits_NS, -1) % 2
 
 
-def sample(rng: jax.Array, n: int, length: int, subset: np.ndarray):
+def _majority(bits_NS):
+  return (2 * jnp.sum(bits_NS, -1) > bits_NS.shape[-1]).astype(jnp.int32)
+
+
+def _and(bits_NS):
+  return jnp.min(bits_NS, -1)
+
+
+FUNCTIONS = {"parity": _parity, "majority": _majority, "and": _and}
+
+
+def label(bits_NT: jax.Array, subset: np.ndarray,
+          function: str = "parity") -> jax.Array:
+  """f(bits at `subset`), f = FUNCTIONS[function]: int32 `[N]`."""
+  if function not in FUNCTIONS:
+    raise ValueError(f"unknown function {function!r}; choose from "
+                     f"{sorted(FUNCTIONS)}.")
+  return FUNCTIONS[function](bits_NT[:, subset]).astype(jnp.int32)
+
+
+def sample(rng: jax.Array, n: int, length: int, subset: np.ndarray,
+           function: str = "parity"):
   bits = jax.random.bernoulli(rng, 0.5, (n, length)).astype(jnp.int32)
-  return bits, label(bits, subset)
+  return bits, label(bits, subset, function)
 
 
 class Classifier(nn.Module):
   """[CLS] + bits -> one attention layer -> MLP -> 2 logits."""
   length: int
   width: int = 32
-  heads: int = 2
+  heads: int = 1
   attention: str = "softmax"
   num_features: int = 64
 
@@ -86,16 +108,26 @@ def _train_fn(fields: tuple, steps: int, batch: int, lr: float):
 
     (params, _), _ = jax.lax.scan(step, (params, opt.init(params)),
                                   jax.random.split(rng, steps))
-    return {"params": params, **rest}
+    # Training loss over the n training samples (the restart selector).
+    per = optax.softmax_cross_entropy_with_integer_labels(
+        model.apply({"params": params, **rest}, x_NT), y_N)
+    keep = jnp.arange(x_NT.shape[0]) < n
+    return {"params": params, **rest}, jnp.sum(per * keep) / n
 
-  return jax.jit(train)
+  return jax.jit(jax.vmap(train, in_axes=(0, None, None, None, 0)))
 
 
 def train_and_test(model: Classifier, subset, n_train: int, seed: int, *,
-                   steps: int = 300, batch: int = 64, lr: float = 3e-3,
+                   function: str = "parity", steps: int = 300,
+                   batch: int = 64, lr: float = 3e-3, restarts: int = 1,
                    n_test: int = 2048, capacity: int = 4096):
   """(test accuracy, variables) after `steps` Adam steps on n_train samples
   (minibatches drawn with replacement from them).
+
+  With `restarts` > 1, that many initializations train side by side (vmap)
+  and the one with the lowest training loss is kept: a closer approach to
+  the empirical risk minimizer the theory speaks of, chosen from the
+  training data only.
 
   The training set is the first n_train of `capacity` samples drawn from
   `seed`, so one compilation serves every n_train <= capacity and larger
@@ -105,26 +137,37 @@ def train_and_test(model: Classifier, subset, n_train: int, seed: int, *,
     raise ValueError(f"n_train must be in [1, {capacity}], got {n_train}.")
   k_data, k_init, k_train, k_test = jax.random.split(
       jax.random.PRNGKey(seed), 4)
-  x, y = sample(k_data, capacity, model.length, subset)
-  variables = model.init({"params": k_init, "random_features": k_init},
-                         x[:1])
+  x, y = sample(k_data, capacity, model.length, subset, function)
+  inits = [model.init({"params": k, "random_features": k}, x[:1])
+           for k in jax.random.split(k_init, restarts)]
+  stacked = jax.tree.map(lambda *v: jnp.stack(v), *inits)
   fields = tuple((f, getattr(model, f)) for f in (
       "length", "width", "heads", "attention", "num_features"))
-  variables = _train_fn(fields, steps, batch, lr)(variables, x, y,
-                                                   jnp.int32(n_train), k_train)
-  x_test, y_test = sample(k_test, n_test, model.length, subset)
+  trained, losses = _train_fn(fields, steps, batch, lr)(
+      stacked, x, y, jnp.int32(n_train), jax.random.split(k_train, restarts))
+  best = int(jnp.argmin(losses))
+  variables = jax.tree.map(lambda v: v[best], trained)
+  x_test, y_test = sample(k_test, n_test, model.length, subset,
+                          function)
   pred = jnp.argmax(model.apply(variables, x_test), -1)
   return float(jnp.mean(pred == y_test)), variables
 
 
-def attention_norms(variables) -> tuple[float, float]:
-  """(sum over heads of |W_Q^h W_K^h^T|_F, of |W_V^h W_O^h|_F); L2
-  attention ties W_K = W_Q."""
+def attention_norms(variables) -> dict[str, float]:
+  """Norms of the layer's attention weights (per head, largest over heads).
+
+  qk_fro = |W_Q^h W_K^h^T|_F, qk_21 = its (2,1) norm (sum of the column
+  norms), v_fro = |W_V^h|_F, vo_fro = |W_V^h W_O^h|_F. L2 attention ties
+  W_K = W_Q. These are Frobenius and (2,1) norms of this model's matrices,
+  not the theorem's exact capacity measure.
+  """
   p = nn.meta.unbox(variables["params"])["attention"]
   w_q = p["query"]["kernel"]  # [E, H, Dh]
   w_k = p["key"]["kernel"] if "key" in p else w_q
   w_v, w_o = p["value"]["kernel"], p["out"]["kernel"]  # [E,H,Dh], [H,Dh,E]
   qk = jnp.einsum("ehd,fhd->hef", w_q, w_k)
   vo = jnp.einsum("ehd,hdf->hef", w_v, w_o)
-  frob = lambda m: float(jnp.sum(jnp.sqrt(jnp.sum(m ** 2, (1, 2)))))
-  return frob(qk), frob(vo)
+  fro = lambda m: float(jnp.max(jnp.sqrt(jnp.sum(m ** 2, (1, 2)))))
+  return {"qk_fro": fro(qk),
+          "qk_21": float(jnp.max(jnp.sum(jnp.sqrt(jnp.sum(qk ** 2, 1)), -1))),
+          "v_fro": fro(jnp.moveaxis(w_v, 1, 0)), "vo_fro": fro(vo)}
