@@ -20,6 +20,7 @@ from performer_jax.data import dataset as prepared
 from performer_jax.data import defaults
 from performer_jax.data import files
 from performer_jax.data import prepare
+from performer_jax.data import shards
 from performer_jax.schemas import sections
 from performer_jax.tasks import base
 from performer_jax.tasks import sampling
@@ -115,9 +116,9 @@ def open_corpus(source: str, path: str) -> str:
   root = prepare.ensure_prepared(spec, "text", provider=provider)
   total = sum(e["tokens"] for e in prepared.read_manifest(root)[
       "splits"].values())
-  if source == "enwik8" and total != prepare.ENWIK8_BYTES:
+  if source == "enwik8" and total != shards.ENWIK8_BYTES:
     raise ValueError(f"{path}: has {total} bytes, enwik8 has exactly "
-                     f"{prepare.ENWIK8_BYTES}; for another corpus use "
+                     f"{shards.ENWIK8_BYTES}; for another corpus use "
                      "source='file' (fraction split)")
   return root
 

@@ -16,6 +16,7 @@ import pytest
 from performer_jax.data import dataset as prepared
 from performer_jax.data import prepare
 from performer_jax.data import sequence_formats
+from performer_jax.data import shards
 from tests.helpers import inputs
 
 GOOD = (">sp|P1|ONE first protein\n"
@@ -236,7 +237,7 @@ def test_text_splits_by_position(tmp_path, compress):
 def test_text_enwik8_split_and_empty_file(tmp_path):
   path = tmp_path / "enwik8"
   with open(path, "wb") as f:  # 10^8 bytes, sparse: cheap to write
-    f.truncate(prepare.ENWIK8_BYTES)
+    f.truncate(shards.ENWIK8_BYTES)
   manifest = prepare.prepare([str(path)], str(tmp_path / "out"), "bytes")
   assert [manifest["splits"][s]["tokens"] for s in ("train", "valid",
                                                     "test")] == [
