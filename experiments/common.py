@@ -39,6 +39,19 @@ def float_list(text: str) -> list[float]:
   return [float(t) for t in text.split(",") if t]
 
 
+def log_fit(xs: Sequence[float], ys: Sequence[float]
+            ) -> tuple[float, float, float]:
+  """(b, r2, alpha): the fit y = a + b log2 x with its R^2, and the exponent
+  alpha of the fit y ~ x^alpha (a straight line on log-log axes)."""
+  x = np.log2(np.asarray(xs, float))
+  y = np.asarray(ys, float)
+  b, a = np.polyfit(x, y, 1)
+  r2 = 1 - ((y - (a + b * x)) ** 2).sum() / max(((y - y.mean()) ** 2).sum(),
+                                                 1e-12)
+  alpha = np.polyfit(x, np.log2(y), 1)[0]
+  return float(b), float(r2), float(alpha)
+
+
 def smallest(ok, lo: int, hi_max: int, *, start: int | None = None,
              resolution: float = 1.25) -> int:
   """Smallest n in [lo, hi_max] with ok(n), up to a factor `resolution`.

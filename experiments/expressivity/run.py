@@ -155,13 +155,7 @@ def fit_log(rows, method, k, max_d):
          if r["method"] == method and r["k"] == k and r["d"] <= max_d]
   if len(pts) < 3:
     return None
-  x = np.log2([p[0] for p in pts])
-  y = np.array([p[1] for p in pts], float)
-  b, a = np.polyfit(x, y, 1)
-  r2 = 1 - ((y - (a + b * x)) ** 2).sum() / max(((y - y.mean()) ** 2).sum(),
-                                                 1e-12)
-  alpha = np.polyfit(x, np.log2(y), 1)[0]
-  return float(b), float(r2), float(alpha)
+  return common.log_fit(*zip(*pts))
 
 
 def summary(rows, max_d) -> list[str]:

@@ -173,10 +173,8 @@ def fit_log(rows, function, attention):
          and r["attention"] == attention and np.isfinite(r["samples"])]
   if len(pts) < 3:
     return None
-  x = np.log2([p[0] for p in pts])
-  y = np.array([p[1] for p in pts], float)
-  return float(np.polyfit(x, y, 1)[0]), float(np.polyfit(x, np.log2(y),
-                                                         1)[0])
+  b, _, alpha = common.log_fit(*zip(*pts))
+  return b, alpha
 
 
 def plot(rows, path):
