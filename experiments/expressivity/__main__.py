@@ -1,5 +1,9 @@
 """`python -m experiments.expressivity`: see `run.py`."""
 
+import performer_jax
+
 from experiments.expressivity import run
+
+performer_jax.use_fast_allocator()  # re-executes under tcmalloc if found
 
 run.main()

@@ -88,3 +88,23 @@ def test_cli_rejects_unknown_function():
     run.parse_args(["--function", "xor"])
   assert run.parse_args([]).function.split(",")[0] == "parity"
   assert run.parse_args([]).heads == 1
+
+
+@pytest.mark.parametrize("attention", run.ATTENTIONS)
+def test_attending_from_cls_alone_is_the_full_layer(attention):
+  # The classifier reads only [CLS]: its one-query attention must equal row
+  # 0 of the full self-attention layer, values and gradients.
+  fields = dict(length=12, width=16, attention=attention, num_features=32)
+  fast = task.Classifier(**fields)
+  full = task.Classifier(**fields, cls_query_only=False)
+  bits = jax.random.bernoulli(jax.random.PRNGKey(0), 0.5, (8, 12)).astype(
+      jnp.int32)
+  variables = fast.init({"params": jax.random.PRNGKey(1),
+                         "random_features": jax.random.PRNGKey(2)}, bits)
+  np.testing.assert_allclose(fast.apply(variables, bits),
+                             full.apply(variables, bits), atol=2e-5)
+  loss = lambda m: lambda p: jnp.sum(
+      m.apply({**variables, "params": p}, bits)[:, 1])
+  grads = [jax.grad(loss(m))(variables["params"]) for m in (fast, full)]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5),
+               *grads)
