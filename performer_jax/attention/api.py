@@ -226,8 +226,9 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   args = (x_q_BHLD, x_k_BHSD, v_BHSD, flat.key_mask_BS, proj)
   pallas_fn = None
   if implementation == "pallas":
-    pallas_fn = _pallas(kernel, proj, x_q_BHLD.shape, x_k_BHSD.shape[2],
-                        v_BHSD.shape[-1], int(chunk_size), causal, flat.dtype)
+    pallas_fn = pallas_function(kernel, proj, x_q_BHLD.shape,
+                                x_k_BHSD.shape[2], v_BHSD.shape[-1],
+                                int(chunk_size), causal, flat.dtype)
     if pallas_fn is None:  # Not served: what "auto" chose before "pallas".
       implementation = "parallel" if causal else "slim"
   if causal:
@@ -252,19 +253,19 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   return layout.restore(jnp.swapaxes(out_BHLD, 1, 2), flat)
 
 
-def _pallas(kernel, proj, shape_BHLD, kv_len, value_dim, chunk_size, causal,
-            dtype):
+def pallas_function(kernel, proj, shape_BHLD, kv_len, value_dim, chunk_size,
+                    causal, dtype):
   """pallas_favor's causal or bidirectional function with its matmul dtype
-  (the inputs' when narrower than float32) bound, or None where it does not
-  serve the call."""
+  (`pallas_favor.matmul_dtype` of the inputs' dtype) bound, or None where it
+  does not serve the call."""
   feature_dim = chunked.feature_dim(kernel, proj, shape_BHLD[-1])
   length = min(shape_BHLD[2], kv_len)
   if not pallas_favor.supports(kernel, length, shape_BHLD[-1], value_dim,
                                feature_dim, chunk_size):
     return None
-  dtype = dtype if jnp.dtype(dtype).itemsize < 4 else jnp.float32
   fn = pallas_favor.causal if causal else pallas_favor.bidirectional
-  return functools.partial(fn, chunk_size=chunk_size, dtype=dtype)
+  return functools.partial(fn, chunk_size=chunk_size,
+                           dtype=pallas_favor.matmul_dtype(dtype))
 
 
 def slim_favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,

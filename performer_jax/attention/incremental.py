@@ -24,6 +24,7 @@ from performer_jax.attention import cpu_kernel
 from performer_jax.attention import exact
 from performer_jax.attention import feature_maps
 from performer_jax.attention import layout
+from performer_jax.attention import pallas_favor
 from performer_jax.attention import parallel
 from performer_jax.attention import slim
 from performer_jax.attention import summary
@@ -94,6 +95,8 @@ def favor_extend(query_BLHD: jax.Array, key_BLHD: jax.Array,
       and "auto" on the CPU) serves a prefill from the empty state; one that
       continues an earlier state runs "slim", which can start from it. The
       kernel's prefill is forward-only: differentiate with "slim".
+      "pallas" computes outputs and the new state in kernels, features
+      never stored, from any state; differentiable.
 
   Returns:
     (`[B, L, H, Dv]` outputs in the query's dtype, the new state).
@@ -107,13 +110,24 @@ def favor_extend(query_BLHD: jax.Array, key_BLHD: jax.Array,
   seed = (state["max_amp"] if has_amp else None, state["sums"])
   v1_BHLE = layout.append_ones(v_BHLD)
 
+  # "pallas" where it serves the call: outputs and the new state without
+  # storing the features (pallas_favor.summarize).
+  pallas_fn = None if impl != "pallas" else api.pallas_function(
+      kernel, proj, x_q_BHLD.shape, x_k_BHLD.shape[2], v_BHLD.shape[-1],
+      chunk_size, True, flat.dtype)
+
   def seeded():
-    out_BHLD = _SEEDED.get(impl, slim.causal)(
+    out_BHLD = (pallas_fn or _SEEDED.get(impl, slim.causal))(
         x_q_BHLD, x_k_BHLD, v_BHLD, None, proj, kernel=kernel,
         chunk_size=chunk_size, seed=seed)
-    kf_BHLF, amp_BHL = feature_fn(x_k_BHLD)
-    m_BH, sums_BHFE = summary.combine(
-        seed, summary.summarize(kf_BHLF, amp_BHL, v1_BHLE, None))
+    if pallas_fn is not None:
+      keys = pallas_favor.summarize(
+          x_k_BHLD, v_BHLD, None, proj, kernel=kernel, chunk_size=chunk_size,
+          dtype=pallas_favor.matmul_dtype(flat.dtype))
+    else:
+      kf_BHLF, amp_BHL = feature_fn(x_k_BHLD)
+      keys = summary.summarize(kf_BHLF, amp_BHL, v1_BHLE, None)
+    m_BH, sums_BHFE = summary.combine(seed, keys)
     return out_BHLD, m_BH, sums_BHFE
 
   if impl == "kernel":

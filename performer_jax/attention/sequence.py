@@ -134,7 +134,7 @@ def gather_keys(flat: layout.Flat, axis: AxisName
 
 
 def shard_sequence(attention_fn: Callable, *, mesh=None,
-                   sequence_axis: AxisName = "seq",
+                   sequence_axis: AxisName | None = "seq",
                    batch_axes: AxisName | None = None,
                    head_axis: AxisName | None = None) -> Callable:
   """Wraps an attention function for global arrays under `jax.jit`.
@@ -152,7 +152,8 @@ def shard_sequence(attention_fn: Callable, *, mesh=None,
       (or a function with their signature).
     mesh: a `jax.sharding.Mesh`, or None for the mesh set by
       `jax.set_mesh` (the context mesh).
-    sequence_axis: the mesh axis (or axes) sharding the length.
+    sequence_axis: the mesh axis (or axes) sharding the length, or None
+      (each device holds whole sequences).
     batch_axes: the mesh axis (or axes) sharding the batch, or None.
     head_axis: the mesh axis sharding the heads, or None.
   """
@@ -161,6 +162,10 @@ def shard_sequence(attention_fn: Callable, *, mesh=None,
   named = [a for a in (batch_axes, sequence_axis, head_axis) if a is not None]
   manual = frozenset(n for a in named for n in (
       a if isinstance(a, tuple) else (a,)))
+  # Whole sequences (sequence_axis None) need no collective, so no
+  # varying-axes types either: unchecked, as a kernel's own loops (Pallas
+  # interpret mode on the CPU) do not carry them.
+  check_vma = sequence_axis is not None
 
   def call(query, key, value, *replicated: jax.Array | None,
            key_mask=None, query_mask=None, **options):
@@ -168,7 +173,7 @@ def shard_sequence(attention_fn: Callable, *, mesh=None,
       return attention_fn(q, k, v, *rep, key_mask=km, query_mask=qm,
                           sequence_axis=sequence_axis, **options)
     mapped = jax.shard_map(
-        local, mesh=mesh, axis_names=manual,
+        local, mesh=mesh, axis_names=manual, check_vma=check_vma,
         in_specs=(spec, spec, spec, PartitionSpec(), mask_spec, mask_spec),
         out_specs=spec)
     return mapped(query, key, value, tuple(replicated), key_mask, query_mask)
@@ -180,7 +185,7 @@ class SequenceSharding:
   """How the attention layers shard sequences: the mesh, its axis over the
   length, and the axes over batch and heads (see `shard_sequence`)."""
   mesh: Any
-  sequence_axis: AxisName = "seq"
+  sequence_axis: AxisName | None = "seq"
   batch_axes: AxisName | None = None
   head_axis: AxisName | None = None
 
@@ -196,7 +201,7 @@ _CURRENT: contextvars.ContextVar[SequenceSharding | None] = (
 
 
 @contextlib.contextmanager
-def sequence_sharding(mesh, *, sequence_axis: AxisName = "seq",
+def sequence_sharding(mesh, *, sequence_axis: AxisName | None = "seq",
                       batch_axes: AxisName | None = None,
                       head_axis: AxisName | None = None) -> Iterator[None]:
   """Makes the attention layers traced inside it sequence-parallel.

@@ -114,7 +114,8 @@ class Trainer:
   def context(self):
     """Logical-axis rules, and with `mesh.seq > 1` sequence-parallel
     attention (`attention.sequence_sharding`), active whenever the model is
-    traced.
+    traced; FAVOR+ "pallas" on several devices runs in a `shard_map` over
+    batch and heads even with `mesh.seq == 1` (XLA cannot split a kernel).
 
     No mesh context on purpose: parameters and batches get their placement
     from the jit in/out shardings, and without a mesh flax's logical
@@ -122,9 +123,15 @@ class Trainer:
     """
     with contextlib.ExitStack() as stack:
       stack.enter_context(nn.logical_axis_rules(self.rules))
+      attention = self.config.model.attention
       if self.mesh.shape["seq"] > 1:
         stack.enter_context(sequence_lib.sequence_sharding(
             self.mesh, sequence_axis="seq", batch_axes="data",
+            head_axis="model"))
+      elif (attention.kind == "favor" and attention.implementation == "pallas"
+            and self.mesh.size > 1):
+        stack.enter_context(sequence_lib.sequence_sharding(
+            self.mesh, sequence_axis=None, batch_axes="data",
             head_axis="model"))
       yield
 

@@ -14,7 +14,7 @@ from performer_jax.attention import feature_maps
 from performer_jax.attention import incremental
 from tests.helpers import inputs
 
-IMPLEMENTATIONS = ["slim", "parallel", "autodiff", "auto",
+IMPLEMENTATIONS = ["slim", "parallel", "autodiff", "auto", "pallas",
                    pytest.param("kernel", marks=pytest.mark.needs_kernel)]
 
 

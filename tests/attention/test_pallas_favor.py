@@ -20,9 +20,12 @@ from jax.sharding import Mesh
 
 from performer_jax import attention
 from performer_jax.attention import api
+from performer_jax.attention import feature_maps
+from performer_jax.attention import incremental
 from performer_jax.attention import layout
 from performer_jax.attention import pallas_favor
 from performer_jax.attention import parallel
+from performer_jax.attention import summary
 from tests.helpers import inputs
 
 # L is not a multiple of the tile C: the last tile is padded.
@@ -111,6 +114,74 @@ def test_seeded_causal_matches_parallel_and_no_future_leak():
                              atol=1e-6)
 
 
+@pytest.mark.parametrize("kernel", ["softmax_hyperbolic", "relu"])
+def test_summary_matches_the_features_summary(kernel):
+  # The prefill's new state: the keys' summary without stored features,
+  # padded keys and a partial last tile included, values and gradients.
+  q, k, v, mask, proj = inputs.qkv(b=B, length=L, h=H, d=D, m=M, scale=1.5)
+  proj = None if kernel == "relu" else proj
+  _, x_k, x_v = layout.favor_inputs(layout.flatten(q, k, v, mask))
+  feature_fn = feature_maps.resolve(kernel, proj)
+
+  def want_fn(x_k, x_v):
+    kf, amp = feature_fn(x_k)
+    return summary.summarize(kf, amp, layout.append_ones(x_v),
+                             mask[:, None])
+
+  def got_fn(x_k, x_v):
+    return pallas_favor.summarize(x_k, x_v, mask, proj, kernel=kernel,
+                                  chunk_size=C)
+
+  g = jax.random.normal(jax.random.PRNGKey(3), (B, H, 2 * M, D + 1))
+  results = []
+  for fn in (want_fn, got_fn):
+    m_BH, s = fn(x_k, x_v)
+    grads = jax.grad(lambda a, b: jnp.sum(
+        fn(a, b)[1] * g[:, :, :s.shape[2]]), argnums=(0, 1))(x_k, x_v)
+    results.append((m_BH, s, grads))
+  (want_m, want_s, want_g), (got_m, got_s, got_g) = results
+  assert (got_m is None) == (kernel == "relu")
+  if got_m is not None:
+    np.testing.assert_allclose(got_m, want_m, rtol=1e-6)
+  np.testing.assert_allclose(got_s, want_s, rtol=1e-5,
+                             atol=1e-5 * float(jnp.max(want_s)))
+  for w, gt in zip(want_g, got_g):
+    np.testing.assert_allclose(gt, w, rtol=0,
+                               atol=1e-5 * float(jnp.max(jnp.abs(w))))
+
+
+def test_prefill_runs_the_kernels_and_differentiates():
+  # favor_extend's "pallas": a causal kernel for the outputs and a summary
+  # kernel for the new state, from a continued state; gradients through
+  # both equal "slim"'s.
+  q, k, v, _, proj = inputs.qkv(b=B, length=L, h=H, d=D, m=M, scale=1.5)
+  r = jax.random.split(jax.random.PRNGKey(4), 2)
+  state = {"sums": jax.random.uniform(r[0], (B, H, M, D + 1)),
+           "max_amp": jax.random.normal(r[1], (B, H))}
+
+  def loss(impl):
+    def f(q, k, v, sums):
+      out, new = incremental.favor_extend(
+          q, k, v, {**state, "sums": sums}, proj, chunk_size=C,
+          implementation=impl)
+      return jnp.sum(jnp.sin(3.0 * out)) + jnp.sum(jnp.cos(new["sums"]))
+    return f
+
+  program = str(jax.make_jaxpr(jax.grad(loss("pallas"), argnums=(0, 1, 2,
+                                                                3)))(
+      q, k, v, state["sums"]))
+  assert program.count("pallas_call") == 4, "fwd and bwd of both kernels"
+  want = jax.jit(jax.value_and_grad(loss("slim"), argnums=(0, 1, 2, 3)))(
+      q, k, v, state["sums"])
+  got = jax.jit(jax.value_and_grad(loss("pallas"), argnums=(0, 1, 2, 3)))(
+      q, k, v, state["sums"])
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+  for w, gt, name in zip(want[1], got[1], ("q", "k", "v", "state")):
+    np.testing.assert_allclose(gt, w, rtol=0,
+                               atol=1e-5 * float(jnp.max(jnp.abs(w))),
+                               err_msg=f"d{name}")
+
+
 def test_runs_inside_shard_map_with_sequence_axis():
   # One device: the seed of the sequence path is the (empty) fold of no
   # earlier device; this checks the varying-axes types of the custom VJP.
@@ -126,14 +197,7 @@ def test_runs_inside_shard_map_with_sequence_axis():
     return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
 
   want, want_g = loss("parallel")(q, k, v)
-  try:
-    got, got_g = loss("pallas")(q, k, v)
-  except ValueError as err:
-    if "mismatched varying manual axes" not in str(err):
-      raise
-    pytest.skip("Pallas interpret mode (the CPU) loses the varying axes of "
-                "its buffers inside shard_map in this JAX: " +
-                str(err).splitlines()[0][:80])
+  got, got_g = loss("pallas")(q, k, v)
   np.testing.assert_allclose(got, want, rtol=1e-5)
   for w, gt in zip(want_g, got_g):
     np.testing.assert_allclose(gt, w, rtol=0,

@@ -25,7 +25,8 @@ _check = multidevice.found
 
 @pytest.mark.parametrize("causal,implementation", [
     ("causal", "kernel"), ("causal", "slim"), ("causal", "autodiff"),
-    ("causal", "parallel"), ("bidir", "slim"), ("bidir", "autodiff")])
+    ("causal", "parallel"), ("causal", "pallas"), ("bidir", "slim"),
+    ("bidir", "autodiff"), ("bidir", "pallas")])
 def test_every_implementation_differentiates_when_sharded(
     results, causal, implementation):
   """Outputs and gradients inside a batch-sharded shard_map and under jit
@@ -37,12 +38,13 @@ def test_every_implementation_differentiates_when_sharded(
 
 
 def test_sequence_parallel_equals_one_device(results):
-  """FAVOR+ (causal: "parallel", "slim", "autodiff"; bidirectional, also
-  with a key length twice the query length), softmax and L2, with key and
-  query masks (whole devices padded), outputs and gradients."""
+  """FAVOR+ (causal: "parallel", "pallas", "slim", "autodiff";
+  bidirectional, also with a key length twice the query length), softmax
+  and L2, with key and query masks (whole devices padded), outputs and
+  gradients."""
   found = _check(results, "sequence/")
   cases = [k for k in found if k.count("/") >= 3]
-  assert len(cases) == 7, cases
+  assert len(cases) == 8, cases
   for name in cases:
     assert found[name] < TOL, (name, found[name])
 

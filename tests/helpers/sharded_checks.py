@@ -67,7 +67,8 @@ Q, K, V, MASK, PROJ = qkv(b=8, length=13, seed=0)
 BATCH = NamedSharding(DATA, P("data"))
 IMPLEMENTATION_CASES = [
     (True, "kernel"), (True, "slim"), (True, "autodiff"), (True, "parallel"),
-    (False, "slim"), (False, "autodiff")]
+    (True, "pallas"), (False, "slim"), (False, "autodiff"),
+    (False, "pallas")]
 REFERENCE = {}
 
 
@@ -142,6 +143,8 @@ def sequence_case(kind, causal, mesh_name, *, impl="auto", kernel="softmax",
 SEQUENCE_CASES = {
     "favor/causal/parallel/data2_seq4": dict(
         kind="favor", causal=True, mesh_name="data2_seq4", impl="parallel"),
+    "favor/causal/pallas/seq8": dict(
+        kind="favor", causal=True, mesh_name="seq8", impl="pallas"),
     "favor/causal/slim_hyperbolic/seq8": dict(
         kind="favor", causal=True, mesh_name="seq8", impl="slim",
         kernel="softmax_hyperbolic"),

@@ -1,0 +1,335 @@
+"""The `pallas_call`s of the FAVOR+ kernels and their custom VJPs.
+
+Kernel bodies read and write refs and call the tile math (pallas_tiles.py);
+each `*_core` is a `jax.custom_vjp` over them. `static` is `(TileConfig,
+C, H, platform)`; arrays are grouped `[G = B*H, L, X]` (pallas_favor.py
+prepares them). Every output is float32.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from performer_jax.attention import feature_maps
+from performer_jax.attention import pallas_tiles as tiles
+from performer_jax.attention import vma
+
+
+def _call(body, *, grid, in_specs, out_specs, out_shape, on):
+  """`pallas_call(body, ...)` for platform `on`, as a function of the
+  kernel's inputs."""
+  kw = {}
+  if on == "gpu":
+    from jax.experimental.pallas import triton as pltriton
+    kw["compiler_params"] = pltriton.CompilerParams(num_warps=4,
+                                                    num_stages=2)
+  elif on == "tpu":
+    from jax.experimental.pallas import tpu as pltpu
+    kw["compiler_params"] = pltpu.CompilerParams(
+        dimension_semantics=("parallel",) * len(grid))
+
+  def run(*args):
+    if on == "interpret":
+      # Inside shard_map, Mosaic TPU's interpreter: the generic one loses
+      # the varying axes of its loop carries there (JAX 0.10). Not outside:
+      # the TPU one keeps state sized by the first call's device count.
+      kw["interpret"] = True
+      if vma.varying_axes(*args):
+        from jax.experimental.pallas import tpu as pltpu
+        kw["interpret"] = pltpu.InterpretParams()
+    return pl.pallas_call(body, grid=grid, in_specs=in_specs,
+                          out_specs=out_specs, out_shape=out_shape,
+                          **kw)(*args)
+  return run
+
+
+def _whole(shape):
+  """BlockSpec of one (batch, head)'s whole array `[G, *shape]`."""
+  zeros = (0,) * len(shape)
+  return pl.BlockSpec((None,) + tuple(shape), lambda g, *_: (g,) + zeros)
+
+
+def _tile(c, width):
+  """BlockSpec of tile n of `[G, L, width]` on a (g, n) grid."""
+  return pl.BlockSpec((None, c, width), lambda g, n: (g, n, 0))
+
+
+def _f32(shape, like):
+  """A float32 output typed as `like` inside `shard_map` (varying along the
+  same mesh axes: every input is cast to one type first, vma.align)."""
+  mat = getattr(jax.typeof(like), "mat", None)
+  if mat is None:
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+  return jax.ShapeDtypeStruct(shape, jnp.float32, manual_axis_type=mat)
+
+
+def _rows(ref, n, c):
+  return ref[pl.ds(pl.multiple_of(n * c, c), c), :]
+
+
+# --------------------------------------------------------------- causal
+
+
+def _causal_fwd_kernel(cfg, c, n_chunks, store, xq, xk, v, keep, w, s0, z0,
+                       m0, out, *state_refs):
+  w_FD = w[...]
+
+  def step(n, carry):
+    s_FE, z_1F, m_11 = carry
+    t = tiles.chunk(cfg, _rows(xq, n, c), _rows(xk, n, c), _rows(keep, n, c),
+                    w_FD, m_11)
+    v_CE = _rows(v, n, c)
+    out[pl.ds(pl.multiple_of(n * c, c), c), :] = tiles.attend(
+        cfg, t, v_CE, s_FE, z_1F).out
+    if store:
+      s_in, z_in, m_in = state_refs
+      s_in[n] = s_FE
+      z_in[pl.ds(n, 1), :] = z_1F
+      m_in[pl.ds(n, 1), :] = m_11
+    return tiles.carry(cfg, t, v_CE, s_FE, z_1F) + (t.m_out,)
+
+  jax.lax.fori_loop(0, n_chunks, step, (s0[...], z0[...], m0[...]))
+
+
+def _causal_bwd_kernel(cfg, c, n_chunks, xq, xk, v, keep, w, s_in, z_in,
+                       m_in, g, dxq, dxk, dv, ds0, dz0):
+  w_FD = w[...]
+
+  def step(i, carry):
+    n = n_chunks - 1 - i
+    ds_FE, dz_1F = carry
+    rows = pl.ds(pl.multiple_of(n * c, c), c)
+    dq, dk, dv_, ds_FE, dz_1F = tiles.chunk_backward(
+        cfg, xq[rows, :], xk[rows, :], v[rows, :], keep[rows, :], w_FD,
+        m_in[pl.ds(n, 1), :], s_in[n], z_in[pl.ds(n, 1), :], g[rows, :],
+        ds_FE, dz_1F)
+    dxq[rows, :], dxk[rows, :], dv[rows, :] = dq, dk, dv_
+    return ds_FE, dz_1F
+
+  ds, dz = jax.lax.fori_loop(0, n_chunks, step,
+                             (jnp.zeros(ds0.shape, jnp.float32),
+                              jnp.zeros(dz0.shape, jnp.float32)))
+  ds0[...], dz0[...] = ds, dz
+
+
+def _causal_specs(lp, d, e, f, heads, extra):
+  keep_spec = pl.BlockSpec((None, lp, 1),
+                           lambda g: (jax.lax.div(g, heads), 0, 0))
+  return ([_whole((lp, d)), _whole((lp, d)), _whole((lp, e)), keep_spec,
+           pl.BlockSpec((f, d), lambda g: (0, 0))] + extra)
+
+
+def _causal_forward(static, xq, xk, v, keep, w, s0, z0, m0, store):
+  cfg, c, heads, on = static
+  g, lp, d = xq.shape
+  e, f, n = v.shape[-1], w.shape[0], lp // c
+  seed_specs = [_whole((f, e)), _whole((1, f)), _whole((1, 1))]
+  out_shape = [_f32((g, lp, e), xq)]
+  out_specs = [_whole((lp, e))]
+  if store:
+    out_shape += [_f32((g, n, f, e), xq), _f32((g, n, f), xq),
+                  _f32((g, n, 1), xq)]
+    out_specs += [_whole((n, f, e)), _whole((n, f)), _whole((n, 1))]
+  return _call(
+      functools.partial(_causal_fwd_kernel, cfg, c, n, store),
+      grid=(g,), in_specs=_causal_specs(lp, d, e, f, heads, seed_specs),
+      out_specs=out_specs, out_shape=out_shape, on=on)(
+          xq, xk, v, keep, w, s0, z0, m0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def causal_core(static, xq, xk, v, keep, w, s0, z0, m0):
+  return _causal_forward(static, xq, xk, v, keep, w, s0, z0, m0, False)[0]
+
+
+def _causal_core_fwd(static, xq, xk, v, keep, w, s0, z0, m0):
+  out, s_in, z_in, m_in = _causal_forward(static, xq, xk, v, keep, w, s0, z0,
+                                          m0, True)
+  return out, (xq, xk, v, keep, w, s_in, z_in, m_in, m0)
+
+
+def _causal_core_bwd(static, res, g_GLE):
+  cfg, c, heads, on = static
+  xq, xk, v, keep, w, s_in, z_in, m_in, m0 = res
+  grp, lp, d = xq.shape
+  e, f, n = v.shape[-1], w.shape[0], lp // c
+  state_specs = [_whole((n, f, e)), _whole((n, f)), _whole((n, 1)),
+                 _whole((lp, e))]
+  dxq, dxk, dv, ds0, dz0 = _call(
+      functools.partial(_causal_bwd_kernel, cfg, c, n),
+      grid=(grp,), in_specs=_causal_specs(lp, d, e, f, heads, state_specs),
+      out_specs=[_whole((lp, d)), _whole((lp, d)), _whole((lp, e)),
+                 _whole((f, e)), _whole((1, f))],
+      out_shape=[_f32((grp, lp, d), xq), _f32((grp, lp, d), xq),
+                 _f32((grp, lp, e), xq), _f32((grp, f, e), xq),
+                 _f32((grp, 1, f), xq)], on=on)(
+                     xq, xk, v, keep, w, s_in, z_in, m_in, g_GLE)
+  like = lambda x: vma.like(x, xq)
+  return (like(dxq), like(dxk), like(dv), jnp.zeros_like(keep),
+          jnp.zeros_like(w), like(ds0), like(dz0), jnp.zeros_like(m0))
+
+
+causal_core.defvjp(_causal_core_fwd, _causal_core_bwd)
+
+
+# -------------------------------------------------------- bidirectional
+
+
+def _summary_kernel(cfg, c, n_chunks, xk, v, keep, w, s, z, m):
+  w_FD = w[...]
+
+  def step(n, carry):
+    return tiles.summarize(cfg, _rows(xk, n, c), _rows(v, n, c),
+                           _rows(keep, n, c), w_FD, *carry)
+
+  s[...], z[...], m[...] = jax.lax.fori_loop(
+      0, n_chunks, step, (jnp.zeros(s.shape, jnp.float32),
+                          jnp.zeros(z.shape, jnp.float32),
+                          jnp.full(m.shape, -jnp.inf, jnp.float32)))
+
+
+def _query_out(cfg, xq_CD, w_FD, s_FE, z_1F):
+  qf = tiles.features(cfg, xq_CD, w_FD)
+  den_C1 = jnp.maximum(jnp.sum(qf.feats * z_1F, axis=1, keepdims=True),
+                       feature_maps.POSITIVE_FLOOR)
+  return qf, den_C1, tiles.mm(cfg, qf.feats, s_FE) / den_C1
+
+
+def _attend_kernel(cfg, xq, w, s, z, out):
+  out[...] = _query_out(cfg, xq[...], w[...], s[...], z[...])[2]
+
+
+def _query_bwd_kernel(cfg, c, n_chunks, xq, w, s, z, g, dxq, ds, dz):
+  w_FD, s_FE, z_1F = w[...], s[...], z[...]
+
+  def step(n, carry):
+    ds_FE, dz_1F = carry
+    rows = pl.ds(pl.multiple_of(n * c, c), c)
+    xq_CD = xq[rows, :]
+    qf, den_C1, out_CE = _query_out(cfg, xq_CD, w_FD, s_FE, z_1F)
+    g_num_CE = g[rows, :] / den_C1
+    g_den_C1 = -jnp.sum(g_num_CE * out_CE, axis=1, keepdims=True)
+    g_qf_CF = tiles.mm_nt(cfg, g_num_CE, s_FE) + g_den_C1 * z_1F
+    dxq[rows, :] = tiles.feature_grad(cfg, xq_CD, w_FD, qf, g_qf_CF)
+    return (ds_FE + tiles.mm_tn(cfg, qf.feats, g_num_CE),
+            dz_1F + jnp.sum(qf.feats * g_den_C1, axis=0, keepdims=True))
+
+  ds[...], dz[...] = jax.lax.fori_loop(
+      0, n_chunks, step, (jnp.zeros(ds.shape, jnp.float32),
+                          jnp.zeros(dz.shape, jnp.float32)))
+
+
+def _key_bwd_kernel(cfg, xk, v, keep, w, m, ds, dz, dxk, dv):
+  xk_CD, keep_C1, w_FD, ds_FE = xk[...], keep[...], w[...], ds[...]
+  kf, kt_CF = tiles.key_weights(cfg, xk_CD, keep_C1, w_FD, m[...])
+  g_kt_CF = tiles.mm_nt(cfg, v[...], ds_FE) + dz[...]
+  dv[...] = tiles.mm(cfg, kt_CF, ds_FE)
+  dxk[...] = tiles.key_grad(cfg, xk_CD, keep_C1, w_FD, kf, kt_CF, g_kt_CF)
+
+
+def _summary_call(static, xk, v, keep, w):
+  """The keys' summary `(S [G, F, E], z [G, 1, F], m [G, 1, 1])`."""
+  cfg, c, heads, on = static
+  g, ls, d = xk.shape
+  e, f = v.shape[-1], w.shape[0]
+  return _call(
+      functools.partial(_summary_kernel, cfg, c, ls // c), grid=(g,),
+      in_specs=_causal_specs(ls, d, e, f, heads, [])[1:],
+      out_specs=[_whole((f, e)), _whole((1, f)), _whole((1, 1))],
+      out_shape=[_f32((g, f, e), xk), _f32((g, 1, f), xk),
+                 _f32((g, 1, 1), xk)], on=on)(xk, v, keep, w)
+
+
+def _key_bwd_call(static, xk, v, keep, w, m, ds, dz):
+  """`(dxk, dv)` from the cotangents of a summary (ds, dz), a grid over key
+  tiles that recomputes their features."""
+  cfg, c, heads, on = static
+  grp, ls, d = xk.shape
+  e, f = v.shape[-1], w.shape[0]
+  return _call(
+      functools.partial(_key_bwd_kernel, cfg), grid=(grp, ls // c),
+      in_specs=[_tile(c, d), _tile(c, e),
+                pl.BlockSpec((None, c, 1),
+                             lambda i, n: (jax.lax.div(i, heads), n, 0)),
+                pl.BlockSpec((f, d), lambda *_: (0, 0)), _whole((1, 1)),
+                _whole((f, e)), _whole((1, f))],
+      out_specs=[_tile(c, d), _tile(c, e)],
+      out_shape=[_f32((grp, ls, d), xk), _f32((grp, ls, e), xk)], on=on)(
+          xk, v, keep, w, m, ds, dz)
+
+
+def _bidir_forward(static, xq, xk, v, keep, w):
+  cfg, c, _, on = static
+  g, lq, d = xq.shape
+  e, f = v.shape[-1], w.shape[0]
+  s, z, m = _summary_call(static, xk, v, keep, w)
+  out = _call(
+      functools.partial(_attend_kernel, cfg), grid=(g, lq // c),
+      in_specs=[_tile(c, d), pl.BlockSpec((f, d), lambda i, n: (0, 0)),
+                _whole((f, e)), _whole((1, f))],
+      out_specs=_tile(c, e), out_shape=_f32((g, lq, e), xq), on=on)(
+          xq, w, s, z)
+  return out, s, z, m
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def bidirectional_core(static, xq, xk, v, keep, w):
+  return _bidir_forward(static, xq, xk, v, keep, w)[0]
+
+
+def _bidir_core_fwd(static, xq, xk, v, keep, w):
+  out, s, z, m = _bidir_forward(static, xq, xk, v, keep, w)
+  return out, (xq, xk, v, keep, w, s, z, m)
+
+
+def _bidir_core_bwd(static, res, g_GLE):
+  cfg, c, _, on = static
+  xq, xk, v, keep, w, s, z, m = res
+  grp, lq, d = xq.shape
+  e, f = v.shape[-1], w.shape[0]
+  dxq, ds, dz = _call(
+      functools.partial(_query_bwd_kernel, cfg, c, lq // c), grid=(grp,),
+      in_specs=[_whole((lq, d)), pl.BlockSpec((f, d), lambda *_: (0, 0)),
+                _whole((f, e)), _whole((1, f)), _whole((lq, e))],
+      out_specs=[_whole((lq, d)), _whole((f, e)), _whole((1, f))],
+      out_shape=[_f32((grp, lq, d), xq), _f32((grp, f, e), xq),
+                 _f32((grp, 1, f), xq)],
+      on=on)(xq, w, s, z, g_GLE)
+  dxk, dv = _key_bwd_call(static, xk, v, keep, w, m, ds, dz)
+  like = lambda x: vma.like(x, xq)
+  return (like(dxq), like(dxk), like(dv), jnp.zeros_like(keep),
+          jnp.zeros_like(w))
+
+
+bidirectional_core.defvjp(_bidir_core_fwd, _bidir_core_bwd)
+
+
+
+
+# ------------------------------------------------------------- summary
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def summary_core(static, xk, v, keep, w):
+  """`(S, z, m)` of the keys (`_summary_call`); m carries no gradient."""
+  return _summary_call(static, xk, v, keep, w)
+
+
+def _summary_core_fwd(static, xk, v, keep, w):
+  s, z, m = _summary_call(static, xk, v, keep, w)
+  return (s, z, m), (xk, v, keep, w, m)
+
+
+def _summary_core_bwd(static, res, cotangents):
+  xk, v, keep, w, m = res
+  ds, dz, _ = cotangents
+  dxk, dv = _key_bwd_call(static, xk, v, keep, w, m, ds, dz)
+  like = lambda x: vma.like(x, xk)
+  return like(dxk), like(dv), jnp.zeros_like(keep), jnp.zeros_like(w)
+
+
+summary_core.defvjp(_summary_core_fwd, _summary_core_bwd)
