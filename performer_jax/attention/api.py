@@ -8,7 +8,7 @@ check Flax-layout tensors, prepare them once (layout.py) and dispatch to:
   fused.py         bidirectional FAVOR+ with a hand-written VJP
   slim.py          causal FAVOR+ with a recomputing (SLiM) backward
   parallel.py      causal FAVOR+ as an associative prefix
-  pallas_favor.py  FAVOR+ as Pallas kernels
+  pallas_favor.py  FAVOR+ as Pallas kernels (pallas_calls.py, pallas_tpu.py)
   cpu_kernel.py    causal FAVOR+ through a compiled XLA:CPU kernel
   sequence.py      any of them with the length sharded over a mesh axis
 All of them run and differentiate inside `jax.shard_map` (vma.py).
@@ -261,7 +261,7 @@ def pallas_function(kernel, proj, shape_BHLD, kv_len, value_dim, chunk_size,
   feature_dim = chunked.feature_dim(kernel, proj, shape_BHLD[-1])
   length = min(shape_BHLD[2], kv_len)
   if not pallas_favor.supports(kernel, length, shape_BHLD[-1], value_dim,
-                               feature_dim, chunk_size):
+                               feature_dim, chunk_size, causal=causal):
     return None
   fn = pallas_favor.causal if causal else pallas_favor.bidirectional
   return functools.partial(fn, chunk_size=chunk_size,

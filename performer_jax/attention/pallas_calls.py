@@ -19,10 +19,13 @@ from performer_jax.attention import pallas_tiles as tiles
 from performer_jax.attention import vma
 
 
-def _call(body, *, grid, in_specs, out_specs, out_shape, on):
-  """`pallas_call(body, ...)` for platform `on`, as a function of the
-  kernel's inputs."""
-  kw = {}
+def call(body, *, grid, in_specs, out_specs, out_shape, on,
+         sequential: int = 0, scratch_shapes=()):
+  """`pallas_call(body, ...)` for platform `on` (pallas_favor.platform, or
+  "tpu_interpret": pallas_tpu.py's kernels in interpret mode), as a
+  function of the kernel's inputs. The last `sequential` grid axes walk in
+  order (TPU "arbitrary"), the others are parallel."""
+  kw = {"scratch_shapes": tuple(scratch_shapes)}
   if on == "gpu":
     from jax.experimental.pallas import triton as pltriton
     kw["compiler_params"] = pltriton.CompilerParams(num_warps=4,
@@ -30,10 +33,11 @@ def _call(body, *, grid, in_specs, out_specs, out_shape, on):
   elif on == "tpu":
     from jax.experimental.pallas import tpu as pltpu
     kw["compiler_params"] = pltpu.CompilerParams(
-        dimension_semantics=("parallel",) * len(grid))
+        dimension_semantics=(("parallel",) * (len(grid) - sequential) +
+                             ("arbitrary",) * sequential))
 
   def run(*args):
-    if on == "interpret":
+    if on in ("interpret", "tpu_interpret"):
       # Inside shard_map, Mosaic TPU's interpreter: the generic one loses
       # the varying axes of its loop carries there (JAX 0.10). Not outside:
       # the TPU one keeps state sized by the first call's device count.
@@ -47,7 +51,7 @@ def _call(body, *, grid, in_specs, out_specs, out_shape, on):
   return run
 
 
-def _whole(shape):
+def whole(shape):
   """BlockSpec of one (batch, head)'s whole array `[G, *shape]`."""
   zeros = (0,) * len(shape)
   return pl.BlockSpec((None,) + tuple(shape), lambda g, *_: (g,) + zeros)
@@ -58,7 +62,7 @@ def _tile(c, width):
   return pl.BlockSpec((None, c, width), lambda g, n: (g, n, 0))
 
 
-def _f32(shape, like):
+def f32_like(shape, like):
   """A float32 output typed as `like` inside `shard_map` (varying along the
   same mesh axes: every input is cast to one type first, vma.align)."""
   mat = getattr(jax.typeof(like), "mat", None)
@@ -119,7 +123,7 @@ def _causal_bwd_kernel(cfg, c, n_chunks, xq, xk, v, keep, w, s_in, z_in,
 def _causal_specs(lp, d, e, f, heads, extra):
   keep_spec = pl.BlockSpec((None, lp, 1),
                            lambda g: (jax.lax.div(g, heads), 0, 0))
-  return ([_whole((lp, d)), _whole((lp, d)), _whole((lp, e)), keep_spec,
+  return ([whole((lp, d)), whole((lp, d)), whole((lp, e)), keep_spec,
            pl.BlockSpec((f, d), lambda g: (0, 0))] + extra)
 
 
@@ -127,14 +131,14 @@ def _causal_forward(static, xq, xk, v, keep, w, s0, z0, m0, store):
   cfg, c, heads, on = static
   g, lp, d = xq.shape
   e, f, n = v.shape[-1], w.shape[0], lp // c
-  seed_specs = [_whole((f, e)), _whole((1, f)), _whole((1, 1))]
-  out_shape = [_f32((g, lp, e), xq)]
-  out_specs = [_whole((lp, e))]
+  seed_specs = [whole((f, e)), whole((1, f)), whole((1, 1))]
+  out_shape = [f32_like((g, lp, e), xq)]
+  out_specs = [whole((lp, e))]
   if store:
-    out_shape += [_f32((g, n, f, e), xq), _f32((g, n, f), xq),
-                  _f32((g, n, 1), xq)]
-    out_specs += [_whole((n, f, e)), _whole((n, f)), _whole((n, 1))]
-  return _call(
+    out_shape += [f32_like((g, n, f, e), xq), f32_like((g, n, f), xq),
+                  f32_like((g, n, 1), xq)]
+    out_specs += [whole((n, f, e)), whole((n, f)), whole((n, 1))]
+  return call(
       functools.partial(_causal_fwd_kernel, cfg, c, n, store),
       grid=(g,), in_specs=_causal_specs(lp, d, e, f, heads, seed_specs),
       out_specs=out_specs, out_shape=out_shape, on=on)(
@@ -157,16 +161,16 @@ def _causal_core_bwd(static, res, g_GLE):
   xq, xk, v, keep, w, s_in, z_in, m_in, m0 = res
   grp, lp, d = xq.shape
   e, f, n = v.shape[-1], w.shape[0], lp // c
-  state_specs = [_whole((n, f, e)), _whole((n, f)), _whole((n, 1)),
-                 _whole((lp, e))]
-  dxq, dxk, dv, ds0, dz0 = _call(
+  state_specs = [whole((n, f, e)), whole((n, f)), whole((n, 1)),
+                 whole((lp, e))]
+  dxq, dxk, dv, ds0, dz0 = call(
       functools.partial(_causal_bwd_kernel, cfg, c, n),
       grid=(grp,), in_specs=_causal_specs(lp, d, e, f, heads, state_specs),
-      out_specs=[_whole((lp, d)), _whole((lp, d)), _whole((lp, e)),
-                 _whole((f, e)), _whole((1, f))],
-      out_shape=[_f32((grp, lp, d), xq), _f32((grp, lp, d), xq),
-                 _f32((grp, lp, e), xq), _f32((grp, f, e), xq),
-                 _f32((grp, 1, f), xq)], on=on)(
+      out_specs=[whole((lp, d)), whole((lp, d)), whole((lp, e)),
+                 whole((f, e)), whole((1, f))],
+      out_shape=[f32_like((grp, lp, d), xq), f32_like((grp, lp, d), xq),
+                 f32_like((grp, lp, e), xq), f32_like((grp, f, e), xq),
+                 f32_like((grp, 1, f), xq)], on=on)(
                      xq, xk, v, keep, w, s_in, z_in, m_in, g_GLE)
   like = lambda x: vma.like(x, xq)
   return (like(dxq), like(dxk), like(dv), jnp.zeros_like(keep),
@@ -236,12 +240,12 @@ def _summary_call(static, xk, v, keep, w):
   cfg, c, heads, on = static
   g, ls, d = xk.shape
   e, f = v.shape[-1], w.shape[0]
-  return _call(
+  return call(
       functools.partial(_summary_kernel, cfg, c, ls // c), grid=(g,),
       in_specs=_causal_specs(ls, d, e, f, heads, [])[1:],
-      out_specs=[_whole((f, e)), _whole((1, f)), _whole((1, 1))],
-      out_shape=[_f32((g, f, e), xk), _f32((g, 1, f), xk),
-                 _f32((g, 1, 1), xk)], on=on)(xk, v, keep, w)
+      out_specs=[whole((f, e)), whole((1, f)), whole((1, 1))],
+      out_shape=[f32_like((g, f, e), xk), f32_like((g, 1, f), xk),
+                 f32_like((g, 1, 1), xk)], on=on)(xk, v, keep, w)
 
 
 def _key_bwd_call(static, xk, v, keep, w, m, ds, dz):
@@ -250,15 +254,15 @@ def _key_bwd_call(static, xk, v, keep, w, m, ds, dz):
   cfg, c, heads, on = static
   grp, ls, d = xk.shape
   e, f = v.shape[-1], w.shape[0]
-  return _call(
+  return call(
       functools.partial(_key_bwd_kernel, cfg), grid=(grp, ls // c),
       in_specs=[_tile(c, d), _tile(c, e),
                 pl.BlockSpec((None, c, 1),
                              lambda i, n: (jax.lax.div(i, heads), n, 0)),
-                pl.BlockSpec((f, d), lambda *_: (0, 0)), _whole((1, 1)),
-                _whole((f, e)), _whole((1, f))],
+                pl.BlockSpec((f, d), lambda *_: (0, 0)), whole((1, 1)),
+                whole((f, e)), whole((1, f))],
       out_specs=[_tile(c, d), _tile(c, e)],
-      out_shape=[_f32((grp, ls, d), xk), _f32((grp, ls, e), xk)], on=on)(
+      out_shape=[f32_like((grp, ls, d), xk), f32_like((grp, ls, e), xk)], on=on)(
           xk, v, keep, w, m, ds, dz)
 
 
@@ -267,11 +271,11 @@ def _bidir_forward(static, xq, xk, v, keep, w):
   g, lq, d = xq.shape
   e, f = v.shape[-1], w.shape[0]
   s, z, m = _summary_call(static, xk, v, keep, w)
-  out = _call(
+  out = call(
       functools.partial(_attend_kernel, cfg), grid=(g, lq // c),
       in_specs=[_tile(c, d), pl.BlockSpec((f, d), lambda i, n: (0, 0)),
-                _whole((f, e)), _whole((1, f))],
-      out_specs=_tile(c, e), out_shape=_f32((g, lq, e), xq), on=on)(
+                whole((f, e)), whole((1, f))],
+      out_specs=_tile(c, e), out_shape=f32_like((g, lq, e), xq), on=on)(
           xq, w, s, z)
   return out, s, z, m
 
@@ -291,13 +295,13 @@ def _bidir_core_bwd(static, res, g_GLE):
   xq, xk, v, keep, w, s, z, m = res
   grp, lq, d = xq.shape
   e, f = v.shape[-1], w.shape[0]
-  dxq, ds, dz = _call(
+  dxq, ds, dz = call(
       functools.partial(_query_bwd_kernel, cfg, c, lq // c), grid=(grp,),
-      in_specs=[_whole((lq, d)), pl.BlockSpec((f, d), lambda *_: (0, 0)),
-                _whole((f, e)), _whole((1, f)), _whole((lq, e))],
-      out_specs=[_whole((lq, d)), _whole((f, e)), _whole((1, f))],
-      out_shape=[_f32((grp, lq, d), xq), _f32((grp, f, e), xq),
-                 _f32((grp, 1, f), xq)],
+      in_specs=[whole((lq, d)), pl.BlockSpec((f, d), lambda *_: (0, 0)),
+                whole((f, e)), whole((1, f)), whole((lq, e))],
+      out_specs=[whole((lq, d)), whole((f, e)), whole((1, f))],
+      out_shape=[f32_like((grp, lq, d), xq), f32_like((grp, f, e), xq),
+                 f32_like((grp, 1, f), xq)],
       on=on)(xq, w, s, z, g_GLE)
   dxk, dv = _key_bwd_call(static, xk, v, keep, w, m, ds, dz)
   like = lambda x: vma.like(x, xq)

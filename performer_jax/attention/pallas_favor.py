@@ -4,11 +4,12 @@ One program per (batch, head) computes the features of C-token tiles on chip
 (pallas_tiles.py, in pallas_calls.py's kernels) and writes only outputs,
 states and cotangents: no `[B, H, L, F]` tensor reaches HBM. Causal stores
 each chunk's entry state and recomputes the features backward; `summarize`
-gives a prefill its new decoding state the same way. Backends: Mosaic TPU (a whole sequence per
-VMEM block bounds L: `supports`; a grid over chunks would lift that); Triton
-on GPU (power-of-two C, F, D, Dv >= 16; deprecated as of JAX 0.11, but
-Mosaic GPU's `pallas_call` has no `dot_general` in JAX 0.10); interpret mode
-on the CPU, for tests.
+gives a prefill its new decoding state the same way. Backends: Mosaic TPU
+(causal on a chunk grid, pallas_tpu.py; bidirectional holds a whole
+sequence per VMEM block, which bounds L: `supports`); Triton on GPU
+(power-of-two C, F, D, Dv >= 16; deprecated as of JAX 0.11, but Mosaic
+GPU's `pallas_call` has no `dot_general` in JAX 0.10); interpret mode on
+the CPU, for tests ("tpu_interpret": the TPU's causal kernels).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from performer_jax.attention import chunked
 from performer_jax.attention import fused
 from performer_jax.attention import pallas_calls as calls
 from performer_jax.attention import pallas_tiles as tiles
+from performer_jax.attention import pallas_tpu
 from performer_jax.attention import vma
 
 KERNELS = ("softmax", "softmax_hyperbolic", "relu")
@@ -41,23 +43,24 @@ def _pow2(n: int) -> bool:
 
 
 def supports(kernel, length: int, head_dim: int, value_dim: int,
-             num_features: int, chunk_size: int,
-             on: str | None = None) -> bool:
+             num_features: int, chunk_size: int, on: str | None = None, *,
+             causal: bool = False) -> bool:
   """Whether the kernel serves this call on platform `on` (default: here)."""
   on = on or platform()
   if not isinstance(kernel, str) or kernel not in KERNELS:
     return False
-  c = chunked.num_chunks(length, chunk_size)[0]
+  c, n = chunked.num_chunks(length, chunk_size)[:2]
   if on == "gpu":
     try:
       from jax.experimental.pallas import triton  # noqa: F401
     except ImportError:
       return False
     return all(_pow2(n) for n in (c, head_dim, value_dim, num_features))
+  if on == "tpu" and causal:  # chunk blocks: Mosaic tiles rows by 8
+    return c % 8 == 0 or n == 1
   if on == "tpu":
-    padded = chunked.num_chunks(length, chunk_size)[1] * c
-    return padded * (3 * head_dim + 3 * value_dim) * 4 * 2 < _TPU_VMEM_BUDGET
-  return on == "interpret"
+    return n * c * (3 * head_dim + 3 * value_dim) * 4 * 2 < _TPU_VMEM_BUDGET
+  return on in ("interpret", "tpu_interpret")
 
 
 def matmul_dtype(dtype):
@@ -117,8 +120,11 @@ def causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array, v_BHLE: jax.Array,
       _keep(key_mask_BL, b, length, c), jax.lax.stop_gradient(w),
       s0[..., :-1].reshape(b * h, f, dv), s0[..., -1].reshape(b * h, 1, f),
       m0.reshape(b * h, 1, 1))
-  out = calls.causal_core((cfg, c, h, on or platform()), xq, xk, v, keep, w,
-                     s_FE, z_1F, jax.lax.stop_gradient(m_11))
+  on = on or platform()
+  core = (pallas_tpu.causal_core if on in pallas_tpu.PLATFORMS
+          else calls.causal_core)
+  out = core((cfg, c, h, on), xq, xk, v, keep, w, s_FE, z_1F,
+             jax.lax.stop_gradient(m_11))
   return out.reshape(b, h, -1, dv)[:, :, :length]
 
 
@@ -139,7 +145,8 @@ def bidirectional(x_q_BHLD: jax.Array, x_k_BHSD: jax.Array,
   xq, xk, v, keep, w = vma.align(
       _grouped(x_q_BHLD, c), _grouped(x_k_BHSD, c), _grouped(v_BHSE, c),
       _keep(key_mask_BS, b, s_len, c), jax.lax.stop_gradient(w))
-  out = calls.bidirectional_core((cfg, c, h, on or platform()), xq, xk, v, keep, w)
+  out = calls.bidirectional_core((cfg, c, h, on or platform()), xq, xk, v,
+                                 keep, w)
   return out.reshape(b, h, -1, dv)[:, :, :length]
 
 

@@ -9,6 +9,7 @@ lowered with `jax.export` on the CPU, forward and backward, to check that
 the kernels (not XLA fallbacks) are what those backends get.
 """
 
+import functools
 import re
 
 import jax
@@ -82,9 +83,11 @@ def test_values_and_gradients_match_autodiff(case):
     assert np.all(np.asarray(got[2])[pad] == 0)
 
 
-def test_seeded_causal_matches_parallel_and_no_future_leak():
+@pytest.mark.parametrize("on", ["interpret", "tpu_interpret"])
+def test_seeded_causal_matches_parallel_and_no_future_leak(on):
   # The seed is what sequence.py (sequence_axis) and decoding.favor_extend
   # (prefill) start a causal pass from; its cotangent must come back too.
+  # "tpu_interpret": the TPU's chunk-grid kernels (pallas_tpu.py).
   q, k, v, mask, proj = inputs.qkv(b=B, length=L, h=H, d=D, m=M, scale=1.5)
   flat = layout.flatten(q, k, v, mask)
   x_q, x_k, x_v = layout.favor_inputs(flat)
@@ -99,15 +102,16 @@ def test_seeded_causal_matches_parallel_and_no_future_leak():
       return jnp.sum(jnp.sin(3.0 * out)), out
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True))
 
+  kernels = functools.partial(pallas_favor.causal, on=on)
   want, want_out = run(parallel.causal)(x_q, x_k, x_v, s0)
-  got, got_out = run(pallas_favor.causal)(x_q, x_k, x_v, s0)
+  got, got_out = run(kernels)(x_q, x_k, x_v, s0)
   np.testing.assert_allclose(got_out, want_out, rtol=0, atol=1e-5)
   for w, gt, name in zip(want, got, ("q", "k", "v", "seed")):
     np.testing.assert_allclose(gt, w, rtol=0,
                                atol=1e-5 * float(jnp.max(jnp.abs(w))),
                                err_msg=f"d{name}")
   # A huge last key moves no earlier output (the causal-safe stabilizer).
-  moved = run(pallas_favor.causal)(
+  moved = run(kernels)(
       x_q, x_k.at[:, :, -1].multiply(10.0), x_v.at[:, :, -1].add(100.0),
       s0)[1]
   np.testing.assert_allclose(moved[:, :, :-1], got_out[:, :, :-1], rtol=0,
@@ -249,6 +253,14 @@ def test_auto_rule(monkeypatch, backend):
   assert not pallas_favor.supports("softmax", 4096, 8, 64, 256, 64, "gpu")
   assert not pallas_favor.supports("softmax_trig", 4096, 64, 64, 256, 64,
                                    "gpu")
+  # TPU: causal walks chunk blocks (any L; rows in multiples of 8), the
+  # bidirectional kernels hold a whole sequence in VMEM.
+  assert pallas_favor.supports("softmax", 65536, 64, 64, 256, 64, "tpu",
+                               causal=True)
+  assert not pallas_favor.supports("softmax", 65536, 64, 64, 256, 12, "tpu",
+                                   causal=True)
+  assert not pallas_favor.supports("softmax", 65536, 64, 64, 256, 64, "tpu")
+  assert pallas_favor.supports("softmax", 4096, 64, 64, 256, 64, "tpu")
 
 
 def test_unserved_kernel_falls_back():

@@ -1,0 +1,146 @@
+"""Causal FAVOR+ kernels on a (batch*head, chunk) grid, for Mosaic TPU.
+
+pallas_calls.py's causal kernels hold one (batch, head)'s whole sequence in
+a block, which VMEM bounds. Here the grid's second axis walks the chunks in
+order ("arbitrary": sequential on a core) with the state `(S, z, m)` in VMEM
+scratch, so a block is one chunk and L is unbounded. The tile math is the
+same (pallas_tiles.py); the stored entry states are `[G, N, F, E]`,
+`[G, N, 1, F]` and `[G, N, 1, 1]`, so that every block's last two dims are
+whole, as Mosaic's tiling asks. Triton has no sequential grid axis: the GPU
+keeps the whole-sequence kernels. Platform "tpu_interpret" runs these on
+the CPU, for tests.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from performer_jax.attention import pallas_calls as calls
+from performer_jax.attention import pallas_tiles as tiles
+from performer_jax.attention import vma
+
+PLATFORMS = ("tpu", "tpu_interpret")
+
+
+def _chunk_specs(c, d, e, f, heads, n_chunks, reverse):
+  """BlockSpecs of chunk n's q, k, v and keep tiles and the projection
+  (chunk N-1-n when `reverse`)."""
+  at = (lambda n: n_chunks - 1 - n) if reverse else (lambda n: n)
+  tile = lambda w: pl.BlockSpec((None, c, w), lambda g, n: (g, at(n), 0))
+  return [tile(d), tile(d), tile(e),
+          pl.BlockSpec((None, c, 1),
+                       lambda g, n: (jax.lax.div(g, heads), at(n), 0)),
+          pl.BlockSpec((f, d), lambda g, n: (0, 0))], tile, at
+
+
+def _per_chunk(shape, at):
+  """BlockSpec of chunk n's entry in a `[G, N, *shape]` array."""
+  zeros = (0,) * len(shape)
+  return pl.BlockSpec((None, None) + tuple(shape),
+                      lambda g, n: (g, at(n)) + zeros)
+
+
+def _state_scratch(f, e):
+  return [pltpu.VMEM((f, e), jnp.float32), pltpu.VMEM((1, f), jnp.float32),
+          pltpu.VMEM((1, 1), jnp.float32)]
+
+
+def _fwd_kernel(cfg, store, xq, xk, v, keep, w, s0, z0, m0, out, *refs):
+  *stored, s_scr, z_scr, m_scr = refs
+
+  @pl.when(pl.program_id(1) == 0)
+  def _():
+    s_scr[...], z_scr[...], m_scr[...] = s0[...], z0[...], m0[...]
+
+  s_FE, z_1F, m_11 = s_scr[...], z_scr[...], m_scr[...]
+  t = tiles.chunk(cfg, xq[...], xk[...], keep[...], w[...], m_11)
+  v_CE = v[...]
+  out[...] = tiles.attend(cfg, t, v_CE, s_FE, z_1F).out
+  if store:
+    s_in, z_in, m_in = stored
+    s_in[...], z_in[...], m_in[...] = s_FE, z_1F, m_11
+  s_scr[...], z_scr[...] = tiles.carry(cfg, t, v_CE, s_FE, z_1F)
+  m_scr[...] = t.m_out
+
+
+def _bwd_kernel(cfg, n_chunks, xq, xk, v, keep, w, s_in, z_in, m_in, g, dxq,
+                dxk, dv, ds0, dz0, ds_scr, dz_scr):
+  @pl.when(pl.program_id(1) == 0)
+  def _():
+    ds_scr[...] = jnp.zeros(ds_scr.shape, jnp.float32)
+    dz_scr[...] = jnp.zeros(dz_scr.shape, jnp.float32)
+
+  dxq[...], dxk[...], dv[...], ds_FE, dz_1F = tiles.chunk_backward(
+      cfg, xq[...], xk[...], v[...], keep[...], w[...], m_in[...], s_in[...],
+      z_in[...], g[...], ds_scr[...], dz_scr[...])
+  ds_scr[...], dz_scr[...] = ds_FE, dz_1F
+
+  @pl.when(pl.program_id(1) == n_chunks - 1)
+  def _():
+    ds0[...], dz0[...] = ds_FE, dz_1F
+
+
+def _forward(static, xq, xk, v, keep, w, s0, z0, m0, store):
+  cfg, c, heads, on = static
+  g, lp, d = xq.shape
+  e, f, n = v.shape[-1], w.shape[0], lp // c
+  in_specs, tile, at = _chunk_specs(c, d, e, f, heads, n, reverse=False)
+  seed = [calls.whole((f, e)), calls.whole((1, f)), calls.whole((1, 1))]
+  out_shape = [calls.f32_like((g, lp, e), xq)]
+  out_specs = [tile(e)]
+  if store:
+    out_shape += [calls.f32_like((g, n, f, e), xq),
+                  calls.f32_like((g, n, 1, f), xq),
+                  calls.f32_like((g, n, 1, 1), xq)]
+    out_specs += [_per_chunk((f, e), at), _per_chunk((1, f), at),
+                  _per_chunk((1, 1), at)]
+  return calls.call(
+      functools.partial(_fwd_kernel, cfg, store), grid=(g, n),
+      in_specs=in_specs + seed, out_specs=out_specs, out_shape=out_shape,
+      on=on, sequential=1, scratch_shapes=_state_scratch(f, e))(
+          xq, xk, v, keep, w, s0, z0, m0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def causal_core(static, xq, xk, v, keep, w, s0, z0, m0):
+  """pallas_calls.causal_core's contract, on the chunk grid."""
+  return _forward(static, xq, xk, v, keep, w, s0, z0, m0, False)[0]
+
+
+def _core_fwd(static, xq, xk, v, keep, w, s0, z0, m0):
+  out, s_in, z_in, m_in = _forward(static, xq, xk, v, keep, w, s0, z0, m0,
+                                   True)
+  return out, (xq, xk, v, keep, w, s_in, z_in, m_in, m0)
+
+
+def _core_bwd(static, res, g_GLE):
+  cfg, c, heads, on = static
+  xq, xk, v, keep, w, s_in, z_in, m_in, m0 = res
+  grp, lp, d = xq.shape
+  e, f, n = v.shape[-1], w.shape[0], lp // c
+  in_specs, tile, at = _chunk_specs(c, d, e, f, heads, n, reverse=True)
+  state_specs = [_per_chunk((f, e), at), _per_chunk((1, f), at),
+                 _per_chunk((1, 1), at), tile(e)]
+  dxq, dxk, dv, ds0, dz0 = calls.call(
+      functools.partial(_bwd_kernel, cfg, n), grid=(grp, n),
+      in_specs=in_specs + state_specs,
+      out_specs=[tile(d), tile(d), tile(e), calls.whole((f, e)),
+                 calls.whole((1, f))],
+      out_shape=[calls.f32_like((grp, lp, d), xq),
+                 calls.f32_like((grp, lp, d), xq),
+                 calls.f32_like((grp, lp, e), xq),
+                 calls.f32_like((grp, f, e), xq),
+                 calls.f32_like((grp, 1, f), xq)],
+      on=on, sequential=1, scratch_shapes=_state_scratch(f, e)[:2])(
+          xq, xk, v, keep, w, s_in, z_in, m_in, g_GLE)
+  like = lambda x: vma.like(x, xq)
+  return (like(dxq), like(dxk), like(dv), jnp.zeros_like(keep),
+          jnp.zeros_like(w), like(ds0), like(dz0), jnp.zeros_like(m0))
+
+
+causal_core.defvjp(_core_fwd, _core_bwd)
