@@ -261,7 +261,7 @@ def pallas_function(kernel, proj, shape_BHLD, kv_len, value_dim, chunk_size,
   feature_dim = chunked.feature_dim(kernel, proj, shape_BHLD[-1])
   length = min(shape_BHLD[2], kv_len)
   if not pallas_favor.supports(kernel, length, shape_BHLD[-1], value_dim,
-                               feature_dim, chunk_size, causal=causal):
+                               feature_dim, chunk_size):
     return None
   fn = pallas_favor.causal if causal else pallas_favor.bidirectional
   return functools.partial(fn, chunk_size=chunk_size,

@@ -14,65 +14,10 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from performer_jax.attention import feature_maps
+from performer_jax.attention import pallas_launch as launch
 from performer_jax.attention import pallas_tiles as tiles
+from performer_jax.attention import pallas_tpu
 from performer_jax.attention import vma
-
-
-def call(body, *, grid, in_specs, out_specs, out_shape, on,
-         sequential: int = 0, scratch_shapes=()):
-  """`pallas_call(body, ...)` for platform `on` (pallas_favor.platform, or
-  "tpu_interpret": pallas_tpu.py's kernels in interpret mode), as a
-  function of the kernel's inputs. The last `sequential` grid axes walk in
-  order (TPU "arbitrary"), the others are parallel."""
-  kw = {"scratch_shapes": tuple(scratch_shapes)}
-  if on == "gpu":
-    from jax.experimental.pallas import triton as pltriton
-    kw["compiler_params"] = pltriton.CompilerParams(num_warps=4,
-                                                    num_stages=2)
-  elif on == "tpu":
-    from jax.experimental.pallas import tpu as pltpu
-    kw["compiler_params"] = pltpu.CompilerParams(
-        dimension_semantics=(("parallel",) * (len(grid) - sequential) +
-                             ("arbitrary",) * sequential))
-
-  def run(*args):
-    if on in ("interpret", "tpu_interpret"):
-      # Inside shard_map, Mosaic TPU's interpreter: the generic one loses
-      # the varying axes of its loop carries there (JAX 0.10). Not outside:
-      # the TPU one keeps state sized by the first call's device count.
-      kw["interpret"] = True
-      if vma.varying_axes(*args):
-        from jax.experimental.pallas import tpu as pltpu
-        kw["interpret"] = pltpu.InterpretParams()
-    return pl.pallas_call(body, grid=grid, in_specs=in_specs,
-                          out_specs=out_specs, out_shape=out_shape,
-                          **kw)(*args)
-  return run
-
-
-def whole(shape):
-  """BlockSpec of one (batch, head)'s whole array `[G, *shape]`."""
-  zeros = (0,) * len(shape)
-  return pl.BlockSpec((None,) + tuple(shape), lambda g, *_: (g,) + zeros)
-
-
-def _tile(c, width):
-  """BlockSpec of tile n of `[G, L, width]` on a (g, n) grid."""
-  return pl.BlockSpec((None, c, width), lambda g, n: (g, n, 0))
-
-
-def f32_like(shape, like):
-  """A float32 output typed as `like` inside `shard_map` (varying along the
-  same mesh axes: every input is cast to one type first, vma.align)."""
-  mat = getattr(jax.typeof(like), "mat", None)
-  if mat is None:
-    return jax.ShapeDtypeStruct(shape, jnp.float32)
-  return jax.ShapeDtypeStruct(shape, jnp.float32, manual_axis_type=mat)
-
-
-def _rows(ref, n, c):
-  return ref[pl.ds(pl.multiple_of(n * c, c), c), :]
 
 
 # --------------------------------------------------------------- causal
@@ -84,9 +29,9 @@ def _causal_fwd_kernel(cfg, c, n_chunks, store, xq, xk, v, keep, w, s0, z0,
 
   def step(n, carry):
     s_FE, z_1F, m_11 = carry
-    t = tiles.chunk(cfg, _rows(xq, n, c), _rows(xk, n, c), _rows(keep, n, c),
-                    w_FD, m_11)
-    v_CE = _rows(v, n, c)
+    rows = functools.partial(launch.rows, n=n, c=c)
+    t = tiles.chunk(cfg, rows(xq), rows(xk), rows(keep), w_FD, m_11)
+    v_CE = rows(v)
     out[pl.ds(pl.multiple_of(n * c, c), c), :] = tiles.attend(
         cfg, t, v_CE, s_FE, z_1F).out
     if store:
@@ -123,6 +68,7 @@ def _causal_bwd_kernel(cfg, c, n_chunks, xq, xk, v, keep, w, s_in, z_in,
 def _causal_specs(lp, d, e, f, heads, extra):
   keep_spec = pl.BlockSpec((None, lp, 1),
                            lambda g: (jax.lax.div(g, heads), 0, 0))
+  whole = launch.whole
   return ([whole((lp, d)), whole((lp, d)), whole((lp, e)), keep_spec,
            pl.BlockSpec((f, d), lambda g: (0, 0))] + extra)
 
@@ -131,14 +77,15 @@ def _causal_forward(static, xq, xk, v, keep, w, s0, z0, m0, store):
   cfg, c, heads, on = static
   g, lp, d = xq.shape
   e, f, n = v.shape[-1], w.shape[0], lp // c
+  whole, f32 = launch.whole, launch.f32_like
   seed_specs = [whole((f, e)), whole((1, f)), whole((1, 1))]
-  out_shape = [f32_like((g, lp, e), xq)]
+  out_shape = [f32((g, lp, e), xq)]
   out_specs = [whole((lp, e))]
   if store:
-    out_shape += [f32_like((g, n, f, e), xq), f32_like((g, n, f), xq),
-                  f32_like((g, n, 1), xq)]
+    out_shape += [f32((g, n, f, e), xq), f32((g, n, f), xq),
+                  f32((g, n, 1), xq)]
     out_specs += [whole((n, f, e)), whole((n, f)), whole((n, 1))]
-  return call(
+  return launch.call(
       functools.partial(_causal_fwd_kernel, cfg, c, n, store),
       grid=(g,), in_specs=_causal_specs(lp, d, e, f, heads, seed_specs),
       out_specs=out_specs, out_shape=out_shape, on=on)(
@@ -161,16 +108,17 @@ def _causal_core_bwd(static, res, g_GLE):
   xq, xk, v, keep, w, s_in, z_in, m_in, m0 = res
   grp, lp, d = xq.shape
   e, f, n = v.shape[-1], w.shape[0], lp // c
+  whole, f32 = launch.whole, launch.f32_like
   state_specs = [whole((n, f, e)), whole((n, f)), whole((n, 1)),
                  whole((lp, e))]
-  dxq, dxk, dv, ds0, dz0 = call(
+  dxq, dxk, dv, ds0, dz0 = launch.call(
       functools.partial(_causal_bwd_kernel, cfg, c, n),
       grid=(grp,), in_specs=_causal_specs(lp, d, e, f, heads, state_specs),
       out_specs=[whole((lp, d)), whole((lp, d)), whole((lp, e)),
                  whole((f, e)), whole((1, f))],
-      out_shape=[f32_like((grp, lp, d), xq), f32_like((grp, lp, d), xq),
-                 f32_like((grp, lp, e), xq), f32_like((grp, f, e), xq),
-                 f32_like((grp, 1, f), xq)], on=on)(
+      out_shape=[f32((grp, lp, d), xq), f32((grp, lp, d), xq),
+                 f32((grp, lp, e), xq), f32((grp, f, e), xq),
+                 f32((grp, 1, f), xq)], on=on)(
                      xq, xk, v, keep, w, s_in, z_in, m_in, g_GLE)
   like = lambda x: vma.like(x, xq)
   return (like(dxq), like(dxk), like(dv), jnp.zeros_like(keep),
@@ -187,8 +135,8 @@ def _summary_kernel(cfg, c, n_chunks, xk, v, keep, w, s, z, m):
   w_FD = w[...]
 
   def step(n, carry):
-    return tiles.summarize(cfg, _rows(xk, n, c), _rows(v, n, c),
-                           _rows(keep, n, c), w_FD, *carry)
+    return tiles.summarize(cfg, launch.rows(xk, n, c), launch.rows(v, n, c),
+                           launch.rows(keep, n, c), w_FD, *carry)
 
   s[...], z[...], m[...] = jax.lax.fori_loop(
       0, n_chunks, step, (jnp.zeros(s.shape, jnp.float32),
@@ -196,15 +144,8 @@ def _summary_kernel(cfg, c, n_chunks, xk, v, keep, w, s, z, m):
                           jnp.full(m.shape, -jnp.inf, jnp.float32)))
 
 
-def _query_out(cfg, xq_CD, w_FD, s_FE, z_1F):
-  qf = tiles.features(cfg, xq_CD, w_FD)
-  den_C1 = jnp.maximum(jnp.sum(qf.feats * z_1F, axis=1, keepdims=True),
-                       feature_maps.POSITIVE_FLOOR)
-  return qf, den_C1, tiles.mm(cfg, qf.feats, s_FE) / den_C1
-
-
 def _attend_kernel(cfg, xq, w, s, z, out):
-  out[...] = _query_out(cfg, xq[...], w[...], s[...], z[...])[2]
+  out[...] = tiles.query_out(cfg, xq[...], w[...], s[...], z[...])[2]
 
 
 def _query_bwd_kernel(cfg, c, n_chunks, xq, w, s, z, g, dxq, ds, dz):
@@ -214,7 +155,7 @@ def _query_bwd_kernel(cfg, c, n_chunks, xq, w, s, z, g, dxq, ds, dz):
     ds_FE, dz_1F = carry
     rows = pl.ds(pl.multiple_of(n * c, c), c)
     xq_CD = xq[rows, :]
-    qf, den_C1, out_CE = _query_out(cfg, xq_CD, w_FD, s_FE, z_1F)
+    qf, den_C1, out_CE = tiles.query_out(cfg, xq_CD, w_FD, s_FE, z_1F)
     g_num_CE = g[rows, :] / den_C1
     g_den_C1 = -jnp.sum(g_num_CE * out_CE, axis=1, keepdims=True)
     g_qf_CF = tiles.mm_nt(cfg, g_num_CE, s_FE) + g_den_C1 * z_1F
@@ -238,14 +179,34 @@ def _key_bwd_kernel(cfg, xk, v, keep, w, m, ds, dz, dxk, dv):
 def _summary_call(static, xk, v, keep, w):
   """The keys' summary `(S [G, F, E], z [G, 1, F], m [G, 1, 1])`."""
   cfg, c, heads, on = static
+  if on in pallas_tpu.PLATFORMS:
+    return pallas_tpu.summary_call(static, xk, v, keep, w)
   g, ls, d = xk.shape
   e, f = v.shape[-1], w.shape[0]
-  return call(
+  whole, f32 = launch.whole, launch.f32_like
+  return launch.call(
       functools.partial(_summary_kernel, cfg, c, ls // c), grid=(g,),
       in_specs=_causal_specs(ls, d, e, f, heads, [])[1:],
       out_specs=[whole((f, e)), whole((1, f)), whole((1, 1))],
-      out_shape=[f32_like((g, f, e), xk), f32_like((g, 1, f), xk),
-                 f32_like((g, 1, 1), xk)], on=on)(xk, v, keep, w)
+      out_shape=[f32((g, f, e), xk), f32((g, 1, f), xk), f32((g, 1, 1), xk)],
+      on=on)(xk, v, keep, w)
+
+
+def _query_bwd_call(static, xq, w, s, z, g_GLE):
+  """`(dxq, dS, dz)` of the attended queries from their output cotangent."""
+  cfg, c, _, on = static
+  if on in pallas_tpu.PLATFORMS:
+    return pallas_tpu.query_bwd_call(static, xq, w, s, z, g_GLE)
+  grp, lq, d = xq.shape
+  e, f = s.shape[-1], w.shape[0]
+  whole, f32 = launch.whole, launch.f32_like
+  return launch.call(
+      functools.partial(_query_bwd_kernel, cfg, c, lq // c), grid=(grp,),
+      in_specs=[whole((lq, d)), pl.BlockSpec((f, d), lambda *_: (0, 0)),
+                whole((f, e)), whole((1, f)), whole((lq, e))],
+      out_specs=[whole((lq, d)), whole((f, e)), whole((1, f))],
+      out_shape=[f32((grp, lq, d), xq), f32((grp, f, e), xq),
+                 f32((grp, 1, f), xq)], on=on)(xq, w, s, z, g_GLE)
 
 
 def _key_bwd_call(static, xk, v, keep, w, m, ds, dz):
@@ -254,15 +215,16 @@ def _key_bwd_call(static, xk, v, keep, w, m, ds, dz):
   cfg, c, heads, on = static
   grp, ls, d = xk.shape
   e, f = v.shape[-1], w.shape[0]
-  return call(
+  whole, tile, f32 = launch.whole, launch.tile, launch.f32_like
+  return launch.call(
       functools.partial(_key_bwd_kernel, cfg), grid=(grp, ls // c),
-      in_specs=[_tile(c, d), _tile(c, e),
+      in_specs=[tile(c, d), tile(c, e),
                 pl.BlockSpec((None, c, 1),
                              lambda i, n: (jax.lax.div(i, heads), n, 0)),
                 pl.BlockSpec((f, d), lambda *_: (0, 0)), whole((1, 1)),
                 whole((f, e)), whole((1, f))],
-      out_specs=[_tile(c, d), _tile(c, e)],
-      out_shape=[f32_like((grp, ls, d), xk), f32_like((grp, ls, e), xk)], on=on)(
+      out_specs=[tile(c, d), tile(c, e)],
+      out_shape=[f32((grp, ls, d), xk), f32((grp, ls, e), xk)], on=on)(
           xk, v, keep, w, m, ds, dz)
 
 
@@ -271,12 +233,12 @@ def _bidir_forward(static, xq, xk, v, keep, w):
   g, lq, d = xq.shape
   e, f = v.shape[-1], w.shape[0]
   s, z, m = _summary_call(static, xk, v, keep, w)
-  out = call(
+  out = launch.call(
       functools.partial(_attend_kernel, cfg), grid=(g, lq // c),
-      in_specs=[_tile(c, d), pl.BlockSpec((f, d), lambda i, n: (0, 0)),
-                whole((f, e)), whole((1, f))],
-      out_specs=_tile(c, e), out_shape=f32_like((g, lq, e), xq), on=on)(
-          xq, w, s, z)
+      in_specs=[launch.tile(c, d), pl.BlockSpec((f, d), lambda i, n: (0, 0)),
+                launch.whole((f, e)), launch.whole((1, f))],
+      out_specs=launch.tile(c, e),
+      out_shape=launch.f32_like((g, lq, e), xq), on=on)(xq, w, s, z)
   return out, s, z, m
 
 
@@ -291,18 +253,8 @@ def _bidir_core_fwd(static, xq, xk, v, keep, w):
 
 
 def _bidir_core_bwd(static, res, g_GLE):
-  cfg, c, _, on = static
   xq, xk, v, keep, w, s, z, m = res
-  grp, lq, d = xq.shape
-  e, f = v.shape[-1], w.shape[0]
-  dxq, ds, dz = call(
-      functools.partial(_query_bwd_kernel, cfg, c, lq // c), grid=(grp,),
-      in_specs=[whole((lq, d)), pl.BlockSpec((f, d), lambda *_: (0, 0)),
-                whole((f, e)), whole((1, f)), whole((lq, e))],
-      out_specs=[whole((lq, d)), whole((f, e)), whole((1, f))],
-      out_shape=[f32_like((grp, lq, d), xq), f32_like((grp, f, e), xq),
-                 f32_like((grp, 1, f), xq)],
-      on=on)(xq, w, s, z, g_GLE)
+  dxq, ds, dz = _query_bwd_call(static, xq, w, s, z, g_GLE)
   dxk, dv = _key_bwd_call(static, xk, v, keep, w, m, ds, dz)
   like = lambda x: vma.like(x, xq)
   return (like(dxq), like(dxk), like(dv), jnp.zeros_like(keep),

@@ -5,11 +5,10 @@ One program per (batch, head) computes the features of C-token tiles on chip
 states and cotangents: no `[B, H, L, F]` tensor reaches HBM. Causal stores
 each chunk's entry state and recomputes the features backward; `summarize`
 gives a prefill its new decoding state the same way. Backends: Mosaic TPU
-(causal on a chunk grid, pallas_tpu.py; bidirectional holds a whole
-sequence per VMEM block, which bounds L: `supports`); Triton on GPU
+(on a chunk grid, pallas_tpu.py: any L); Triton on GPU
 (power-of-two C, F, D, Dv >= 16; deprecated as of JAX 0.11, but Mosaic
 GPU's `pallas_call` has no `dot_general` in JAX 0.10); interpret mode on
-the CPU, for tests ("tpu_interpret": the TPU's causal kernels).
+the CPU, for tests ("tpu_interpret": the TPU's kernels).
 """
 
 from __future__ import annotations
@@ -27,9 +26,6 @@ from performer_jax.attention import pallas_tpu
 from performer_jax.attention import vma
 
 KERNELS = ("softmax", "softmax_hyperbolic", "relu")
-# Bytes of one (batch, head)'s whole-sequence blocks that a TPU core's VMEM
-# holds comfortably (double-buffered inputs and outputs).
-_TPU_VMEM_BUDGET = 24 * 2**20
 
 
 def platform() -> str:
@@ -43,8 +39,8 @@ def _pow2(n: int) -> bool:
 
 
 def supports(kernel, length: int, head_dim: int, value_dim: int,
-             num_features: int, chunk_size: int, on: str | None = None, *,
-             causal: bool = False) -> bool:
+             num_features: int, chunk_size: int,
+             on: str | None = None) -> bool:
   """Whether the kernel serves this call on platform `on` (default: here)."""
   on = on or platform()
   if not isinstance(kernel, str) or kernel not in KERNELS:
@@ -56,10 +52,8 @@ def supports(kernel, length: int, head_dim: int, value_dim: int,
     except ImportError:
       return False
     return all(_pow2(n) for n in (c, head_dim, value_dim, num_features))
-  if on == "tpu" and causal:  # chunk blocks: Mosaic tiles rows by 8
+  if on == "tpu":  # chunk blocks (pallas_tpu.py): Mosaic tiles rows by 8
     return c % 8 == 0 or n == 1
-  if on == "tpu":
-    return n * c * (3 * head_dim + 3 * value_dim) * 4 * 2 < _TPU_VMEM_BUDGET
   return on in ("interpret", "tpu_interpret")
 
 

@@ -234,3 +234,12 @@ def key_weights(cfg, xk_CD, keep_C1, w_FD, m_11):
   if cfg.has_amp:
     kept_CF = kept_CF * _exp_le1(kf.amp - _foz(m_11))
   return kf, kept_CF
+
+
+def query_out(cfg, xq_CD, w_FD, s_FE, z_1F):
+  """Bidirectional: a query tile's `(features, guarded normalizer [C, 1],
+  output [C, Dv])` against the keys' summary `(S, z)`."""
+  qf = features(cfg, xq_CD, w_FD)
+  den_C1 = jnp.maximum(jnp.sum(qf.feats * z_1F, axis=1, keepdims=True),
+                       feature_maps.POSITIVE_FLOOR)
+  return qf, den_C1, mm(cfg, qf.feats, s_FE) / den_C1

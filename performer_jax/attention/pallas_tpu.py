@@ -1,9 +1,11 @@
-"""Causal FAVOR+ kernels on a (batch*head, chunk) grid, for Mosaic TPU.
+"""FAVOR+ kernels on a (batch*head, chunk) grid, for Mosaic TPU.
 
-pallas_calls.py's causal kernels hold one (batch, head)'s whole sequence in
-a block, which VMEM bounds. Here the grid's second axis walks the chunks in
-order ("arbitrary": sequential on a core) with the state `(S, z, m)` in VMEM
-scratch, so a block is one chunk and L is unbounded. The tile math is the
+pallas_calls.py's kernels walk one (batch, head)'s whole sequence held in a
+block, which VMEM bounds. Here the grid's second axis walks the chunks in
+order ("arbitrary": sequential on a core) with the state `(S, z, m)` (or
+its cotangent) in VMEM scratch, so a block is one chunk and L is unbounded:
+the causal pass and its backward, and the bidirectional key summary and
+query backward (pallas_calls.py picks these on TPU). The tile math is the
 same (pallas_tiles.py); the stored entry states are `[G, N, F, E]`,
 `[G, N, 1, F]` and `[G, N, 1, 1]`, so that every block's last two dims are
 whole, as Mosaic's tiling asks. Triton has no sequential grid axis: the GPU
@@ -20,7 +22,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from performer_jax.attention import pallas_calls as calls
+from performer_jax.attention import pallas_launch as launch
 from performer_jax.attention import pallas_tiles as tiles
 from performer_jax.attention import vma
 
@@ -90,16 +92,16 @@ def _forward(static, xq, xk, v, keep, w, s0, z0, m0, store):
   g, lp, d = xq.shape
   e, f, n = v.shape[-1], w.shape[0], lp // c
   in_specs, tile, at = _chunk_specs(c, d, e, f, heads, n, reverse=False)
-  seed = [calls.whole((f, e)), calls.whole((1, f)), calls.whole((1, 1))]
-  out_shape = [calls.f32_like((g, lp, e), xq)]
+  seed = [launch.whole((f, e)), launch.whole((1, f)), launch.whole((1, 1))]
+  out_shape = [launch.f32_like((g, lp, e), xq)]
   out_specs = [tile(e)]
   if store:
-    out_shape += [calls.f32_like((g, n, f, e), xq),
-                  calls.f32_like((g, n, 1, f), xq),
-                  calls.f32_like((g, n, 1, 1), xq)]
+    out_shape += [launch.f32_like((g, n, f, e), xq),
+                  launch.f32_like((g, n, 1, f), xq),
+                  launch.f32_like((g, n, 1, 1), xq)]
     out_specs += [_per_chunk((f, e), at), _per_chunk((1, f), at),
                   _per_chunk((1, 1), at)]
-  return calls.call(
+  return launch.call(
       functools.partial(_fwd_kernel, cfg, store), grid=(g, n),
       in_specs=in_specs + seed, out_specs=out_specs, out_shape=out_shape,
       on=on, sequential=1, scratch_shapes=_state_scratch(f, e))(
@@ -126,16 +128,16 @@ def _core_bwd(static, res, g_GLE):
   in_specs, tile, at = _chunk_specs(c, d, e, f, heads, n, reverse=True)
   state_specs = [_per_chunk((f, e), at), _per_chunk((1, f), at),
                  _per_chunk((1, 1), at), tile(e)]
-  dxq, dxk, dv, ds0, dz0 = calls.call(
+  dxq, dxk, dv, ds0, dz0 = launch.call(
       functools.partial(_bwd_kernel, cfg, n), grid=(grp, n),
       in_specs=in_specs + state_specs,
-      out_specs=[tile(d), tile(d), tile(e), calls.whole((f, e)),
-                 calls.whole((1, f))],
-      out_shape=[calls.f32_like((grp, lp, d), xq),
-                 calls.f32_like((grp, lp, d), xq),
-                 calls.f32_like((grp, lp, e), xq),
-                 calls.f32_like((grp, f, e), xq),
-                 calls.f32_like((grp, 1, f), xq)],
+      out_specs=[tile(d), tile(d), tile(e), launch.whole((f, e)),
+                 launch.whole((1, f))],
+      out_shape=[launch.f32_like((grp, lp, d), xq),
+                 launch.f32_like((grp, lp, d), xq),
+                 launch.f32_like((grp, lp, e), xq),
+                 launch.f32_like((grp, f, e), xq),
+                 launch.f32_like((grp, 1, f), xq)],
       on=on, sequential=1, scratch_shapes=_state_scratch(f, e)[:2])(
           xq, xk, v, keep, w, s_in, z_in, m_in, g_GLE)
   like = lambda x: vma.like(x, xq)
@@ -144,3 +146,79 @@ def _core_bwd(static, res, g_GLE):
 
 
 causal_core.defvjp(_core_fwd, _core_bwd)
+
+
+# Bidirectional: the two walks over a whole sequence, on the chunk grid
+# (the attend and key-gradient kernels are tile grids on every backend).
+
+
+def _summary_kernel(cfg, n_chunks, xk, v, keep, w, s, z, m, s_scr, z_scr,
+                    m_scr):
+  @pl.when(pl.program_id(1) == 0)
+  def _():
+    s_scr[...] = jnp.zeros(s_scr.shape, jnp.float32)
+    z_scr[...] = jnp.zeros(z_scr.shape, jnp.float32)
+    m_scr[...] = jnp.full(m_scr.shape, -jnp.inf, jnp.float32)
+
+  s_scr[...], z_scr[...], m_scr[...] = tiles.summarize(
+      cfg, xk[...], v[...], keep[...], w[...], s_scr[...], z_scr[...],
+      m_scr[...])
+
+  @pl.when(pl.program_id(1) == n_chunks - 1)
+  def _():
+    s[...], z[...], m[...] = s_scr[...], z_scr[...], m_scr[...]
+
+
+def summary_call(static, xk, v, keep, w):
+  """pallas_calls' key summary `(S, z, m)`, walking the chunk grid."""
+  cfg, c, heads, on = static
+  g, ls, d = xk.shape
+  e, f, n = v.shape[-1], w.shape[0], ls // c
+  in_specs = _chunk_specs(c, d, e, f, heads, n, reverse=False)[0][1:]
+  whole, f32 = launch.whole, launch.f32_like
+  return launch.call(
+      functools.partial(_summary_kernel, cfg, n), grid=(g, n),
+      in_specs=in_specs,
+      out_specs=[whole((f, e)), whole((1, f)), whole((1, 1))],
+      out_shape=[f32((g, f, e), xk), f32((g, 1, f), xk), f32((g, 1, 1), xk)],
+      on=on, sequential=1, scratch_shapes=_state_scratch(f, e))(
+          xk, v, keep, w)
+
+
+def _query_bwd_kernel(cfg, n_chunks, xq, w, s, z, g, dxq, ds, dz, ds_scr,
+                      dz_scr):
+  @pl.when(pl.program_id(1) == 0)
+  def _():
+    ds_scr[...] = jnp.zeros(ds_scr.shape, jnp.float32)
+    dz_scr[...] = jnp.zeros(dz_scr.shape, jnp.float32)
+
+  xq_CD, w_FD, s_FE, z_1F = xq[...], w[...], s[...], z[...]
+  qf, den_C1, out_CE = tiles.query_out(cfg, xq_CD, w_FD, s_FE, z_1F)
+  g_num_CE = g[...] / den_C1
+  g_den_C1 = -jnp.sum(g_num_CE * out_CE, axis=1, keepdims=True)
+  g_qf_CF = tiles.mm_nt(cfg, g_num_CE, s_FE) + g_den_C1 * z_1F
+  dxq[...] = tiles.feature_grad(cfg, xq_CD, w_FD, qf, g_qf_CF)
+  ds_scr[...] += tiles.mm_tn(cfg, qf.feats, g_num_CE)
+  dz_scr[...] += jnp.sum(qf.feats * g_den_C1, axis=0, keepdims=True)
+
+  @pl.when(pl.program_id(1) == n_chunks - 1)
+  def _():
+    ds[...], dz[...] = ds_scr[...], dz_scr[...]
+
+
+def query_bwd_call(static, xq, w, s, z, g_GLE):
+  """pallas_calls' query backward `(dxq, dS, dz)`, on the chunk grid."""
+  cfg, c, _, on = static
+  grp, lq, d = xq.shape
+  e, f, n = s.shape[-1], w.shape[0], lq // c
+  tile = lambda width: pl.BlockSpec((None, c, width), lambda i, k: (i, k, 0))
+  whole, f32 = launch.whole, launch.f32_like
+  return launch.call(
+      functools.partial(_query_bwd_kernel, cfg, n), grid=(grp, n),
+      in_specs=[tile(d), pl.BlockSpec((f, d), lambda *_: (0, 0)),
+                whole((f, e)), whole((1, f)), tile(e)],
+      out_specs=[tile(d), whole((f, e)), whole((1, f))],
+      out_shape=[f32((grp, lq, d), xq), f32((grp, f, e), xq),
+                 f32((grp, 1, f), xq)],
+      on=on, sequential=1, scratch_shapes=_state_scratch(f, e)[:2])(
+          xq, w, s, z, g_GLE)

@@ -118,8 +118,10 @@ def test_seeded_causal_matches_parallel_and_no_future_leak(on):
                              atol=1e-6)
 
 
-@pytest.mark.parametrize("kernel", ["softmax_hyperbolic", "relu"])
-def test_summary_matches_the_features_summary(kernel):
+@pytest.mark.parametrize("kernel,on", [("softmax_hyperbolic", "interpret"),
+                                       ("relu", "interpret"),
+                                       ("softmax", "tpu_interpret")])
+def test_summary_matches_the_features_summary(kernel, on):
   # The prefill's new state: the keys' summary without stored features,
   # padded keys and a partial last tile included, values and gradients.
   q, k, v, mask, proj = inputs.qkv(b=B, length=L, h=H, d=D, m=M, scale=1.5)
@@ -134,7 +136,7 @@ def test_summary_matches_the_features_summary(kernel):
 
   def got_fn(x_k, x_v):
     return pallas_favor.summarize(x_k, x_v, mask, proj, kernel=kernel,
-                                  chunk_size=C)
+                                  chunk_size=C, on=on)
 
   g = jax.random.normal(jax.random.PRNGKey(3), (B, H, 2 * M, D + 1))
   results = []
@@ -152,6 +154,44 @@ def test_summary_matches_the_features_summary(kernel):
   for w, gt in zip(want_g, got_g):
     np.testing.assert_allclose(gt, w, rtol=0,
                                atol=1e-5 * float(jnp.max(jnp.abs(w))))
+
+
+@pytest.mark.parametrize("kernel", ["softmax", "relu"])
+def test_tpu_grid_kernels_equal_the_whole_sequence_ones(kernel):
+  # pallas_tpu.py's chunk-grid walks against pallas_calls.py's loops:
+  # bidirectional (a key length twice the query length, masked, partial
+  # tiles) and causal, bf16 operands, values and gradients.
+  q, k, v, mask, proj = inputs.qkv(b=B, length=L, h=H, d=D, m=M, scale=1.5)
+  proj = None if kernel == "relu" else proj
+  x_q, x_k, x_v = (x.astype(jnp.bfloat16) for x in layout.favor_inputs(
+      layout.flatten(q, k, v, mask)))
+  long_k, long_v = (jnp.concatenate([x, x[:, :, ::-1]], 2)
+                    for x in (x_k, x_v))
+  long_mask = jnp.concatenate([mask, mask], 1)
+  g = jax.random.normal(jax.random.PRNGKey(6), x_v.shape)
+
+  def grads(on):
+    def loss(x_q, x_k, x_v, causal):
+      if causal:
+        out = pallas_favor.causal(x_q, x_k, x_v, mask, proj, kernel=kernel,
+                                  chunk_size=C, dtype=jnp.bfloat16, on=on)
+      else:
+        out = pallas_favor.bidirectional(
+            x_q, x_k, x_v, long_mask, proj, kernel=kernel, chunk_size=C,
+            dtype=jnp.bfloat16, on=on)
+      return jnp.sum(out * g)
+    return [jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)),
+                    static_argnums=3)(x_q, *kv, causal)
+            for kv, causal in (((x_k, x_v), True), ((long_k, long_v), False))]
+
+  for (want, want_g), (got, got_g) in zip(grads("interpret"),
+                                          grads("tpu_interpret")):
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for w, gt in zip(want_g, got_g):
+      w, gt = np.asarray(w, np.float32), np.asarray(gt, np.float32)
+      # The same bf16 products summed in another order: a bf16 ulp.
+      np.testing.assert_allclose(gt, w, rtol=0,
+                                 atol=1e-2 * float(np.max(np.abs(w))))
 
 
 def test_prefill_runs_the_kernels_and_differentiates():
@@ -253,14 +293,9 @@ def test_auto_rule(monkeypatch, backend):
   assert not pallas_favor.supports("softmax", 4096, 8, 64, 256, 64, "gpu")
   assert not pallas_favor.supports("softmax_trig", 4096, 64, 64, 256, 64,
                                    "gpu")
-  # TPU: causal walks chunk blocks (any L; rows in multiples of 8), the
-  # bidirectional kernels hold a whole sequence in VMEM.
-  assert pallas_favor.supports("softmax", 65536, 64, 64, 256, 64, "tpu",
-                               causal=True)
-  assert not pallas_favor.supports("softmax", 65536, 64, 64, 256, 12, "tpu",
-                                   causal=True)
-  assert not pallas_favor.supports("softmax", 65536, 64, 64, 256, 64, "tpu")
-  assert pallas_favor.supports("softmax", 4096, 64, 64, 256, 64, "tpu")
+  # TPU: chunk blocks on a grid (any L), rows in multiples of 8.
+  assert pallas_favor.supports("softmax", 65536, 64, 64, 256, 64, "tpu")
+  assert not pallas_favor.supports("softmax", 65536, 64, 64, 256, 12, "tpu")
 
 
 def test_unserved_kernel_falls_back():
