@@ -36,8 +36,9 @@ minutes on one GPU): FAVOR+ "pallas", "parallel" and "slim" against cuDNN
 flash attention (`jax.nn.dot_product_attention(..., implementation=
 "cudnn")`), bf16 inputs, B4 H8 D64 m256, causal and bidirectional, L = 4k,
 16k, 64k (512 on the CPU, where cuDNN rows fail and "pallas" is interpret
-mode): fwd+bwd ms, nominal TFLOP/s, compiled temp memory and the compile
-time of each fwd+bwd program.
+mode): fwd+bwd ms, nominal TFLOP/s, compiled temp memory, the compile
+time of each fwd+bwd program, and FAVOR+'s gradient error against float32
+"autodiff" on the same inputs.
 """
 
 from __future__ import annotations
@@ -296,17 +297,26 @@ def _pallas_table_flops(shape, length, causal, chunk, impl) -> float:
   return 3.0 * per_token * length * bh
 
 
+def _relative_error(grads, reference) -> float:
+  """The largest `max |g - ref| / max |ref|` over dq, dk, dv."""
+  return max(float(jnp.max(jnp.abs(g.astype(jnp.float32) - r)) /
+                   jnp.max(jnp.abs(r))) for g, r in zip(grads, reference))
+
+
 def run_accelerator_table(lengths, repeats: int, chunk: int = 64) -> None:
-  """fwd+bwd ms, compile s, temp memory (compiled.memory_analysis) and
-  TFLOP/s of FAVOR+ ("pallas", "parallel", "slim") and cuDNN flash attention,
-  bf16 inputs, B4 H8 D64 m256, causal and bidirectional."""
+  """fwd+bwd ms, compile s, temp memory (compiled.memory_analysis), TFLOP/s
+  of FAVOR+ ("pallas", "parallel", "slim") and cuDNN flash attention, bf16
+  inputs, B4 H8 D64 m256, causal and bidirectional; and for FAVOR+ the
+  relative error of the gradients of sum(out) against float32 "autodiff"
+  on the same inputs."""
   shape = timing.Shape(batch=4, heads=8, head_dim=64, num_features=256)
   print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}); "
         f"bf16 inputs, B4 H8 D64 m256, chunk {chunk}")
   print(f"{'method':10s} {'mode':6s} {'L':>6s} {'ms':>9s} {'TFLOP/s':>8s} "
-        f"{'temp GiB':>9s} {'compile s':>9s}")
+        f"{'temp GiB':>9s} {'compile s':>9s} {'rel err':>8s}")
   for length in lengths:
     q, k, v, proj = timing.make_inputs(shape, length, dtype=jnp.bfloat16)
+    references = {}
     for name, causal, impl in PALLAS_TABLE:
       if impl == "cudnn":
         fn = lambda q, k, v, p, c=causal: jax.nn.dot_product_attention(
@@ -329,10 +339,25 @@ def run_accelerator_table(lengths, repeats: int, chunk: int = 64) -> None:
         print(f"{name:10s} {mode:6s} {length:6d} failed: "
               f"{str(err).splitlines()[0][:100]}", flush=True)
         continue
+      error = "-"
+      if impl != "cudnn":
+        try:
+          if causal not in references:
+            f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+            references[causal] = jax.jit(jax.grad(
+                lambda q, k, v, p, c=causal: jnp.sum(
+                    attention.favor_attention(
+                        q, k, v, p, causal=c, implementation="autodiff")),
+                argnums=(0, 1, 2)))(*f32, proj)
+          got = compiled(q, k, v, proj)[1]
+          error = f"{_relative_error(got, references[causal]):.1e}"
+        except Exception as err:  # pylint: disable=broad-except
+          error = "n/a: " + str(err).splitlines()[0][:40]
       tflops = _pallas_table_flops(shape, length, causal, chunk,
                                    impl) / secs / 1e12
       print(f"{name:10s} {mode:6s} {length:6d} {secs * 1e3:9.3f} "
-            f"{tflops:8.1f} {temp:9.2f} {compile_s:9.2f}", flush=True)
+            f"{tflops:8.1f} {temp:9.2f} {compile_s:9.2f} {error:>8s}",
+            flush=True)
 
 
 def main(argv=None):
