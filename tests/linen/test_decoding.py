@@ -35,8 +35,8 @@ def built(kind, **overrides):
     rngs = {"params": jax.random.PRNGKey(0),
             "random_features": jax.random.PRNGKey(1)}
     init = model.init
-    if overrides.get("attention_implementation") == "parallel":
-      init = jax.jit(init)  # op by op, its associative prefix takes seconds
+    if overrides.get("attention_implementation") in ("parallel", "pallas"):
+      init = jax.jit(init)  # op by op, a prefix or a kernel takes seconds
     variables = init(rngs, jnp.zeros((BATCH, LEN), jnp.int32))
   return model, decode_model, variables
 
@@ -66,8 +66,11 @@ def test_token_by_token_matches_full_forward(kind, overrides):
   np.testing.assert_allclose(stepped, full, atol=1e-4 * scale, rtol=1e-4)
 
 
-PREFILL_CASES = DECODE_CASES + [("favor_softmax", dict(
-    attention_chunk_size=3, attention_implementation="parallel"))]
+PREFILL_CASES = DECODE_CASES + [
+    ("favor_softmax", dict(attention_chunk_size=3,
+                           attention_implementation="parallel")),
+    ("favor_softmax", dict(attention_chunk_size=4,
+                           attention_implementation="pallas"))]
 
 
 @pytest.mark.parametrize(
