@@ -7,7 +7,7 @@ check Flax-layout tensors, prepare them once (layout.py) and dispatch to:
   autodiff.py      FAVOR+ in plain JAX, every kernel (the reference)
   fused.py         bidirectional FAVOR+ with a hand-written VJP
   slim.py          causal FAVOR+ with a recomputing (SLiM) backward
-  parallel.py      causal FAVOR+ as an associative prefix
+  parallel.py      causal FAVOR+ as a prefix over chunk summaries
   pallas_favor.py  FAVOR+ as Pallas kernels (pallas_calls.py, pallas_tpu.py)
   cpu_kernel.py    causal FAVOR+ through a compiled XLA:CPU kernel
   sequence.py      any of them with the length sharded over a mesh axis
@@ -164,8 +164,8 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
         state and recomputes features backward (the SLiM trade-off);
         bidirectional, `fused.bidirectional`'s hand-written VJP for the
         softmax kernels, which stores only the features.
-      "parallel": causal, all chunks at once and a log-depth associative
-        prefix over their summaries (parallel.py), SLiM's memory.
+      "parallel": causal, all chunks at once and a loop-free prefix over
+        their summaries (parallel.py), SLiM's memory.
       "kernel": the compiled XLA:CPU causal kernel (cpu_kernel.py).
       "pallas": Pallas kernels (pallas_favor.py), features computed on chip
         and never stored, matmuls in the input dtype with float32

@@ -1,12 +1,11 @@
 """Scan-free causal FAVOR+ (`implementation="parallel"`, see api.py).
 
 All chunks' terms at once (`chunked.chunk_terms`), then the state entering
-every chunk, `P_n = seed + T_0 + ... + T_{n-1}`, as an exclusive
-`jax.lax.associative_scan` over summary.py's operator: log depth, and no
-loop in the compiled program (test_parallel.py checks the HLO). A
-`jax.custom_vjp` keeps q, k, v and the states P, never the features; the
-backward recomputes the terms and transposes the prefix (a reverse prefix,
-summary.py). `seed` (sequence.py) summarizes the keys before this device's
+every chunk, `P_n = seed + T_0 + ... + T_{n-1}`, as summary.py's exclusive
+prefix: two levels of weighted sums, no loop in the compiled program
+(test_parallel.py checks the HLO) and a program that does not grow with L.
+A `jax.custom_vjp` keeps q, k, v and the states P, never the features; the
+backward recomputes the terms and transposes the prefix (summary.py). `seed` (sequence.py) summarizes the keys before this device's
 first token; its cotangent is returned. Design: docs/long_context.md.
 """
 
@@ -77,7 +76,7 @@ def _core_fwd(kernel, q_BHNCD, k_BHNCD, v_BHNCE, keep_BNC, proj, s0_BHFE,
 
 def _core_bwd(kernel, res, g_BHNCD):
   q_BHNCD, k_BHNCD, v_BHNCE, keep_BNC, proj, m0_BH, p_BHNFE = res
-  terms, pull_back, (m_in_BHN, m_out_BHN) = jax.vjp(
+  terms, pull_back, (_, m_out_BHN) = jax.vjp(
       lambda q, k, v: _terms(kernel, q, k, v, keep_BNC, proj, m0_BH),
       q_BHNCD, k_BHNCD, v_BHNCE, has_aux=True)
   intra_BHNCE, q_in_BHNCF, _ = terms
@@ -89,7 +88,7 @@ def _core_bwd(kernel, res, g_BHNCD):
   g_q_in_BHNCF = jnp.einsum("bhnce,bhnfe->bhncf", g_num_BHNCE, p_BHNFE)
   # P is a prefix of the chunk summaries and the seed: its transpose.
   g_t_BHNFE, g_s0_BHFE = summary.exclusive_prefix_transpose(
-      m_in_BHN, m_out_BHN, m0_BH, g_p_BHNFE, _N_AXIS)
+      m_out_BHN, m0_BH, g_p_BHNFE, _N_AXIS)
   dq, dk, dv = pull_back((g_num_BHNCE, g_q_in_BHNCF, g_t_BHNFE))
   dproj = None if proj is None else jnp.zeros_like(proj)
   dm0 = None if m0_BH is None else jnp.zeros_like(m0_BH)

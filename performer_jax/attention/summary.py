@@ -6,11 +6,18 @@ amplitudes); S float32 `[X..., F, E]`, relative to `finite_or_zero(m)`:
 `sum_j exp(a_j - m) phi~(k_j) [v_j, 1]^T`; any m >= the max is valid. Join:
   `(m_a, S_a) + (m_b, S_b) = (m, S_a exp(m_a - m) + S_b exp(m_b - m))`,
   `m = max(m_a, m_b)`: associative, identity `(-inf, 0)`, exponents <= 0.
-The maxima cancel, so carry no gradient; a prefix transposes to a suffix
-over the same operator on `(-m, dS)`.
+The maxima cancel, so carry no gradient. A prefix of N summaries is, for
+fixed maxima, a linear map with weights <= 1: it is computed as masked,
+weighted sums in two levels (blocks of about (2N)^(1/3) segments, then the
+blocks), whose program does not grow with N, unlike an associative scan's
+log N unrolled levels (the train step's compile time, docs/benchmarks.md);
+its transpose applies the same weights the other way.
 """
 
 from __future__ import annotations
+
+import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,21 +25,118 @@ import jax.numpy as jnp
 from performer_jax.attention import chunked
 
 
-def _weight(m_part: jax.Array, m_whole: jax.Array) -> jax.Array:
-  """`exp(m_part - m_whole)` as a `[X..., 1, 1]` factor: <= 1 when
-  `m_part <= m_whole`, and 0 for an empty part (`m_part = -inf`)."""
-  m_whole = chunked.finite_or_zero(m_whole)
-  return jnp.exp(jnp.minimum(m_part - m_whole, 0.0))[..., None, None]
+def _scale(m_part: jax.Array, m_whole: jax.Array) -> jax.Array:
+  """`exp(m_part - m_whole)` (<= 1 where `m_part <= m_whole`), 0 for an
+  empty part; m_whole as `finite_or_zero` keeps it."""
+  return jnp.exp(jnp.minimum(m_part - chunked.finite_or_zero(m_whole), 0.0))
 
 
 def combine(a: tuple, b: tuple) -> tuple:
-  """`a + b` for summaries `(m, S)` (m None: plain sums). Elementwise over
-  any leading axes, as `jax.lax.associative_scan` needs."""
+  """`a + b` for summaries `(m, S)` (m None: plain sums), elementwise over
+  any leading axes."""
   (m_a, s_a), (m_b, s_b) = a, b
   if m_a is None:
     return None, s_a + s_b
   m = jnp.maximum(m_a, m_b)
-  return m, s_a * _weight(m_a, m) + s_b * _weight(m_b, m)
+  return m, (s_a * _scale(m_a, m)[..., None, None] +
+             s_b * _scale(m_b, m)[..., None, None])
+
+
+class _Weights(NamedTuple):
+  """The inclusive prefix of N summaries E_n = (m_n, S_n) as a linear map of
+  the S_n, in blocks of K: within block b, `P[b, i] = sum_j w[b, i, j]
+  S[b, j] + entry[b, i] Q_b`, Q_b the blocks before b, `Q = w_blocks @ (sum_j
+  total[b, j] S[b, j])`. Every weight is an `exp` of a difference <= 0,
+  masked to what comes before; m_in `[X..., N]` is the running max."""
+  m_in: jax.Array       # [X..., N]
+  w: jax.Array          # [X..., NB, K, K]
+  entry: jax.Array      # [X..., NB, K]
+  w_blocks: jax.Array   # [X..., NB, NB]
+  total: jax.Array      # [X..., NB, K]
+
+
+def _block_size(n: int) -> int:
+  """K: the power of two nearest (2n)^(1/3), which minimizes the work of
+  the two levels, n K + (n / K)^2 (times F E)."""
+  return 1 << max(0, round(math.log2(2.0 * n) / 3))
+
+
+def _weights(m_XN: jax.Array) -> _Weights:
+  """The prefix weights of the maxima `m_XN` (-inf: an empty summary)."""
+  n = m_XN.shape[-1]
+  k = _block_size(n)
+  nb = -(-n // k)
+  m_XN = jnp.where(jnp.arange(nb * k) < n,
+                   chunked.pad_axis(m_XN, m_XN.ndim - 1, nb * k - n),
+                   -jnp.inf)
+  m_XBK = m_XN.reshape(m_XN.shape[:-1] + (nb, k))
+  run_XBK = jax.lax.cummax(m_XBK, axis=m_XBK.ndim - 1)
+  top_XB = run_XBK[..., -1]
+  before_XB = jnp.concatenate(
+      [jnp.full_like(top_XB[..., :1], -jnp.inf), top_XB[..., :-1]], -1)
+  entry_XB = jax.lax.cummax(before_XB, axis=before_XB.ndim - 1)
+  m_in_XBK = jnp.maximum(entry_XB[..., None], run_XBK)
+  upto_KK = jnp.arange(k)[None] <= jnp.arange(k)[:, None]
+  earlier_BB = jnp.arange(nb)[None] < jnp.arange(nb)[:, None]
+  return _Weights(
+      m_in=m_in_XBK.reshape(m_XN.shape)[..., :n],
+      w=jnp.where(upto_KK, _scale(m_XBK[..., None, :], m_in_XBK[..., None]),
+                  0.0),
+      entry=_scale(entry_XB[..., None], m_in_XBK),
+      w_blocks=jnp.where(earlier_BB, _scale(top_XB[..., None, :],
+                                            entry_XB[..., None]), 0.0),
+      total=_scale(m_XBK, top_XB[..., None]))
+
+
+def _blocked(w: _Weights, s_XNFE: jax.Array) -> jax.Array:
+  """`[X..., N, F, E]` -> `[X..., NB, K, F, E]`, zero-padded."""
+  nb, k = w.total.shape[-2:]
+  s_XNFE = chunked.pad_axis(s_XNFE, s_XNFE.ndim - 3,
+                            nb * k - s_XNFE.shape[-3])
+  return s_XNFE.reshape(s_XNFE.shape[:-3] + (nb, k) + s_XNFE.shape[-2:])
+
+
+def _apply(w: _Weights, s_XNFE: jax.Array) -> jax.Array:
+  """The prefix P `[X..., N, F, E]` of the summaries' S."""
+  hi = jax.lax.Precision.HIGHEST
+  s_XBKFE = _blocked(w, s_XNFE)
+  total_XBFE = jnp.einsum("...bk,...bkfe->...bfe", w.total, s_XBKFE,
+                          precision=hi)
+  q_XBFE = jnp.einsum("...ab,...bfe->...afe", w.w_blocks, total_XBFE,
+                      precision=hi)
+  p_XBKFE = jnp.einsum("...bij,...bjfe->...bife", w.w, s_XBKFE,
+                       precision=hi) + (q_XBFE[..., None, :, :] *
+                                        w.entry[..., None, None])
+  return p_XBKFE.reshape(s_XBKFE.shape[:-4] + (-1,) +
+                         s_XNFE.shape[-2:])[..., :s_XNFE.shape[-3], :, :]
+
+
+def _apply_transpose(w: _Weights, dp_XNFE: jax.Array) -> jax.Array:
+  """The transpose of `_apply`: dS `[X..., N, F, E]` from dP."""
+  hi = jax.lax.Precision.HIGHEST
+  dp_XBKFE = _blocked(w, dp_XNFE)
+  dq_XBFE = jnp.einsum("...bi,...bife->...bfe", w.entry, dp_XBKFE,
+                       precision=hi)
+  d_total_XBFE = jnp.einsum("...ab,...afe->...bfe", w.w_blocks, dq_XBFE,
+                            precision=hi)
+  ds_XBKFE = jnp.einsum("...bij,...bife->...bjfe", w.w, dp_XBKFE,
+                        precision=hi) + (d_total_XBFE[..., None, :, :] *
+                                         w.total[..., None, None])
+  return ds_XBKFE.reshape(dp_XBKFE.shape[:-4] + (-1,) +
+                          dp_XNFE.shape[-2:])[..., :dp_XNFE.shape[-3], :, :]
+
+
+def _elements_max(m_XN, m0_X, axis, like_XNFE):
+  """The maxima of the exclusive prefix's elements `[seed, T_0..T_{N-2}]`,
+  moved to the last axis (zeros, every weight 1, without amplitudes)."""
+  if m_XN is None:
+    return jnp.zeros(jnp.moveaxis(like_XNFE, axis, -3).shape[:-2],
+                     like_XNFE.dtype)
+  m_elems = jnp.concatenate(
+      [jnp.expand_dims(m0_X, axis),
+       jax.lax.slice_in_dim(m_XN, 0, m_XN.shape[axis] - 1, axis=axis)],
+      axis=axis)
+  return jnp.moveaxis(jax.lax.stop_gradient(m_elems), axis, -1)
 
 
 def exclusive_prefix(m_XN: jax.Array | None, s_XNFE: jax.Array,
@@ -47,75 +151,40 @@ def exclusive_prefix(m_XN: jax.Array | None, s_XNFE: jax.Array,
     axis: the segment axis N (the same index in m and s).
 
   Returns:
-    `(m_in [X..., N], P [X..., N, F, E])`: P_n relative to m_in_n.
+    `(m_in [X..., N], P [X..., N, F, E])`: P_n relative to m_in_n (m_in
+    None without amplitudes).
   """
   m0, s0 = seed
   if m0 is not None:
     # An empty summary (m = -inf) is ignored, the seed as any other.
     s0 = jnp.where(jnp.isfinite(m0)[..., None, None], s0, 0.0)
-  take = lambda x: jax.lax.slice_in_dim(x, 0, x.shape[axis] - 1, axis=axis)
-  s_elems = jnp.concatenate([jnp.expand_dims(s0, axis), take(s_XNFE)],
-                            axis=axis)
-  if m_XN is None:
-    return None, jnp.cumsum(s_elems, axis=axis)
-  m_elems = jnp.concatenate([jnp.expand_dims(m0, axis), take(m_XN)],
-                            axis=axis)
-  m_elems = jax.lax.stop_gradient(m_elems)
-  return jax.lax.associative_scan(combine, (m_elems, s_elems), axis=axis)
-
-
-def exclusive_prefix_transpose(m_in_XN: jax.Array | None,
-                               m_out_XN: jax.Array | None, m0_X, dp_XNFE,
-                               axis: int) -> tuple[jax.Array, jax.Array]:
-  """The backward pass of `exclusive_prefix`: `(dT [X..., N, F, E], dS0)`.
-
-  `P_n = sum_{k<n} T_k exp(m_out_k - m_in_n) + S0 exp(m0 - m_in_n)`, so
-  `dT_k = sum_{n>k} dP_n exp(m_out_k - m_in_n)`: a reverse prefix of
-  `(-m_in_n, dP_n)`, whose running scale is the smallest m_in_n of the
-  suffix (for k, that is m_in_{k+1} = m_out_k: the last factor is 1).
-
-  Args:
-    m_in_XN: m_in of every segment (as `exclusive_prefix` returns it).
-    m_out_XN: the m of every segment's summary T_n.
-    m0_X: the seed's m.
-    dp_XNFE: the cotangent of P.
-    axis: the segment axis.
-  """
-  n = dp_XNFE.shape[axis]
-  if m_in_XN is None:
-    suffix = jnp.flip(jnp.cumsum(jnp.flip(dp_XNFE, axis), axis=axis), axis)
-    later = jnp.concatenate(
-        [jax.lax.slice_in_dim(suffix, 1, n, axis=axis),
-         jnp.zeros_like(jax.lax.slice_in_dim(suffix, 0, 1, axis=axis))],
-        axis=axis)
-    return later, jax.lax.index_in_dim(suffix, 0, axis, keepdims=False)
-  neg_in = -chunked.finite_or_zero(jax.lax.stop_gradient(m_in_XN))
-  neg_scale, suffix = jax.lax.associative_scan(
-      combine, (neg_in, dp_XNFE), reverse=True, axis=axis)
-  # Entry k of the suffix summarizes chunks k..N-1; chunk k's summary T_k
-  # reaches chunks k+1.. only.
-  later_scale = jnp.concatenate(
-      [jax.lax.slice_in_dim(neg_scale, 1, n, axis=axis),
-       jnp.full_like(jax.lax.slice_in_dim(neg_scale, 0, 1, axis=axis),
-                     -jnp.inf)], axis=axis)
-  later = jnp.concatenate(
-      [jax.lax.slice_in_dim(suffix, 1, n, axis=axis),
-       jnp.zeros_like(jax.lax.slice_in_dim(suffix, 0, 1, axis=axis))],
+  s_elems = jnp.concatenate(
+      [jnp.expand_dims(s0, axis),
+       jax.lax.slice_in_dim(s_XNFE, 0, s_XNFE.shape[axis] - 1, axis=axis)],
       axis=axis)
-  m_out = jax.lax.stop_gradient(m_out_XN)
-  d_t = later * _scale_to(m_out, later_scale)
-  first_scale = jax.lax.index_in_dim(neg_scale, 0, axis, keepdims=False)
-  first = jax.lax.index_in_dim(suffix, 0, axis, keepdims=False)
-  d_s0 = first * _scale_to(jax.lax.stop_gradient(m0_X), first_scale)
+  w = _weights(_elements_max(m_XN, m0, axis, s_XNFE))
+  p = jnp.moveaxis(_apply(w, jnp.moveaxis(s_elems, axis, -3)), -3, axis)
+  return (None if m_XN is None else jnp.moveaxis(w.m_in, -1, axis)), p
+
+
+def exclusive_prefix_transpose(m_XN: jax.Array | None, m0_X, dp_XNFE,
+                               axis: int) -> tuple[jax.Array, jax.Array]:
+  """The backward pass of `exclusive_prefix(m_XN, T, (m0_X, S0), axis)`:
+  `(dT [X..., N, F, E], dS0)` from the cotangent of P (for fixed maxima P
+  is linear in T and S0)."""
+  w = _weights(_elements_max(m_XN, m0_X, axis, dp_XNFE))
+  d_elems = jnp.moveaxis(
+      _apply_transpose(w, jnp.moveaxis(dp_XNFE, axis, -3)), -3, axis)
+  n = dp_XNFE.shape[axis]
+  d_s0 = jax.lax.index_in_dim(d_elems, 0, axis, keepdims=False)
+  if m0_X is not None:  # an empty seed is ignored: no cotangent
+    d_s0 = jnp.where(jnp.isfinite(m0_X)[..., None, None], d_s0, 0.0)
+  # Element n + 1 is T_n; T_{N-1} reaches no P.
+  d_t = jnp.concatenate(
+      [jax.lax.slice_in_dim(d_elems, 1, n, axis=axis),
+       jnp.zeros_like(jax.lax.slice_in_dim(d_elems, 0, 1, axis=axis))],
+      axis=axis)
   return d_t, d_s0
-
-
-def _scale_to(m: jax.Array, neg_scale: jax.Array) -> jax.Array:
-  """`exp(m - s)` for a transposed summary kept relative to `-s =
-  neg_scale` (`[X..., 1, 1]`); 0 where the summary is empty or m = -inf."""
-  ok = jnp.isfinite(neg_scale) & jnp.isfinite(m)
-  w = jnp.exp(jnp.minimum(jnp.where(ok, m + neg_scale, -jnp.inf), 0.0))
-  return w[..., None, None]
 
 
 def summarize(kf_XLF: jax.Array, amp_XL: jax.Array | None,

@@ -16,6 +16,7 @@ from jax.test_util import check_grads
 
 from performer_jax.attention import api
 from performer_jax.attention import autodiff
+from performer_jax.attention import chunked
 from performer_jax.attention import favor_attention
 from performer_jax.attention import feature_maps
 from performer_jax.attention import layout
@@ -185,30 +186,39 @@ def test_summary_operator_is_associative_with_an_identity():
   assert np.isfinite(big[1]).all()
 
 
-def test_prefix_transpose_equals_autodiff_of_the_prefix():
-  """The hand-written backward of the exclusive prefix (a reverse prefix
-  over the same operator) against jax.vjp of the forward prefix, with empty
-  segments at the start and in the middle."""
-  n = 6
-  empty = jnp.array([True, True, False, True, False, False])
-  m, t = _random_summaries(jax.random.PRNGKey(1), n, empty)
-  m = jax.lax.cummax(m, axis=0)  # chunk summaries carry running maxima
+@pytest.mark.parametrize("n", [1, 6, 17, 70])
+def test_prefix_and_its_transpose_equal_brute_force_sums(n):
+  """The two-level prefix against float64 sums in absolute terms: P_n =
+  S0 + T_0 + ... + T_{n-1}, and its transpose dT_k = sum_{n>k} of dP_n
+  scaled to T_k, dS0 likewise; N not a square (padded blocks), empty
+  segments at the start and in the middle, maxima far apart."""
+  empty = (jnp.arange(n) < 2) | (jnp.arange(n) == n // 2)
+  m, t = _random_summaries(jax.random.PRNGKey(n), n, empty)
+  m = jax.lax.cummax(m, axis=0) + 30.0 * jnp.arange(n)[:, None] % 7
   dp = jax.random.normal(jax.random.PRNGKey(2), t.shape)
-
-  @jax.jit
-  def both(m0, s0):
-    prefix = lambda t, s0: summary.exclusive_prefix(m, t, (m0, s0), 0)[1]
-    _, vjp = jax.vjp(prefix, t, s0)
-    want = vjp(dp)
-    m_in = summary.exclusive_prefix(m, t, (m0, s0), 0)[0]
-    return summary.exclusive_prefix_transpose(m_in, m, m0, dp, 0), want
-
   s0 = jax.random.normal(jax.random.PRNGKey(3), (2, 3, 4))
-  # An empty seed (ignored: zero cotangent), then a finite one.
   for m0 in (jnp.full((2,), -jnp.inf), jnp.array([-3.0, 20.0])):
-    got, want = both(m0, s0)
-    for g, w in zip(got, want):
-      np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    m_in, p = summary.exclusive_prefix(m, t, (m0, s0), 0)
+    d_t, d_s0 = summary.exclusive_prefix_transpose(m, m0, dp, 0)
+    seed = _absolute(m0, s0)
+    want = np.cumsum(np.concatenate([seed[None], _absolute(m, t)[:-1]]), 0)
+    np.testing.assert_allclose(_absolute(m_in, p), want, rtol=1e-5,
+                               atol=1e-6 * np.abs(want).max())
+    # dP_n is the cotangent of P_n relative to m_in_n: d(absolute P_n) =
+    # dP_n exp(-m_in_n); an item with max m_k contributes exp(m_k) of it.
+    scaled = np.asarray(dp, np.float64) * np.exp(
+        -np.asarray(chunked.finite_or_zero(m_in), np.float64))[..., None,
+                                                               None]
+    later = np.cumsum(scaled[::-1], 0)[::-1]
+    want_t = np.concatenate([later[1:], np.zeros_like(later[:1])])
+    want_t = want_t * np.where(np.isfinite(np.asarray(m)), np.exp(
+        np.where(np.isfinite(np.asarray(m)), np.asarray(m, np.float64),
+                 0.0)), 0.0)[..., None, None]
+    np.testing.assert_allclose(d_t, want_t, rtol=1e-4,
+                               atol=1e-6 * np.abs(want_t).max())
+    want_s0 = later[0] * (np.exp(np.asarray(m0, np.float64))[..., None, None]
+                          if np.isfinite(m0).all() else 0.0)
+    np.testing.assert_allclose(d_s0, want_s0, rtol=1e-4, atol=1e-8)
 
 
 def _prepared(length, kernel, with_proj, masked):
