@@ -74,7 +74,12 @@ def _causal_specs(lp, d, e, f, heads, extra):
 
 
 def _causal_forward(static, xq, xk, v, keep, w, s0, z0, m0, store):
+  """Outputs and (with `store`) each chunk's entry state, in a layout only
+  the same platform's `_causal_backward` reads."""
   cfg, c, heads, on = static
+  if on in pallas_tpu.PLATFORMS:
+    return pallas_tpu.causal_forward(static, xq, xk, v, keep, w, s0, z0, m0,
+                                     store)
   g, lp, d = xq.shape
   e, f, n = v.shape[-1], w.shape[0], lp // c
   whole, f32 = launch.whole, launch.f32_like
@@ -103,15 +108,18 @@ def _causal_core_fwd(static, xq, xk, v, keep, w, s0, z0, m0):
   return out, (xq, xk, v, keep, w, s_in, z_in, m_in, m0)
 
 
-def _causal_core_bwd(static, res, g_GLE):
+def _causal_backward(static, xq, xk, v, keep, w, s_in, z_in, m_in, g_GLE):
+  """`(dxq, dxk, dv, dS0, dz0)`: the chunks walked in reverse."""
   cfg, c, heads, on = static
-  xq, xk, v, keep, w, s_in, z_in, m_in, m0 = res
+  if on in pallas_tpu.PLATFORMS:
+    return pallas_tpu.causal_backward(static, xq, xk, v, keep, w, s_in, z_in,
+                                      m_in, g_GLE)
   grp, lp, d = xq.shape
   e, f, n = v.shape[-1], w.shape[0], lp // c
   whole, f32 = launch.whole, launch.f32_like
   state_specs = [whole((n, f, e)), whole((n, f)), whole((n, 1)),
                  whole((lp, e))]
-  dxq, dxk, dv, ds0, dz0 = launch.call(
+  return launch.call(
       functools.partial(_causal_bwd_kernel, cfg, c, n),
       grid=(grp,), in_specs=_causal_specs(lp, d, e, f, heads, state_specs),
       out_specs=[whole((lp, d)), whole((lp, d)), whole((lp, e)),
@@ -120,6 +128,12 @@ def _causal_core_bwd(static, res, g_GLE):
                  f32((grp, lp, e), xq), f32((grp, f, e), xq),
                  f32((grp, 1, f), xq)], on=on)(
                      xq, xk, v, keep, w, s_in, z_in, m_in, g_GLE)
+
+
+def _causal_core_bwd(static, res, g_GLE):
+  xq, xk, v, keep, w, s_in, z_in, m_in, m0 = res
+  dxq, dxk, dv, ds0, dz0 = _causal_backward(
+      static, xq, xk, v, keep, w, s_in, z_in, m_in, g_GLE)
   like = lambda x: vma.like(x, xq)
   return (like(dxq), like(dxk), like(dv), jnp.zeros_like(keep),
           jnp.zeros_like(w), like(ds0), like(dz0), jnp.zeros_like(m0))
@@ -154,14 +168,9 @@ def _query_bwd_kernel(cfg, c, n_chunks, xq, w, s, z, g, dxq, ds, dz):
   def step(n, carry):
     ds_FE, dz_1F = carry
     rows = pl.ds(pl.multiple_of(n * c, c), c)
-    xq_CD = xq[rows, :]
-    qf, den_C1, out_CE = tiles.query_out(cfg, xq_CD, w_FD, s_FE, z_1F)
-    g_num_CE = g[rows, :] / den_C1
-    g_den_C1 = -jnp.sum(g_num_CE * out_CE, axis=1, keepdims=True)
-    g_qf_CF = tiles.mm_nt(cfg, g_num_CE, s_FE) + g_den_C1 * z_1F
-    dxq[rows, :] = tiles.feature_grad(cfg, xq_CD, w_FD, qf, g_qf_CF)
-    return (ds_FE + tiles.mm_tn(cfg, qf.feats, g_num_CE),
-            dz_1F + jnp.sum(qf.feats * g_den_C1, axis=0, keepdims=True))
+    dxq[rows, :], ds_tile, dz_tile = tiles.query_backward(
+        cfg, xq[rows, :], w_FD, s_FE, z_1F, g[rows, :])
+    return ds_FE + ds_tile, dz_1F + dz_tile
 
   ds[...], dz[...] = jax.lax.fori_loop(
       0, n_chunks, step, (jnp.zeros(ds.shape, jnp.float32),

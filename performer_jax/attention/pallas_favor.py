@@ -22,7 +22,6 @@ from performer_jax.attention import chunked
 from performer_jax.attention import fused
 from performer_jax.attention import pallas_calls as calls
 from performer_jax.attention import pallas_tiles as tiles
-from performer_jax.attention import pallas_tpu
 from performer_jax.attention import vma
 
 KERNELS = ("softmax", "softmax_hyperbolic", "relu")
@@ -115,10 +114,8 @@ def causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array, v_BHLE: jax.Array,
       s0[..., :-1].reshape(b * h, f, dv), s0[..., -1].reshape(b * h, 1, f),
       m0.reshape(b * h, 1, 1))
   on = on or platform()
-  core = (pallas_tpu.causal_core if on in pallas_tpu.PLATFORMS
-          else calls.causal_core)
-  out = core((cfg, c, h, on), xq, xk, v, keep, w, s_FE, z_1F,
-             jax.lax.stop_gradient(m_11))
+  out = calls.causal_core((cfg, c, h, on), xq, xk, v, keep, w, s_FE, z_1F,
+                          jax.lax.stop_gradient(m_11))
   return out.reshape(b, h, -1, dv)[:, :, :length]
 
 

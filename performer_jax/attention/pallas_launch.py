@@ -29,17 +29,18 @@ def call(body, *, grid, in_specs, out_specs, out_shape, on,
                              ("arbitrary",) * sequential))
 
   def run(*args):
+    interpret = {}
     if on in ("interpret", "tpu_interpret"):
       # Inside shard_map, Mosaic TPU's interpreter: the generic one loses
       # the varying axes of its loop carries there (JAX 0.10). Not outside:
       # the TPU one keeps state sized by the first call's device count.
-      kw["interpret"] = True
+      interpret["interpret"] = True
       if vma.varying_axes(*args):
         from jax.experimental.pallas import tpu as pltpu
-        kw["interpret"] = pltpu.InterpretParams()
+        interpret["interpret"] = pltpu.InterpretParams()
     return pl.pallas_call(body, grid=grid, in_specs=in_specs,
                           out_specs=out_specs, out_shape=out_shape,
-                          **kw)(*args)
+                          **kw, **interpret)(*args)
   return run
 
 

@@ -243,3 +243,15 @@ def query_out(cfg, xq_CD, w_FD, s_FE, z_1F):
   den_C1 = jnp.maximum(jnp.sum(qf.feats * z_1F, axis=1, keepdims=True),
                        feature_maps.POSITIVE_FLOOR)
   return qf, den_C1, mm(cfg, qf.feats, s_FE) / den_C1
+
+
+def query_backward(cfg, xq_CD, w_FD, s_FE, z_1F, g_CE):
+  """Bidirectional: a query tile's `(dxq, dS, dz)` (its share of the
+  summary's cotangent) from its output cotangent g."""
+  qf, den_C1, out_CE = query_out(cfg, xq_CD, w_FD, s_FE, z_1F)
+  g_num_CE = g_CE / den_C1
+  g_den_C1 = -jnp.sum(g_num_CE * out_CE, axis=1, keepdims=True)
+  g_qf_CF = mm_nt(cfg, g_num_CE, s_FE) + g_den_C1 * z_1F
+  return (feature_grad(cfg, xq_CD, w_FD, qf, g_qf_CF),
+          mm_tn(cfg, qf.feats, g_num_CE),
+          jnp.sum(qf.feats * g_den_C1, axis=0, keepdims=True))

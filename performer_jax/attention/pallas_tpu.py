@@ -24,7 +24,6 @@ from jax.experimental.pallas import tpu as pltpu
 
 from performer_jax.attention import pallas_launch as launch
 from performer_jax.attention import pallas_tiles as tiles
-from performer_jax.attention import vma
 
 PLATFORMS = ("tpu", "tpu_interpret")
 
@@ -87,7 +86,8 @@ def _bwd_kernel(cfg, n_chunks, xq, xk, v, keep, w, s_in, z_in, m_in, g, dxq,
     ds0[...], dz0[...] = ds_FE, dz_1F
 
 
-def _forward(static, xq, xk, v, keep, w, s0, z0, m0, store):
+def causal_forward(static, xq, xk, v, keep, w, s0, z0, m0, store):
+  """pallas_calls' causal forward, walking the chunk grid."""
   cfg, c, heads, on = static
   g, lp, d = xq.shape
   e, f, n = v.shape[-1], w.shape[0], lp // c
@@ -108,44 +108,24 @@ def _forward(static, xq, xk, v, keep, w, s0, z0, m0, store):
           xq, xk, v, keep, w, s0, z0, m0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def causal_core(static, xq, xk, v, keep, w, s0, z0, m0):
-  """pallas_calls.causal_core's contract, on the chunk grid."""
-  return _forward(static, xq, xk, v, keep, w, s0, z0, m0, False)[0]
-
-
-def _core_fwd(static, xq, xk, v, keep, w, s0, z0, m0):
-  out, s_in, z_in, m_in = _forward(static, xq, xk, v, keep, w, s0, z0, m0,
-                                   True)
-  return out, (xq, xk, v, keep, w, s_in, z_in, m_in, m0)
-
-
-def _core_bwd(static, res, g_GLE):
+def causal_backward(static, xq, xk, v, keep, w, s_in, z_in, m_in, g_GLE):
+  """pallas_calls' causal backward, walking the chunk grid in reverse."""
   cfg, c, heads, on = static
-  xq, xk, v, keep, w, s_in, z_in, m_in, m0 = res
   grp, lp, d = xq.shape
   e, f, n = v.shape[-1], w.shape[0], lp // c
   in_specs, tile, at = _chunk_specs(c, d, e, f, heads, n, reverse=True)
   state_specs = [_per_chunk((f, e), at), _per_chunk((1, f), at),
                  _per_chunk((1, 1), at), tile(e)]
-  dxq, dxk, dv, ds0, dz0 = launch.call(
+  whole, f32 = launch.whole, launch.f32_like
+  return launch.call(
       functools.partial(_bwd_kernel, cfg, n), grid=(grp, n),
       in_specs=in_specs + state_specs,
-      out_specs=[tile(d), tile(d), tile(e), launch.whole((f, e)),
-                 launch.whole((1, f))],
-      out_shape=[launch.f32_like((grp, lp, d), xq),
-                 launch.f32_like((grp, lp, d), xq),
-                 launch.f32_like((grp, lp, e), xq),
-                 launch.f32_like((grp, f, e), xq),
-                 launch.f32_like((grp, 1, f), xq)],
+      out_specs=[tile(d), tile(d), tile(e), whole((f, e)), whole((1, f))],
+      out_shape=[f32((grp, lp, d), xq), f32((grp, lp, d), xq),
+                 f32((grp, lp, e), xq), f32((grp, f, e), xq),
+                 f32((grp, 1, f), xq)],
       on=on, sequential=1, scratch_shapes=_state_scratch(f, e)[:2])(
           xq, xk, v, keep, w, s_in, z_in, m_in, g_GLE)
-  like = lambda x: vma.like(x, xq)
-  return (like(dxq), like(dxk), like(dv), jnp.zeros_like(keep),
-          jnp.zeros_like(w), like(ds0), like(dz0), jnp.zeros_like(m0))
-
-
-causal_core.defvjp(_core_fwd, _core_bwd)
 
 
 # Bidirectional: the two walks over a whole sequence, on the chunk grid
@@ -192,14 +172,10 @@ def _query_bwd_kernel(cfg, n_chunks, xq, w, s, z, g, dxq, ds, dz, ds_scr,
     ds_scr[...] = jnp.zeros(ds_scr.shape, jnp.float32)
     dz_scr[...] = jnp.zeros(dz_scr.shape, jnp.float32)
 
-  xq_CD, w_FD, s_FE, z_1F = xq[...], w[...], s[...], z[...]
-  qf, den_C1, out_CE = tiles.query_out(cfg, xq_CD, w_FD, s_FE, z_1F)
-  g_num_CE = g[...] / den_C1
-  g_den_C1 = -jnp.sum(g_num_CE * out_CE, axis=1, keepdims=True)
-  g_qf_CF = tiles.mm_nt(cfg, g_num_CE, s_FE) + g_den_C1 * z_1F
-  dxq[...] = tiles.feature_grad(cfg, xq_CD, w_FD, qf, g_qf_CF)
-  ds_scr[...] += tiles.mm_tn(cfg, qf.feats, g_num_CE)
-  dz_scr[...] += jnp.sum(qf.feats * g_den_C1, axis=0, keepdims=True)
+  dxq[...], ds_tile, dz_tile = tiles.query_backward(
+      cfg, xq[...], w[...], s[...], z[...], g[...])
+  ds_scr[...] += ds_tile
+  dz_scr[...] += dz_tile
 
   @pl.when(pl.program_id(1) == n_chunks - 1)
   def _():

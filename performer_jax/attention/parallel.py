@@ -5,8 +5,9 @@ every chunk, `P_n = seed + T_0 + ... + T_{n-1}`, as summary.py's exclusive
 prefix: two levels of weighted sums, no loop in the compiled program
 (test_parallel.py checks the HLO) and a program that does not grow with L.
 A `jax.custom_vjp` keeps q, k, v and the states P, never the features; the
-backward recomputes the terms and transposes the prefix (summary.py). `seed` (sequence.py) summarizes the keys before this device's
-first token; its cotangent is returned. Design: docs/long_context.md.
+backward recomputes the terms and transposes the prefix (summary.py).
+`seed` (sequence.py) summarizes the keys before this device's first token;
+its cotangent is returned. Design: docs/long_context.md.
 """
 
 from __future__ import annotations

@@ -96,6 +96,12 @@ def _blocked(w: _Weights, s_XNFE: jax.Array) -> jax.Array:
   return s_XNFE.reshape(s_XNFE.shape[:-3] + (nb, k) + s_XNFE.shape[-2:])
 
 
+def _unblocked(x_XBKFE: jax.Array, n: int) -> jax.Array:
+  """`[X..., NB, K, F, E]` -> `[X..., n, F, E]`, the padding dropped."""
+  x_XNFE = x_XBKFE.reshape(x_XBKFE.shape[:-4] + (-1,) + x_XBKFE.shape[-2:])
+  return x_XNFE[..., :n, :, :]
+
+
 def _apply(w: _Weights, s_XNFE: jax.Array) -> jax.Array:
   """The prefix P `[X..., N, F, E]` of the summaries' S."""
   hi = jax.lax.Precision.HIGHEST
@@ -107,8 +113,7 @@ def _apply(w: _Weights, s_XNFE: jax.Array) -> jax.Array:
   p_XBKFE = jnp.einsum("...bij,...bjfe->...bife", w.w, s_XBKFE,
                        precision=hi) + (q_XBFE[..., None, :, :] *
                                         w.entry[..., None, None])
-  return p_XBKFE.reshape(s_XBKFE.shape[:-4] + (-1,) +
-                         s_XNFE.shape[-2:])[..., :s_XNFE.shape[-3], :, :]
+  return _unblocked(p_XBKFE, s_XNFE.shape[-3])
 
 
 def _apply_transpose(w: _Weights, dp_XNFE: jax.Array) -> jax.Array:
@@ -122,8 +127,7 @@ def _apply_transpose(w: _Weights, dp_XNFE: jax.Array) -> jax.Array:
   ds_XBKFE = jnp.einsum("...bij,...bife->...bjfe", w.w, dp_XBKFE,
                         precision=hi) + (d_total_XBFE[..., None, :, :] *
                                          w.total[..., None, None])
-  return ds_XBKFE.reshape(dp_XBKFE.shape[:-4] + (-1,) +
-                          dp_XNFE.shape[-2:])[..., :dp_XNFE.shape[-3], :, :]
+  return _unblocked(ds_XBKFE, dp_XNFE.shape[-3])
 
 
 def _elements_max(m_XN, m0_X, axis, like_XNFE):
