@@ -44,6 +44,7 @@ time of each fwd+bwd program, and FAVOR+'s gradient error against float32
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import math
 import os
@@ -60,6 +61,7 @@ import jax.numpy as jnp  # noqa: E402
 from experiments.scaling import timing
 from performer_jax import allocator
 from performer_jax import attention
+from performer_jax.attention import pallas_favor
 
 MIB = 2.0 ** 20
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -279,10 +281,24 @@ def write_csv(path, rows, mm_gflops):
 
 
 # The accelerator table: (name, causal, implementation or "cudnn").
-PALLAS_TABLE = (("pallas", True, "pallas"), ("parallel", True, "parallel"),
-                ("slim", True, "slim"), ("cudnn", True, "cudnn"),
-                ("pallas", False, "pallas"), ("slim", False, "slim"),
-                ("cudnn", False, "cudnn"))
+# "pallas 1seg": the causal kernels with one walk per (batch, head), as
+# against the GPU's default stretches (pallas_favor.segments_for).
+PALLAS_TABLE = (("pallas", True, "pallas"), ("pallas 1seg", True, "pallas"),
+                ("parallel", True, "parallel"), ("slim", True, "slim"),
+                ("cudnn", True, "cudnn"), ("pallas", False, "pallas"),
+                ("slim", False, "slim"), ("cudnn", False, "cudnn"))
+
+
+@contextlib.contextmanager
+def _one_segment(name):
+  """For "pallas 1seg": `segments_for` says 1 while the call is traced."""
+  saved = pallas_favor.segments_for
+  if name.endswith("1seg"):
+    pallas_favor.segments_for = lambda *_, **__: 1
+  try:
+    yield
+  finally:
+    pallas_favor.segments_for = saved
 
 
 def _pallas_table_flops(shape, length, causal, chunk, impl) -> float:
@@ -312,7 +328,7 @@ def run_accelerator_table(lengths, repeats: int, chunk: int = 64) -> None:
   shape = timing.Shape(batch=4, heads=8, head_dim=64, num_features=256)
   print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}); "
         f"bf16 inputs, B4 H8 D64 m256, chunk {chunk}")
-  print(f"{'method':10s} {'mode':6s} {'L':>6s} {'ms':>9s} {'TFLOP/s':>8s} "
+  print(f"{'method':11s} {'mode':6s} {'L':>6s} {'ms':>9s} {'TFLOP/s':>8s} "
         f"{'temp GiB':>9s} {'compile s':>9s} {'rel err':>8s}")
   for length in lengths:
     q, k, v, proj = timing.make_inputs(shape, length, dtype=jnp.bfloat16)
@@ -330,13 +346,14 @@ def run_accelerator_table(lengths, repeats: int, chunk: int = 64) -> None:
       mode = "causal" if causal else "bidir"
       try:
         t0 = time.perf_counter()
-        compiled = step.lower(q, k, v, proj).compile()
+        with _one_segment(name):
+          compiled = step.lower(q, k, v, proj).compile()
         compile_s = time.perf_counter() - t0
         temp = compiled.memory_analysis().temp_size_in_bytes / 2 ** 30
         secs, _ = timing.median_time(lambda: compiled(q, k, v, proj),
                                      repeats, max_seconds=10.0)
       except Exception as err:  # pylint: disable=broad-except
-        print(f"{name:10s} {mode:6s} {length:6d} failed: "
+        print(f"{name:11s} {mode:6s} {length:6d} failed: "
               f"{str(err).splitlines()[0][:100]}", flush=True)
         continue
       error = "-"
@@ -355,7 +372,7 @@ def run_accelerator_table(lengths, repeats: int, chunk: int = 64) -> None:
           error = "n/a: " + str(err).splitlines()[0][:40]
       tflops = _pallas_table_flops(shape, length, causal, chunk,
                                    impl) / secs / 1e12
-      print(f"{name:10s} {mode:6s} {length:6d} {secs * 1e3:9.3f} "
+      print(f"{name:11s} {mode:6s} {length:6d} {secs * 1e3:9.3f} "
             f"{tflops:8.1f} {temp:9.2f} {compile_s:9.2f} {error:>8s}",
             flush=True)
 

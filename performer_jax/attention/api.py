@@ -107,6 +107,8 @@ def resolve_implementation(implementation: str, kernel, causal: bool,
                      f"{implementation!r}.")
   on_cpu = jax.default_backend() == "cpu"
   if implementation == "auto":
+    if pallas_favor.preferred(kernel):
+      return "pallas"
     if not causal:
       return "slim"
     use_kernel = (sequence_axis is None and cpu_kernel.supports(kernel) and
@@ -156,10 +158,12 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     implementation: which code runs; all give the same values and
       gradients, at different speed and memory (docs/long_context.md). This
       is the one description of them; the rest of the package links here.
-      "auto" (default): causal on the CPU backend, "kernel" when it is
-        built, serves `kernel` and the sequence is unsharded, else "slim";
-        causal on a GPU or TPU, "parallel"; bidirectional, "slim". It never
-        picks "pallas" until that is measured on hardware.
+      "auto" (default): "pallas" on a TPU and on a GPU of compute
+        capability 9.0 (Hopper) or newer, for the kernels it serves
+        (`pallas_favor.preferred`; a shape it cannot tile takes the rest of
+        this rule). Otherwise causal on the CPU backend, "kernel" when it
+        is built, serves `kernel` and the sequence is unsharded, else
+        "slim"; causal on another GPU, "parallel"; bidirectional, "slim".
       "slim": causal, a scan over chunks that stores each chunk's entry
         state and recomputes features backward (the SLiM trade-off);
         bidirectional, `fused.bidirectional`'s hand-written VJP for the
@@ -256,16 +260,21 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
 def pallas_function(kernel, proj, shape_BHLD, kv_len, value_dim, chunk_size,
                     causal, dtype):
   """pallas_favor's causal or bidirectional function with its matmul dtype
-  (`pallas_favor.matmul_dtype` of the inputs' dtype) bound, or None where it
-  does not serve the call."""
+  (`pallas_favor.matmul_dtype` of the inputs' dtype) and, causal, its
+  segments (`pallas_favor.segments_for`) bound, or None where it does not
+  serve the call."""
   feature_dim = chunked.feature_dim(kernel, proj, shape_BHLD[-1])
   length = min(shape_BHLD[2], kv_len)
   if not pallas_favor.supports(kernel, length, shape_BHLD[-1], value_dim,
                                feature_dim, chunk_size):
     return None
-  fn = pallas_favor.causal if causal else pallas_favor.bidirectional
-  return functools.partial(fn, chunk_size=chunk_size,
-                           dtype=pallas_favor.matmul_dtype(dtype))
+  kw = {"chunk_size": chunk_size, "dtype": pallas_favor.matmul_dtype(dtype)}
+  if not causal:
+    return functools.partial(pallas_favor.bidirectional, **kw)
+  groups = shape_BHLD[0] * shape_BHLD[1]
+  segments = pallas_favor.segments_for(
+      groups, chunked.num_chunks(length, chunk_size)[1])
+  return functools.partial(pallas_favor.causal, segments=segments, **kw)
 
 
 def slim_favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,

@@ -3,7 +3,8 @@
 Kernel bodies read and write refs and call the tile math (pallas_tiles.py);
 each `*_core` is a `jax.custom_vjp` over them. `static` is `(TileConfig,
 C, H, platform)`; arrays are grouped `[G = B*H, L, X]` (pallas_favor.py
-prepares them). Every output is float32.
+prepares them). Every output is float32, except the stored entry states
+(`tiles.state_dtype`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _causal_fwd_kernel(cfg, c, n_chunks, store, xq, xk, v, keep, w, s0, z0,
         cfg, t, v_CE, s_FE, z_1F).out
     if store:
       s_in, z_in, m_in = state_refs
-      s_in[n] = s_FE
+      s_in[n] = s_FE.astype(s_in.dtype)
       z_in[pl.ds(n, 1), :] = z_1F
       m_in[pl.ds(n, 1), :] = m_11
     return tiles.carry(cfg, t, v_CE, s_FE, z_1F) + (t.m_out,)
@@ -87,8 +88,8 @@ def _causal_forward(static, xq, xk, v, keep, w, s0, z0, m0, store):
   out_shape = [f32((g, lp, e), xq)]
   out_specs = [whole((lp, e))]
   if store:
-    out_shape += [f32((g, n, f, e), xq), f32((g, n, f), xq),
-                  f32((g, n, 1), xq)]
+    out_shape += [f32((g, n, f, e), xq, tiles.state_dtype(cfg)),
+                  f32((g, n, f), xq), f32((g, n, 1), xq)]
     out_specs += [whole((n, f, e)), whole((n, f)), whole((n, 1))]
   return launch.call(
       functools.partial(_causal_fwd_kernel, cfg, c, n, store),

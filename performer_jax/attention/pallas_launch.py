@@ -55,13 +55,14 @@ def tile(c, width):
   return pl.BlockSpec((None, c, width), lambda g, n: (g, n, 0))
 
 
-def f32_like(shape, like):
-  """A float32 output typed as `like` inside `shard_map` (varying along the
-  same mesh axes: every input is cast to one type first, vma.align)."""
+def f32_like(shape, like, dtype=jnp.float32):
+  """A float32 (or `dtype`) output typed as `like` inside `shard_map`
+  (varying along the same mesh axes: every input is cast to one type
+  first, vma.align)."""
   mat = getattr(jax.typeof(like), "mat", None)
   if mat is None:
-    return jax.ShapeDtypeStruct(shape, jnp.float32)
-  return jax.ShapeDtypeStruct(shape, jnp.float32, manual_axis_type=mat)
+    return jax.ShapeDtypeStruct(shape, dtype)
+  return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=mat)
 
 
 def rows(ref, n, c):

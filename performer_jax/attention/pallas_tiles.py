@@ -64,6 +64,15 @@ def mm_tn(cfg, a, b):
   return _dot(cfg, a, b, (0, 0))
 
 
+def state_dtype(cfg: TileConfig):
+  """The dtype a causal pass stores each chunk's entry state S in for its
+  backward: the matmul operand dtype, since the backward uses S only as
+  an operand (`attend`, `chunk_backward`), so the stored copy is exactly
+  what those products read (bf16 halves the largest residual). z and the
+  carried state stay float32."""
+  return cfg.dtype
+
+
 def _foz(x):
   """-inf (no unpadded key seen yet) -> 0; nothing else is ever infinite."""
   return jnp.where(x == _NEG_INF, 0.0, x)
@@ -102,6 +111,7 @@ def features(cfg: TileConfig, x_CD, w_FD) -> Features:
     return Features(jnp.maximum(pre_CF, 0.0) + feature_maps.RELU_EPS, None,
                     pre_CF)
   top_C1 = jnp.max(pre_CF, axis=1, keepdims=True)
+  x_CD = x_CD.astype(jnp.float32)
   half_sq_C1 = 0.5 * jnp.sum(x_CD * x_CD, axis=1, keepdims=True)
   return Features(jnp.exp(pre_CF - top_C1), top_C1 - half_sq_C1, pre_CF)
 
@@ -112,7 +122,8 @@ def feature_grad(cfg: TileConfig, x_CD, w_FD, f: Features, g_CF):
   if not cfg.has_amp:
     return mm(cfg, jnp.where(f.pre > 0.0, g_CF, 0.0), w_FD)
   gp_CF = g_CF * f.feats
-  return mm(cfg, gp_CF, w_FD) - x_CD * jnp.sum(gp_CF, axis=1, keepdims=True)
+  return mm(cfg, gp_CF, w_FD) - x_CD.astype(jnp.float32) * jnp.sum(
+      gp_CF, axis=1, keepdims=True)
 
 
 def key_grad(cfg, xk_CD, keep_C1, w_FD, kf: Features, kt_CF, g_kt_CF):
@@ -122,7 +133,8 @@ def key_grad(cfg, xk_CD, keep_C1, w_FD, kf: Features, kt_CF, g_kt_CF):
                         jnp.where(keep_C1 > 0, g_kt_CF, 0.0))
   # kt = exp(logits - M) with a stop-gradient M: dLoss/dlogits = g kt.
   gp_CF = g_kt_CF * kt_CF
-  return mm(cfg, gp_CF, w_FD) - xk_CD * jnp.sum(gp_CF, axis=1, keepdims=True)
+  return mm(cfg, gp_CF, w_FD) - xk_CD.astype(jnp.float32) * jnp.sum(
+      gp_CF, axis=1, keepdims=True)
 
 
 class Chunk(NamedTuple):

@@ -64,7 +64,7 @@ def _fwd_kernel(cfg, store, xq, xk, v, keep, w, s0, z0, m0, out, *refs):
   out[...] = tiles.attend(cfg, t, v_CE, s_FE, z_1F).out
   if store:
     s_in, z_in, m_in = stored
-    s_in[...], z_in[...], m_in[...] = s_FE, z_1F, m_11
+    s_in[...], z_in[...], m_in[...] = s_FE.astype(s_in.dtype), z_1F, m_11
   s_scr[...], z_scr[...] = tiles.carry(cfg, t, v_CE, s_FE, z_1F)
   m_scr[...] = t.m_out
 
@@ -96,7 +96,7 @@ def causal_forward(static, xq, xk, v, keep, w, s0, z0, m0, store):
   out_shape = [launch.f32_like((g, lp, e), xq)]
   out_specs = [tile(e)]
   if store:
-    out_shape += [launch.f32_like((g, n, f, e), xq),
+    out_shape += [launch.f32_like((g, n, f, e), xq, tiles.state_dtype(cfg)),
                   launch.f32_like((g, n, 1, f), xq),
                   launch.f32_like((g, n, 1, 1), xq)]
     out_specs += [_per_chunk((f, e), at), _per_chunk((1, f), at),

@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from performer_jax import experiment
 from performer_jax import linen as pnn
+from performer_jax.attention import api as attention_api
 from performer_jax.attention import sequence as sequence_lib
 from performer_jax.data import dataset as prepared
 from performer_jax.data import verify as verify_lib
@@ -114,8 +115,9 @@ class Trainer:
   def context(self):
     """Logical-axis rules, and with `mesh.seq > 1` sequence-parallel
     attention (`attention.sequence_sharding`), active whenever the model is
-    traced; FAVOR+ "pallas" on several devices runs in a `shard_map` over
-    batch and heads even with `mesh.seq == 1` (XLA cannot split a kernel).
+    traced; FAVOR+ "pallas" (or "auto" choosing it) on several devices
+    runs in a `shard_map` over batch and heads even with `mesh.seq == 1`
+    (XLA cannot split a kernel).
 
     No mesh context on purpose: parameters and batches get their placement
     from the jit in/out shardings, and without a mesh flax's logical
@@ -128,8 +130,9 @@ class Trainer:
         stack.enter_context(sequence_lib.sequence_sharding(
             self.mesh, sequence_axis="seq", batch_axes="data",
             head_axis="model"))
-      elif (attention.kind == "favor" and attention.implementation == "pallas"
-            and self.mesh.size > 1):
+      elif (attention.kind == "favor" and self.mesh.size > 1 and
+            attention_api.resolve_implementation(
+                attention.implementation, attention.kernel, True) == "pallas"):
         stack.enter_context(sequence_lib.sequence_sharding(
             self.mesh, sequence_axis=None, batch_axes="data",
             head_axis="model"))

@@ -25,6 +25,7 @@ from performer_jax.attention import feature_maps
 from performer_jax.attention import incremental
 from performer_jax.attention import layout
 from performer_jax.attention import pallas_favor
+from performer_jax.attention import pallas_tiles
 from performer_jax.attention import parallel
 from performer_jax.attention import summary
 from tests.helpers import inputs
@@ -85,11 +86,14 @@ def test_values_and_gradients_match_autodiff(case):
     assert np.all(np.asarray(got[2])[pad] == 0)
 
 
-@pytest.mark.parametrize("on", ["interpret", "tpu_interpret"])
-def test_seeded_causal_matches_parallel_and_no_future_leak(on):
+@pytest.mark.parametrize("on,segments", [("interpret", 1),
+                                         ("tpu_interpret", 1),
+                                         ("interpret", 2)])
+def test_seeded_causal_matches_parallel_and_no_future_leak(on, segments):
   # The seed is what sequence.py (sequence_axis) and decoding.favor_extend
   # (prefill) start a causal pass from; its cotangent must come back too.
-  # "tpu_interpret": the TPU's chunk-grid kernels (pallas_tpu.py).
+  # "tpu_interpret": the TPU's chunk-grid kernels (pallas_tpu.py); two
+  # segments: stretches of 2 and 1 chunks (and a padded one) side by side.
   q, k, v, mask, proj = inputs.qkv(b=B, length=L, h=H, d=D, m=M, scale=1.5)
   flat = layout.flatten(q, k, v, mask)
   x_q, x_k, x_v = layout.favor_inputs(flat)
@@ -104,7 +108,7 @@ def test_seeded_causal_matches_parallel_and_no_future_leak(on):
       return jnp.sum(jnp.sin(3.0 * out)), out
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True))
 
-  kernels = functools.partial(pallas_favor.causal, on=on)
+  kernels = functools.partial(pallas_favor.causal, on=on, segments=segments)
   want, want_out = run(parallel.causal)(x_q, x_k, x_v, s0)
   got, got_out = run(kernels)(x_q, x_k, x_v, s0)
   np.testing.assert_allclose(got_out, want_out, rtol=0, atol=1e-5)
@@ -118,6 +122,85 @@ def test_seeded_causal_matches_parallel_and_no_future_leak(on):
       s0)[1]
   np.testing.assert_allclose(moved[:, :, :-1], got_out[:, :, :-1], rtol=0,
                              atol=1e-6)
+
+
+@pytest.mark.parametrize("on", ["interpret", "tpu_interpret"])
+def test_bf16_pass_stores_bf16_states_and_loses_nothing(monkeypatch, on):
+  # The backward reads the stored entry states only as bf16 matmul
+  # operands, so storing them in bf16 (half the largest residual) gives
+  # bit-identical gradients to storing float32.
+  q, k, v, mask, proj = inputs.qkv(b=B, length=L, h=H, d=D, m=M, scale=1.5)
+  x = layout.favor_inputs(layout.flatten(q, k, v, mask))
+
+  def grads():
+    loss = lambda *x: jnp.sum(jnp.sin(pallas_favor.causal(
+        *x, mask, proj, kernel="softmax", chunk_size=C, dtype=jnp.bfloat16,
+        on=on)))
+    vjp = jax.jit(lambda *x: jax.vjp(loss, *x))
+    residuals = jax.tree.leaves(jax.eval_shape(vjp, *x)[1])
+    return residuals, jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*x)
+  residuals, got = grads()
+  is_state = lambda r: r.shape[-3:] == (3, M, D)  # [G, N, F, Dv]
+  assert [r.dtype for r in residuals if is_state(r)] == [jnp.bfloat16]
+  monkeypatch.setattr(pallas_tiles, "state_dtype", lambda cfg: jnp.float32)
+  residuals, want = grads()
+  assert [r.dtype for r in residuals if is_state(r)] == [jnp.float32]
+  for w, g in zip(want, got):
+    np.testing.assert_array_equal(g, w)
+
+
+def test_segmented_relu_walk_equals_one_walk():
+  # Three stretches of one chunk, no seed, no mask, ReLU features (no
+  # running max): values and gradients of the one-walk kernel.
+  q, k, v, _, _ = inputs.qkv(b=B, length=L, h=H, d=D, m=M, scale=1.5)
+  x_q, x_k, x_v = layout.favor_inputs(layout.flatten(q, k, v, None))
+
+  def run(segments):
+    def loss(*x):
+      out = pallas_favor.causal(*x, None, None, kernel="relu", chunk_size=C,
+                                segments=segments)
+      return jnp.sum(jnp.sin(3.0 * out)), out
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(
+        x_q, x_k, x_v)
+  (want, want_out), (got, got_out) = run(1), run(3)
+  np.testing.assert_allclose(got_out, want_out, rtol=0, atol=1e-5)
+  for w, gt, name in zip(want, got, "qkv"):
+    np.testing.assert_allclose(gt, w, rtol=0,
+                               atol=1e-5 * float(jnp.max(jnp.abs(w))),
+                               err_msg=f"d{name}")
+
+
+def test_favor_attention_walks_the_segments_the_rule_gives(monkeypatch):
+  # What a GPU with many idle SMs gets (the rule faked to 2 stretches):
+  # the key-summary kernel runs too, and values and gradients still equal
+  # "autodiff".
+  calls = []
+  monkeypatch.setattr(pallas_favor, "segments_for",
+                      lambda *a: calls.append(a) or 2)
+  q, k, v, mask, proj = inputs.qkv(b=B, length=L, h=H, d=D, m=M, scale=1.5)
+  g = jax.random.normal(jax.random.PRNGKey(5), v.shape)
+  fn = _out_and_grads("pallas", True, "softmax", mask, proj)
+  assert str(jax.make_jaxpr(fn)(q, k, v, g)).count("pallas_call") == 4
+  assert calls == [(B * H, 3)]  # B*H walks of 3 chunks (40 tokens, C 16)
+  want_out, want = _out_and_grads("autodiff", True, "softmax", mask, proj)(
+      q, k, v, g)
+  got_out, got = fn(q, k, v, g)
+  np.testing.assert_allclose(got_out, want_out, rtol=0, atol=1e-5)
+  for w, gt, name in zip(want, got, "qkv"):
+    np.testing.assert_allclose(gt, w, rtol=0,
+                               atol=1e-5 * float(jnp.max(jnp.abs(w))),
+                               err_msg=f"d{name}")
+
+
+@pytest.mark.parametrize("on,groups,chunks,want", [
+    ("gpu", 32, 64, 5), ("gpu", 32, 16, 2), ("gpu", 32, 7, 1),
+    ("gpu", 256, 64, 1), ("tpu", 1, 1024, 1), ("interpret", 1, 1024, 1)])
+def test_segments_fill_the_gpu(monkeypatch, on, groups, chunks, want):
+  # An H200 has 132 SMs: 32 (batch, head) walks leave 100 idle, 5 stretches
+  # of at least MIN_SEGMENT_CHUNKS chunks each fill them.
+  monkeypatch.setattr(jax, "devices",
+                      lambda *_: [type("Device", (), {"core_count": 132})()])
+  assert pallas_favor.segments_for(groups, chunks, on) == want
 
 
 @pytest.mark.parametrize("kernel,on", [("softmax_hyperbolic", "interpret"),
@@ -281,14 +364,57 @@ def test_lowers_to_the_kernels_for_accelerators(platform):
     assert "stablehlo.exponential" not in text
 
 
-@pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
-def test_auto_rule(monkeypatch, backend):
-  """"pallas" runs only when asked for: "auto" keeps the measured defaults
-  on every backend until the kernels are measured on hardware."""
+def test_segmented_walk_lowers_to_kernels_and_small_sums():
+  # GPU form with 4 stretches of 2 chunks: the key-summary and causal
+  # kernels, forward and backward; XLA keeps only the prefix over the
+  # [B, P, H, M, Dv+1] summaries, no tensor with a length axis (L = 128
+  # or a stretch of 32; M = 64 features, so neither size is a feature's).
+  length, per = 128, 32
+  spec = jax.ShapeDtypeStruct((1, 2, length, 16), jnp.float32)
+  proj = jnp.ones((64, 16), jnp.float32)
+
+  def loss(q, k, v):
+    out = pallas_favor.causal(q, k, v, None, proj, kernel="softmax",
+                              chunk_size=16, dtype=jnp.bfloat16, on="gpu",
+                              segments=4)
+    return jnp.sum(out * out)
+  text = export.export(jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))),
+                       platforms=("cuda",), disabled_checks=[_TRITON])(
+                           spec, spec, spec).mlir_module()
+  assert re.findall(r"custom_call @([\w$.]+)", text).count(
+      _CALLS["cuda"]) == 4
+  math = [line for line in text.splitlines()
+          if "stablehlo.dot_general" in line or
+          "stablehlo.exponential" in line]
+  assert math  # the prefix's weights and weighted sums
+  for line in math:
+    dims = {int(n) for n in re.findall(r"(\d+)x", line)}
+    assert not dims & {length, per}, line
+
+
+@pytest.mark.parametrize("backend,capability,chosen", [
+    ("cpu", None, False), ("gpu", "8.0", False), ("gpu", "9.0", True),
+    ("gpu", "10.0", True), ("tpu", None, True)])
+def test_auto_rule(monkeypatch, backend, capability, chosen):
+  """"auto" runs the kernels on TPU and on Hopper or newer, for the kernels
+  they serve; elsewhere it keeps "parallel" (causal) and "slim"."""
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
-  for kernel in ("softmax", "relu", "softmax_trig"):
+  devices = [type("Device", (), {"compute_capability": capability})()]
+  monkeypatch.setattr(jax, "devices", lambda *_: devices)
+  for kernel in ("softmax", "softmax_hyperbolic", "relu"):
     for causal in (True, False):
-      assert api.resolve_implementation("auto", kernel, causal) != "pallas"
+      assert (api.resolve_implementation("auto", kernel, causal) ==
+              "pallas") == chosen, (kernel, causal)
+  assert pallas_favor.preferred("softmax") == chosen
+  # Kernels the Pallas code does not serve keep the old rule everywhere.
+  assert api.resolve_implementation("auto", "softmax_trig", True) in (
+      "parallel", "kernel", "slim")
+  assert not pallas_favor.preferred(lambda x, p: x)
+  if backend == "gpu":  # without the Triton backend, nothing to run
+    with monkeypatch.context() as patch:
+      patch.setattr(pallas_favor, "_triton", lambda: False)
+      assert api.resolve_implementation("auto", "softmax", True) == (
+          "parallel")
   assert api.resolve_implementation("pallas", "softmax", True) == "pallas"
   # Power-of-two tiles of at least 16 only (and the Triton backend).
   assert pallas_favor.supports("softmax", 4096, 64, 64, 256, 64, "gpu")

@@ -7,6 +7,8 @@ above its ~1e-6 rounding and far below any real difference (a leaked or
 dropped block changes results by O(1)).
 """
 
+import types
+
 import numpy as np
 import pytest
 
@@ -56,3 +58,29 @@ def test_pallas_training_on_a_data_mesh_equals_parallel(results):
   found = _found(results, "train/")
   np.testing.assert_allclose(found["train/favor_pallas/causal/8x1"],
                              found["train/favor/causal/8x1"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("implementation,preferred,split", [
+    ("auto", True, True), ("auto", False, False), ("pallas", False, True),
+    ("parallel", True, False)])
+def test_trainer_splits_pallas_attention_over_the_batch(
+    monkeypatch, implementation, preferred, split):
+  """On several devices with `mesh.seq == 1`, the trainer runs attention in
+  a batch/head `shard_map` exactly when "pallas" runs: asked for, or chosen
+  by "auto" (faked here: pallas_favor.preferred is the platform's rule)."""
+  # pylint: disable-next=g-import-not-at-top
+  from performer_jax.attention import pallas_favor, sequence
+  from performer_jax.configs import copy as copy_config
+  from performer_jax.train import trainer as trainer_lib
+  monkeypatch.setattr(pallas_favor, "preferred", lambda *_: preferred)
+  config = copy_config.get_config("smoke,favor")
+  config.model.attention.implementation = implementation
+  fake = types.SimpleNamespace(
+      config=config, rules=(),
+      mesh=types.SimpleNamespace(shape={"seq": 1}, size=4))
+  with trainer_lib.Trainer.context(fake):
+    active = sequence.current_sequence_sharding()
+  assert (active is not None) == split
+  if split:
+    assert (active.sequence_axis, active.batch_axes) == (None, "data")
+  assert sequence.current_sequence_sharding() is None

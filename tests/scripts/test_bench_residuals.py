@@ -1,0 +1,39 @@
+"""`scripts/bench_residuals.py` counts what the backward keeps: for the GPU's
+"pallas" no feature tensor and states in bf16, less than "parallel"."""
+
+import importlib.util
+import os
+
+import jax.numpy as jnp
+import pytest
+
+from performer_jax.attention import pallas_favor
+from tests.helpers import inputs
+
+_PATH = os.path.join(inputs.REPO, "scripts", "bench_residuals.py")
+_spec = importlib.util.spec_from_file_location("bench_residuals", _PATH)
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+L = 4096  # 64 chunks of 64
+
+
+def _bytes(res):
+  return sum(r.size * r.dtype.itemsize for r in res)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_pallas_keeps_no_features_and_less_than_the_xla_paths(
+    monkeypatch, causal):
+  monkeypatch.setattr(pallas_favor, "platform", lambda: "gpu")
+  monkeypatch.setattr(pallas_favor, "segments_for", lambda *_: 1)
+  kept = bench.residuals(L, causal, "pallas")
+  g = bench.BATCH * bench.HEADS
+  # Nothing with a length axis and a feature axis ([.., L, F]).
+  assert not [r.shape for r in kept if L in r.shape and
+              bench.FEATURES in r.shape]
+  states = [r for r in kept if r.shape == (g, L // bench.CHUNK,
+                                           bench.FEATURES, bench.HEAD_DIM)]
+  assert [r.dtype for r in states] == ([jnp.bfloat16] if causal else [])
+  other = bench.residuals(L, causal, "parallel" if causal else "slim")
+  assert _bytes(kept) < 0.6 * _bytes(other)
