@@ -66,13 +66,18 @@ def main() -> None:
   parser.add_argument("--lengths", default="1024,4096,16384")
   parser.add_argument("--platform", default="cuda",
                       help="cuda, tpu or cpu (compiled only if local)")
+  parser.add_argument("--sms", type=int, default=132,
+                      help="the GPU's SMs for --platform cuda (H200: 132), "
+                      "which set the stretches of causal \"pallas\"")
   args = parser.parse_args()
-  local = args.platform == jax.default_backend()
+  local = {"cuda": "gpu"}.get(args.platform,
+                              args.platform) == jax.default_backend()
   if not local:
     # "pallas" lowers the target's kernels (Triton or Mosaic TPU custom
     # calls), not the CPU's interpret mode.
     pallas_favor.platform = lambda: {"cuda": "gpu"}.get(args.platform,
                                                        args.platform)
+    pallas_favor.sm_count = lambda: args.sms
   print(f"| L | attention | StableHLO ops | most frequent | lower s |"
         f"{' compile s |' if local else ''}")
   print(f"|---|---|---|---|---|{'---|' if local else ''}")

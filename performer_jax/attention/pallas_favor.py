@@ -167,11 +167,17 @@ def segments_for(groups: int, num_chunks: int, on: str | None = None) -> int:
   long; 1 elsewhere (a TPU core walks its grid in order anyway)."""
   if (on or platform()) != "gpu":
     return 1
+  return max(1, min(-(-sm_count() // groups),
+                    num_chunks // MIN_SEGMENT_CHUNKS))
+
+
+def sm_count() -> int:
+  """The first GPU's streaming multiprocessors (132 on an H200); 0 when
+  there is none or it does not say."""
   try:
-    sms = int(jax.devices("gpu")[0].core_count)
+    return int(jax.devices("gpu")[0].core_count)
   except (RuntimeError, AttributeError, TypeError, ValueError):
-    return 1
-  return max(1, min(-(-sms // groups), num_chunks // MIN_SEGMENT_CHUNKS))
+    return 0
 
 
 def _segmented(x_q_BHLD, x_k_BHLD, v_BHLE, key_mask_BL, projection, *,

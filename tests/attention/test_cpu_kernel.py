@@ -19,6 +19,7 @@ from jax.test_util import check_grads
 
 from performer_jax.attention import api
 from performer_jax.attention import cpu_kernel
+from performer_jax.attention import pallas_favor
 from performer_jax.attention import favor_attention
 from performer_jax.kernels import build
 from tests.helpers import inputs
@@ -192,9 +193,10 @@ def test_sharded_mesh_matches_one_device():
 @pytest.mark.parametrize("backend", ["cpu", "gpu"])
 def test_auto_choice(monkeypatch, backend):
   """What "auto" runs, stated for each backend (the backend is faked: the
-  choice is made at trace time from its name). A GPU without a capability
-  here counts as pre-Hopper; TPU and Hopper: test_pallas_favor.py."""
+  choice is made at trace time from its name). The GPU is a pre-Hopper
+  one; TPU and Hopper: test_pallas_favor.py."""
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  monkeypatch.setattr(pallas_favor, "gpu_capability", lambda: (8, 0))
   resolve = api.resolve_implementation
   monkeypatch.setattr(cpu_kernel, "built", lambda: True)
   if backend == "cpu":

@@ -200,6 +200,7 @@ def test_segments_fill_the_gpu(monkeypatch, on, groups, chunks, want):
   # of at least MIN_SEGMENT_CHUNKS chunks each fill them.
   monkeypatch.setattr(jax, "devices",
                       lambda *_: [type("Device", (), {"core_count": 132})()])
+  assert pallas_favor.sm_count() == 132
   assert pallas_favor.segments_for(groups, chunks, on) == want
 
 

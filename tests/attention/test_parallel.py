@@ -20,6 +20,7 @@ from performer_jax.attention import chunked
 from performer_jax.attention import favor_attention
 from performer_jax.attention import feature_maps
 from performer_jax.attention import layout
+from performer_jax.attention import pallas_favor
 from performer_jax.attention import parallel
 from performer_jax.attention import slim
 from performer_jax.attention import summary
@@ -262,7 +263,10 @@ def test_a_seed_continues_the_sequence(core, kernel, with_proj, masked):
 
 
 def test_auto_picks_parallel_off_the_cpu(monkeypatch):
+  # A GPU older than Hopper, where "auto" keeps "parallel" (on Hopper and
+  # TPU it runs the Pallas kernels: test_pallas_favor.py).
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(pallas_favor, "gpu_capability", lambda: (8, 0))
   resolve = api.resolve_implementation
   assert resolve("auto", "softmax", True) == "parallel"
   assert resolve("auto", "softmax", True, "seq") == "parallel"
