@@ -61,7 +61,7 @@ import jax.numpy as jnp  # noqa: E402
 from experiments.scaling import timing
 from performer_jax import allocator
 from performer_jax import attention
-from performer_jax.attention import pallas_favor
+from performer_jax.attention import pallas_segments
 
 MIB = 2.0 ** 20
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -281,24 +281,25 @@ def write_csv(path, rows, mm_gflops):
 
 
 # The accelerator table: (name, causal, implementation or "cudnn").
-# "pallas 1seg": the causal kernels with one walk per (batch, head), as
-# against the GPU's default stretches (pallas_favor.segments_for).
+# "pallas 1seg": the kernels with one walk per (batch, head), as
+# against the GPU's default stretches (pallas_segments.segments_for).
 PALLAS_TABLE = (("pallas", True, "pallas"), ("pallas 1seg", True, "pallas"),
                 ("parallel", True, "parallel"), ("slim", True, "slim"),
                 ("cudnn", True, "cudnn"), ("pallas", False, "pallas"),
-                ("slim", False, "slim"), ("cudnn", False, "cudnn"))
+                ("pallas 1seg", False, "pallas"), ("slim", False, "slim"),
+                ("cudnn", False, "cudnn"))
 
 
 @contextlib.contextmanager
 def _one_segment(name):
   """For "pallas 1seg": `segments_for` says 1 while the call is traced."""
-  saved = pallas_favor.segments_for
+  saved = pallas_segments.segments_for
   if name.endswith("1seg"):
-    pallas_favor.segments_for = lambda *_, **__: 1
+    pallas_segments.segments_for = lambda *_, **__: 1
   try:
     yield
   finally:
-    pallas_favor.segments_for = saved
+    pallas_segments.segments_for = saved
 
 
 def _pallas_table_flops(shape, length, causal, chunk, impl) -> float:

@@ -27,6 +27,7 @@ import optax
 
 from performer_jax import linen as pnn
 from performer_jax.attention import pallas_favor
+from performer_jax.attention import pallas_segments
 from performer_jax.schemas import AttentionConfig
 from performer_jax.schemas import ModelConfig
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -77,7 +78,7 @@ def main() -> None:
     # calls), not the CPU's interpret mode.
     pallas_favor.platform = lambda: {"cuda": "gpu"}.get(args.platform,
                                                        args.platform)
-    pallas_favor.sm_count = lambda: args.sms
+    pallas_segments.sm_count = lambda: args.sms
   print(f"| L | attention | StableHLO ops | most frequent | lower s |"
         f"{' compile s |' if local else ''}")
   print(f"|---|---|---|---|---|{'---|' if local else ''}")

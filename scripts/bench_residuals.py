@@ -7,7 +7,7 @@ traced for a target platform (`--platform cuda` or `tpu`) on this machine,
 without the device (`jax.eval_shape`: nothing runs). It is a floor of
 the temp memory a device reports: the backward adds the output's
 cotangent and the gradients. `--segments P` sets the stretches a GPU's
-causal "pallas" walks (`pallas_favor.segments_for`: P up to the SMs).
+"pallas" walks (`pallas_segments.segments_for`: P up to the SMs).
 
   python scripts/bench_residuals.py --lengths 4096,16384,65536 --segments 1,4
 """
@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from performer_jax import attention
 from performer_jax.attention import pallas_favor
+from performer_jax.attention import pallas_segments
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 BATCH, HEADS, HEAD_DIM, FEATURES, CHUNK = 4, 8, 64, 256, 64
@@ -53,15 +54,19 @@ def main() -> None:
   # "pallas" traces the target's kernels, not the CPU's interpret mode.
   target = {"cuda": "gpu", "tpu": "tpu"}[args.platform]
   pallas_favor.platform = lambda: target
-  cases = [(f"pallas P={p}" if args.platform == "cuda" else "pallas", True,
-            "pallas", int(p)) for p in args.segments.split(",")]
-  cases += [("parallel", True, "parallel", 1), ("slim", True, "slim", 1),
-            ("pallas", False, "pallas", 1), ("slim", False, "slim", 1)]
+  stretches = [int(p) for p in args.segments.split(",")]
+  if args.platform == "tpu":
+    stretches = [1]
+  pallas = lambda causal: [(f"pallas P={p}", causal, "pallas", p)
+                           for p in stretches]
+  cases = pallas(True) + [("parallel", True, "parallel", 1),
+                          ("slim", True, "slim", 1)]
+  cases += pallas(False) + [("slim", False, "slim", 1)]
   print("| L | implementation | mode | residuals GiB | largest |")
   print("|---|---|---|---|---|")
   for length in (int(x) for x in args.lengths.split(",")):
     for name, causal, implementation, segments in cases:
-      pallas_favor.segments_for = lambda *_, p=segments: p
+      pallas_segments.segments_for = lambda *_, p=segments: p
       res = residuals(length, causal, implementation)
       total = sum(r.size * r.dtype.itemsize for r in res) / GIB
       big = max(res, key=lambda r: r.size * r.dtype.itemsize)

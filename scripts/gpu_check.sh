@@ -38,8 +38,8 @@ for section in "${sections[@]}"; do
   case "${section}" in
     env)
       run env 60 "${py}" -c "import jax; from performer_jax.attention \
-import api, pallas_favor; print(jax.__version__, jax.devices(), \
-pallas_favor.gpu_capability(), pallas_favor.sm_count(), \
+import api, pallas_favor, pallas_segments; print(jax.__version__, \
+jax.devices(), pallas_favor.gpu_capability(), pallas_segments.sm_count(), \
 api.resolve_implementation('auto', 'softmax', True))" ;;
     tests)  # the real kernels against autodiff, and every "auto" caller
       run tests 240 "${py}" -m pytest -q -x -p no:cacheprovider \

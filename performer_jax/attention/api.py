@@ -8,7 +8,8 @@ check Flax-layout tensors, prepare them once (layout.py) and dispatch to:
   fused.py         bidirectional FAVOR+ with a hand-written VJP
   slim.py          causal FAVOR+ with a recomputing (SLiM) backward
   parallel.py      causal FAVOR+ as a prefix over chunk summaries
-  pallas_favor.py  FAVOR+ as Pallas kernels (pallas_calls.py, pallas_tpu.py)
+  pallas_favor.py  FAVOR+ as Pallas kernels (pallas_calls.py, pallas_tpu.py;
+                   pallas_segments.py: in stretches, to fill a GPU)
   cpu_kernel.py    causal FAVOR+ through a compiled XLA:CPU kernel
   sequence.py      any of them with the length sharded over a mesh axis
 All of them run and differentiate inside `jax.shard_map` (vma.py).
@@ -30,6 +31,7 @@ from performer_jax.attention import feature_maps
 from performer_jax.attention import fused
 from performer_jax.attention import layout
 from performer_jax.attention import pallas_favor
+from performer_jax.attention import pallas_segments
 from performer_jax.attention import parallel
 from performer_jax.attention import sequence
 from performer_jax.attention import slim
@@ -259,22 +261,20 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
 
 def pallas_function(kernel, proj, shape_BHLD, kv_len, value_dim, chunk_size,
                     causal, dtype):
-  """pallas_favor's causal or bidirectional function with its matmul dtype
-  (`pallas_favor.matmul_dtype` of the inputs' dtype) and, causal, its
-  segments (`pallas_favor.segments_for`) bound, or None where it does not
-  serve the call."""
+  """The Pallas causal or bidirectional function (pallas_segments.py) with
+  its matmul dtype (`pallas_favor.matmul_dtype` of the inputs' dtype) and
+  stretches (`pallas_segments.segments_for`) bound, or None where it does
+  not serve the call."""
   feature_dim = chunked.feature_dim(kernel, proj, shape_BHLD[-1])
   length = min(shape_BHLD[2], kv_len)
   if not pallas_favor.supports(kernel, length, shape_BHLD[-1], value_dim,
                                feature_dim, chunk_size):
     return None
-  kw = {"chunk_size": chunk_size, "dtype": pallas_favor.matmul_dtype(dtype)}
-  if not causal:
-    return functools.partial(pallas_favor.bidirectional, **kw)
-  groups = shape_BHLD[0] * shape_BHLD[1]
-  segments = pallas_favor.segments_for(
-      groups, chunked.num_chunks(length, chunk_size)[1])
-  return functools.partial(pallas_favor.causal, segments=segments, **kw)
+  segments = pallas_segments.segments_for(
+      shape_BHLD[0] * shape_BHLD[1], chunked.num_chunks(length, chunk_size)[1])
+  fn = pallas_segments.causal if causal else pallas_segments.bidirectional
+  return functools.partial(fn, chunk_size=chunk_size, segments=segments,
+                           dtype=pallas_favor.matmul_dtype(dtype))
 
 
 def slim_favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,

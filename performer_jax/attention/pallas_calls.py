@@ -238,42 +238,38 @@ def _key_bwd_call(static, xk, v, keep, w, m, ds, dz):
           xk, v, keep, w, m, ds, dz)
 
 
-def _bidir_forward(static, xq, xk, v, keep, w):
+def _attend_call(static, xq, w, s, z):
+  """The queries' outputs against a summary `(S, z)`: a grid over tiles."""
   cfg, c, _, on = static
   g, lq, d = xq.shape
-  e, f = v.shape[-1], w.shape[0]
-  s, z, m = _summary_call(static, xk, v, keep, w)
-  out = launch.call(
+  e, f = s.shape[-1], w.shape[0]
+  return launch.call(
       functools.partial(_attend_kernel, cfg), grid=(g, lq // c),
       in_specs=[launch.tile(c, d), pl.BlockSpec((f, d), lambda i, n: (0, 0)),
                 launch.whole((f, e)), launch.whole((1, f))],
       out_specs=launch.tile(c, e),
       out_shape=launch.f32_like((g, lq, e), xq), on=on)(xq, w, s, z)
-  return out, s, z, m
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def bidirectional_core(static, xq, xk, v, keep, w):
-  return _bidir_forward(static, xq, xk, v, keep, w)[0]
+def query_core(static, xq, w, s, z):
+  """Bidirectional outputs of the queries against the summary `(S, z)`
+  (`summary_core`'s); backward, `_query_bwd_call`'s walk."""
+  return _attend_call(static, xq, w, s, z)
 
 
-def _bidir_core_fwd(static, xq, xk, v, keep, w):
-  out, s, z, m = _bidir_forward(static, xq, xk, v, keep, w)
-  return out, (xq, xk, v, keep, w, s, z, m)
+def _query_core_fwd(static, xq, w, s, z):
+  return _attend_call(static, xq, w, s, z), (xq, w, s, z)
 
 
-def _bidir_core_bwd(static, res, g_GLE):
-  xq, xk, v, keep, w, s, z, m = res
+def _query_core_bwd(static, res, g_GLE):
+  xq, w, s, z = res
   dxq, ds, dz = _query_bwd_call(static, xq, w, s, z, g_GLE)
-  dxk, dv = _key_bwd_call(static, xk, v, keep, w, m, ds, dz)
   like = lambda x: vma.like(x, xq)
-  return (like(dxq), like(dxk), like(dv), jnp.zeros_like(keep),
-          jnp.zeros_like(w))
+  return like(dxq), jnp.zeros_like(w), like(ds), like(dz)
 
 
-bidirectional_core.defvjp(_bidir_core_fwd, _bidir_core_bwd)
-
-
+query_core.defvjp(_query_core_fwd, _query_core_bwd)
 
 
 # ------------------------------------------------------------- summary

@@ -3,9 +3,9 @@
 One program per (batch, head) computes the features of C-token tiles on chip
 (pallas_tiles.py, in pallas_calls.py's kernels) and writes only outputs,
 states and cotangents: no `[B, H, L, F]` tensor reaches HBM. Causal stores
-each chunk's entry state and recomputes the features backward (on a GPU in
-several stretches side by side, `segments_for`); `summarize` gives a
-prefill its new decoding state the same way. "auto" picks these kernels
+each chunk's entry state and recomputes the features backward (on a GPU
+pallas_segments.py walks several stretches side by side); `summarize` gives
+a prefill its new decoding state the same way. "auto" picks these kernels
 where `preferred` says so. Backends: Mosaic TPU
 (on a chunk grid, pallas_tpu.py: any L); Triton on GPU
 (power-of-two C, F, D, Dv >= 16; deprecated as of JAX 0.11, but Mosaic
@@ -24,13 +24,9 @@ from performer_jax.attention import chunked
 from performer_jax.attention import fused
 from performer_jax.attention import pallas_calls as calls
 from performer_jax.attention import pallas_tiles as tiles
-from performer_jax.attention import summary
 from performer_jax.attention import vma
 
 KERNELS = ("softmax", "softmax_hyperbolic", "relu")
-# The shortest stretch `segments_for` splits a causal walk into, in chunks:
-# each stretch costs a key summary and a seed more.
-MIN_SEGMENT_CHUNKS = 8
 
 
 def platform() -> str:
@@ -125,20 +121,13 @@ def _keep(key_mask_BL, b, length, c):
 def causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array, v_BHLE: jax.Array,
            key_mask_BL: jax.Array | None, projection: jax.Array | None, *,
            kernel: str, chunk_size: int, seed: tuple | None = None,
-           dtype=jnp.float32, on: str | None = None,
-           segments: int = 1) -> jax.Array:
+           dtype=jnp.float32, on: str | None = None) -> jax.Array:
   """Normalized causal FAVOR+ on prepared inputs (layout.favor_inputs), as
   parallel.causal (same arguments and `seed`): float32 `[B, H, L, Dv]`.
-  `dtype`: the matmul operand dtype; `on`: the platform (default: here);
-  `segments`: P > 1 walks P stretches of whole chunks at once (`_segmented`,
-  the rule: `segments_for`)."""
+  `dtype`: the matmul operand dtype; `on`: the platform (default: here)."""
   b, h, length, d = x_q_BHLD.shape
   dv = v_BHLE.shape[-1]
-  c, n = chunked.num_chunks(length, chunk_size)[:2]
-  if min(segments, n) > 1:
-    return _segmented(x_q_BHLD, x_k_BHLD, v_BHLE, key_mask_BL, projection,
-                      kernel=kernel, c=c, seed=seed, dtype=dtype, on=on,
-                      segments=min(segments, n))
+  c = chunked.num_chunks(length, chunk_size)[0]
   cfg, w = _prepare(kernel, projection, d, dtype)
   f = w.shape[0]
   if seed is None:
@@ -151,7 +140,8 @@ def causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array, v_BHLE: jax.Array,
     # An empty seed (m0 = -inf) is ignored (summary.py).
     s0 = jnp.where(jnp.isfinite(m0)[..., None, None], s0, 0.0)
   xq, xk, v, keep, w, s_FE, z_1F, m_11 = vma.align(
-      _grouped(x_q_BHLD, c, dtype), _grouped(x_k_BHLD, c, dtype), _grouped(v_BHLE, c, dtype),
+      _grouped(x_q_BHLD, c, dtype), _grouped(x_k_BHLD, c, dtype),
+      _grouped(v_BHLE, c, dtype),
       _keep(key_mask_BL, b, length, c), jax.lax.stop_gradient(w),
       s0[..., :-1].reshape(b * h, f, dv), s0[..., -1].reshape(b * h, 1, f),
       m0.reshape(b * h, 1, 1))
@@ -159,63 +149,6 @@ def causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array, v_BHLE: jax.Array,
   out = calls.causal_core((cfg, c, h, on), xq, xk, v, keep, w, s_FE, z_1F,
                           jax.lax.stop_gradient(m_11))
   return out.reshape(b, h, -1, dv)[:, :, :length]
-
-
-def segments_for(groups: int, num_chunks: int, on: str | None = None) -> int:
-  """P for `causal`: on a GPU, enough segments that `groups` (B*H) times P
-  programs fill its SMs, each segment at least MIN_SEGMENT_CHUNKS chunks
-  long; 1 elsewhere (a TPU core walks its grid in order anyway)."""
-  if (on or platform()) != "gpu":
-    return 1
-  return max(1, min(-(-sm_count() // groups),
-                    num_chunks // MIN_SEGMENT_CHUNKS))
-
-
-def sm_count() -> int:
-  """The first GPU's streaming multiprocessors (132 on an H200); 0 when
-  there is none or it does not say."""
-  try:
-    return int(jax.devices("gpu")[0].core_count)
-  except (RuntimeError, AttributeError, TypeError, ValueError):
-    return 0
-
-
-def _segmented(x_q_BHLD, x_k_BHLD, v_BHLE, key_mask_BL, projection, *,
-               kernel, c, seed, dtype, on, segments):
-  """`causal` as P = `segments` shorter walks side by side: the key
-  summary of each stretch of whole chunks (`summarize`, one parallel
-  pass), their exclusive prefix from `seed` (summary.py, as sequence.py
-  folds devices), then one causal pass per stretch from its prefix, the P
-  stretches as extra batch rows. Same values; gradients flow through the
-  summaries and seeds."""
-  b, h, length, _ = x_q_BHLD.shape
-  p = segments
-  per = -(-chunked.num_chunks(length, c)[1] // p) * c  # tokens per stretch
-  pad = p * per - length
-
-  def split(x_BHLX):  # [B, H, L, X] -> [B*P, H, per, X]
-    x = chunked.pad_axis(x_BHLX, 2, pad)
-    x = x.reshape((b, h, p, per) + x.shape[3:])
-    return jnp.moveaxis(x, 2, 1).reshape((b * p, h, per) + x.shape[4:])
-
-  mask = None if key_mask_BL is None else chunked.pad_axis(
-      key_mask_BL, 1, pad).reshape(b * p, per)
-  xq, xk, v = split(x_q_BHLD), split(x_k_BHLD), split(v_BHLE)
-  m_X, s_XFE = summarize(xk, v, mask, projection, kernel=kernel,
-                         chunk_size=c, dtype=dtype, on=on)
-  f, e = s_XFE.shape[-2:]
-  m_BPH = None if m_X is None else m_X.reshape(b, p, h)
-  if seed is None:
-    seed = (None if m_X is None else jnp.full((b, h), -jnp.inf),
-            jnp.zeros((b, h, f, e), jnp.float32))
-  m_in, p_BPHFE = summary.exclusive_prefix(
-      m_BPH, s_XFE.reshape(b, p, h, f, e), seed, axis=1)
-  seeds = (None if m_in is None else m_in.reshape(b * p, h),
-           p_BPHFE.reshape(b * p, h, f, e))
-  out = causal(xq, xk, v, mask, projection, kernel=kernel, chunk_size=c,
-               seed=seeds, dtype=dtype, on=on)
-  out = jnp.moveaxis(out.reshape((b, p, h, per) + out.shape[3:]), 1, 2)
-  return out.reshape((b, h, p * per) + out.shape[4:])[:, :, :length]
 
 
 @functools.partial(jax.named_call, name="favor_bidirectional_pallas")
@@ -233,10 +166,30 @@ def bidirectional(x_q_BHLD: jax.Array, x_k_BHSD: jax.Array,
           chunked.num_chunks(s_len, chunk_size)[0])
   cfg, w = _prepare(kernel, projection, d, dtype)
   xq, xk, v, keep, w = vma.align(
-      _grouped(x_q_BHLD, c, dtype), _grouped(x_k_BHSD, c, dtype), _grouped(v_BHSE, c, dtype),
+      _grouped(x_q_BHLD, c, dtype), _grouped(x_k_BHSD, c, dtype),
+      _grouped(v_BHSE, c, dtype),
       _keep(key_mask_BS, b, s_len, c), jax.lax.stop_gradient(w))
-  out = calls.bidirectional_core((cfg, c, h, on or platform()), xq, xk, v,
-                                 keep, w)
+  static = (cfg, c, h, on or platform())
+  s_GFE, z_G1F, _ = calls.summary_core(static, xk, v, keep, w)
+  out = calls.query_core(static, xq, w, s_GFE, z_G1F)
+  return out.reshape(b, h, -1, dv)[:, :, :length]
+
+
+def attend(x_q_BHLD: jax.Array, sums_BHFE: jax.Array,
+           projection: jax.Array | None, *, kernel: str, chunk_size: int,
+           dtype=jnp.float32, on: str | None = None) -> jax.Array:
+  """Bidirectional FAVOR+ of the queries against a key summary's sums (as
+  `summarize` returns them): float32 `[B, H, L, Dv]`, differentiable in
+  both (the query-tile grid; backward, a walk over the query tiles)."""
+  b, h, length, d = x_q_BHLD.shape
+  f, dv = sums_BHFE.shape[-2], sums_BHFE.shape[-1] - 1
+  c = chunked.num_chunks(length, chunk_size)[0]
+  cfg, w = _prepare(kernel, projection, d, dtype)
+  xq, w, s_GFE, z_G1F = vma.align(
+      _grouped(x_q_BHLD, c, dtype), jax.lax.stop_gradient(w),
+      sums_BHFE[..., :-1].reshape(b * h, f, dv),
+      sums_BHFE[..., -1].reshape(b * h, 1, f))
+  out = calls.query_core((cfg, c, h, on or platform()), xq, w, s_GFE, z_G1F)
   return out.reshape(b, h, -1, dv)[:, :, :length]
 
 

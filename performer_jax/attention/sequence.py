@@ -67,20 +67,6 @@ def gather_summaries(m_BH: jax.Array | None, s_BHFE: jax.Array,
           packed_PBHFE[..., :-1, :])
 
 
-def fold_devices(m_PBH: jax.Array | None, s_PBHFE: jax.Array,
-                 visible_P: jax.Array) -> tuple:
-  """`(m, S)`: the summaries of the devices where `visible_P` is True, folded
-  with summary.py's operator (a P-term weighted sum, every weight <= 1)."""
-  vis_PBH = visible_P.reshape((-1,) + (1,) * (s_PBHFE.ndim - 3))
-  if m_PBH is None:
-    return None, jnp.sum(jnp.where(vis_PBH[..., None, None], s_PBHFE, 0.0),
-                         axis=0)
-  m_vis = jnp.where(vis_PBH, m_PBH, -jnp.inf)
-  m_BH = jnp.max(m_vis, axis=0)
-  w_PBH = jnp.exp(jnp.minimum(m_vis - chunked.finite_or_zero(m_BH), 0.0))
-  return m_BH, jnp.sum(w_PBH[..., None, None] * s_PBHFE, axis=0)
-
-
 def _device_summaries(x_k_BHSD, v_BHSE, key_mask_BS, proj, kernel, axis):
   keep_B1S = None if key_mask_BS is None else key_mask_BS[:, None]
   m_BH, s_BHFE = _local_summary(kernel, x_k_BHSD, v_BHSE, keep_B1S, proj)
@@ -97,7 +83,7 @@ def causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array, v_BHLE: jax.Array,
   m_PBH, s_PBHFE = _device_summaries(x_k_BHLD, v_BHLE, key_mask_BL,
                                      projection, kernel, axis)
   devices = jnp.arange(s_PBHFE.shape[0])
-  seed = fold_devices(m_PBH, s_PBHFE, devices < jax.lax.axis_index(axis))
+  seed = summary.fold(m_PBH, s_PBHFE, devices < jax.lax.axis_index(axis))
   return core(x_q_BHLD, x_k_BHLD, v_BHLE, key_mask_BL, projection,
               kernel=kernel, chunk_size=chunk_size, seed=seed)
 
@@ -110,7 +96,7 @@ def bidirectional(x_q_BHLD: jax.Array, x_k_BHSD: jax.Array,
   devices: float32 `[B, H, L/P, Dv]`."""
   m_PBH, s_PBHFE = _device_summaries(x_k_BHSD, v_BHSE, key_mask_BS,
                                      projection, kernel, axis)
-  _, s_BHFE = fold_devices(m_PBH, s_PBHFE,
+  _, s_BHFE = summary.fold(m_PBH, s_PBHFE,
                            jnp.ones(s_PBHFE.shape[0], bool))
   qf_BHLF, _ = feature_maps.resolve(kernel, projection)(x_q_BHLD)
   num_BHLE = jnp.einsum("bhlf,bhfe->bhle", qf_BHLF, s_BHFE)

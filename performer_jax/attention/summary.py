@@ -42,6 +42,22 @@ def combine(a: tuple, b: tuple) -> tuple:
              s_b * _scale(m_b, m)[..., None, None])
 
 
+def fold(m_PX: jax.Array | None, s_PXFE: jax.Array,
+         visible_P: jax.Array) -> tuple:
+  """`(m, S)`: the P summaries along the leading axis where `visible_P` is
+  True, folded with `combine`'s operator (a P-term weighted sum, every
+  weight <= 1): the summary of the devices before this one (sequence.py),
+  or of a sequence's stretches (pallas_segments.py)."""
+  vis_PX = visible_P.reshape((-1,) + (1,) * (s_PXFE.ndim - 3))
+  if m_PX is None:
+    return None, jnp.sum(jnp.where(vis_PX[..., None, None], s_PXFE, 0.0),
+                         axis=0)
+  m_vis = jnp.where(vis_PX, m_PX, -jnp.inf)
+  m_X = jnp.max(m_vis, axis=0)
+  w_PX = _scale(m_vis, m_X)
+  return m_X, jnp.sum(w_PX[..., None, None] * s_PXFE, axis=0)
+
+
 class _Weights(NamedTuple):
   """The inclusive prefix of N summaries E_n = (m_n, S_n) as a linear map of
   the S_n, in blocks of K: within block b, `P[b, i] = sum_j w[b, i, j]

@@ -25,6 +25,7 @@ from performer_jax.attention import feature_maps
 from performer_jax.attention import incremental
 from performer_jax.attention import layout
 from performer_jax.attention import pallas_favor
+from performer_jax.attention import pallas_segments
 from performer_jax.attention import pallas_tiles
 from performer_jax.attention import parallel
 from performer_jax.attention import summary
@@ -108,7 +109,8 @@ def test_seeded_causal_matches_parallel_and_no_future_leak(on, segments):
       return jnp.sum(jnp.sin(3.0 * out)), out
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True))
 
-  kernels = functools.partial(pallas_favor.causal, on=on, segments=segments)
+  kernels = functools.partial(pallas_segments.causal, on=on,
+                              segments=segments)
   want, want_out = run(parallel.causal)(x_q, x_k, x_v, s0)
   got, got_out = run(kernels)(x_q, x_k, x_v, s0)
   np.testing.assert_allclose(got_out, want_out, rtol=0, atol=1e-5)
@@ -149,19 +151,24 @@ def test_bf16_pass_stores_bf16_states_and_loses_nothing(monkeypatch, on):
     np.testing.assert_array_equal(g, w)
 
 
-def test_segmented_relu_walk_equals_one_walk():
-  # Three stretches of one chunk, no seed, no mask, ReLU features (no
-  # running max): values and gradients of the one-walk kernel.
-  q, k, v, _, _ = inputs.qkv(b=B, length=L, h=H, d=D, m=M, scale=1.5)
-  x_q, x_k, x_v = layout.favor_inputs(layout.flatten(q, k, v, None))
+@pytest.mark.parametrize("causal,kernel,masked", [
+    (True, "relu", False), (False, "softmax", True), (False, "relu", False)])
+def test_stretches_equal_one_walk(causal, kernel, masked):
+  # Three stretches of one chunk each (the last one padded): values and
+  # gradients of the one-walk kernels. Causal softmax with a seed and a
+  # mask: test_seeded_causal_matches_parallel_and_no_future_leak.
+  q, k, v, mask, proj = inputs.qkv(b=B, length=L, h=H, d=D, m=M, scale=1.5)
+  mask = mask if masked else None
+  proj = None if kernel == "relu" else proj
+  x = layout.favor_inputs(layout.flatten(q, k, v, mask))
+  fn = pallas_segments.causal if causal else pallas_segments.bidirectional
 
   def run(segments):
     def loss(*x):
-      out = pallas_favor.causal(*x, None, None, kernel="relu", chunk_size=C,
-                                segments=segments)
+      out = fn(*x, mask, proj, kernel=kernel, chunk_size=C,
+               segments=segments)
       return jnp.sum(jnp.sin(3.0 * out)), out
-    return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(
-        x_q, x_k, x_v)
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(*x)
   (want, want_out), (got, got_out) = run(1), run(3)
   np.testing.assert_allclose(got_out, want_out, rtol=0, atol=1e-5)
   for w, gt, name in zip(want, got, "qkv"):
@@ -170,21 +177,26 @@ def test_segmented_relu_walk_equals_one_walk():
                                err_msg=f"d{name}")
 
 
-def test_favor_attention_walks_the_segments_the_rule_gives(monkeypatch):
-  # What a GPU with many idle SMs gets (the rule faked to 2 stretches):
-  # the key-summary kernel runs too, and values and gradients still equal
-  # "autodiff".
-  calls = []
-  monkeypatch.setattr(pallas_favor, "segments_for",
-                      lambda *a: calls.append(a) or 2)
+@pytest.mark.parametrize("causal", [True, False])
+def test_favor_attention_walks_the_stretches_the_rule_gives(monkeypatch,
+                                                            causal):
+  # What a GPU with many idle SMs gets (the rule faked to 2 stretches): the
+  # stretches' key summaries (one walk needs none, causal, or folds none,
+  # bidirectional), and values and gradients still equal "autodiff".
+  rule, summaries = [], []
+  monkeypatch.setattr(pallas_segments, "segments_for",
+                      lambda *a: rule.append(a) or 2)
+  summarize = pallas_favor.summarize
+  monkeypatch.setattr(pallas_favor, "summarize",
+                      lambda *a, **k: summaries.append(a) or summarize(*a, **k))
   q, k, v, mask, proj = inputs.qkv(b=B, length=L, h=H, d=D, m=M, scale=1.5)
   g = jax.random.normal(jax.random.PRNGKey(5), v.shape)
-  fn = _out_and_grads("pallas", True, "softmax", mask, proj)
-  assert str(jax.make_jaxpr(fn)(q, k, v, g)).count("pallas_call") == 4
-  assert calls == [(B * H, 3)]  # B*H walks of 3 chunks (40 tokens, C 16)
-  want_out, want = _out_and_grads("autodiff", True, "softmax", mask, proj)(
+  got_out, got = _out_and_grads("pallas", causal, "softmax", mask, proj)(
       q, k, v, g)
-  got_out, got = fn(q, k, v, g)
+  assert rule == [(B * H, 3)]  # B*H walks of 3 chunks (40 tokens, C 16)
+  assert [a[0].shape for a in summaries] == [(B * 2, H, 2 * C, D)]
+  want_out, want = _out_and_grads("autodiff", causal, "softmax", mask, proj)(
+      q, k, v, g)
   np.testing.assert_allclose(got_out, want_out, rtol=0, atol=1e-5)
   for w, gt, name in zip(want, got, "qkv"):
     np.testing.assert_allclose(gt, w, rtol=0,
@@ -200,8 +212,8 @@ def test_segments_fill_the_gpu(monkeypatch, on, groups, chunks, want):
   # of at least MIN_SEGMENT_CHUNKS chunks each fill them.
   monkeypatch.setattr(jax, "devices",
                       lambda *_: [type("Device", (), {"core_count": 132})()])
-  assert pallas_favor.sm_count() == 132
-  assert pallas_favor.segments_for(groups, chunks, on) == want
+  assert pallas_segments.sm_count() == 132
+  assert pallas_segments.segments_for(groups, chunks, on) == want
 
 
 @pytest.mark.parametrize("kernel,on", [("softmax_hyperbolic", "interpret"),
@@ -365,19 +377,20 @@ def test_lowers_to_the_kernels_for_accelerators(platform):
     assert "stablehlo.exponential" not in text
 
 
-def test_segmented_walk_lowers_to_kernels_and_small_sums():
-  # GPU form with 4 stretches of 2 chunks: the key-summary and causal
-  # kernels, forward and backward; XLA keeps only the prefix over the
-  # [B, P, H, M, Dv+1] summaries, no tensor with a length axis (L = 128
-  # or a stretch of 32; M = 64 features, so neither size is a feature's).
+@pytest.mark.parametrize("causal", [True, False])
+def test_stretches_lower_to_kernels_and_small_sums(causal):
+  # GPU form with 4 stretches of 2 chunks: the key-summary kernel and the
+  # causal (or query) kernel, forward and backward; XLA keeps only the
+  # prefix (or fold) of the [B, P, H, M, Dv+1] summaries, no tensor with a
+  # length axis (L = 128 or a stretch of 32; M = 64 features).
   length, per = 128, 32
   spec = jax.ShapeDtypeStruct((1, 2, length, 16), jnp.float32)
   proj = jnp.ones((64, 16), jnp.float32)
+  fn = pallas_segments.causal if causal else pallas_segments.bidirectional
 
   def loss(q, k, v):
-    out = pallas_favor.causal(q, k, v, None, proj, kernel="softmax",
-                              chunk_size=16, dtype=jnp.bfloat16, on="gpu",
-                              segments=4)
+    out = fn(q, k, v, None, proj, kernel="softmax", chunk_size=16,
+             dtype=jnp.bfloat16, on="gpu", segments=4)
     return jnp.sum(out * out)
   text = export.export(jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))),
                        platforms=("cuda",), disabled_checks=[_TRITON])(
@@ -387,7 +400,7 @@ def test_segmented_walk_lowers_to_kernels_and_small_sums():
   math = [line for line in text.splitlines()
           if "stablehlo.dot_general" in line or
           "stablehlo.exponential" in line]
-  assert math  # the prefix's weights and weighted sums
+  assert math  # the prefix's (or fold's) weights and weighted sums
   for line in math:
     dims = {int(n) for n in re.findall(r"(\d+)x", line)}
     assert not dims & {length, per}, line

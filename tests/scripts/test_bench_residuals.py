@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from performer_jax.attention import pallas_favor
+from performer_jax.attention import pallas_segments
 from tests.helpers import inputs
 
 _PATH = os.path.join(inputs.REPO, "scripts", "bench_residuals.py")
@@ -26,7 +27,7 @@ def _bytes(res):
 def test_pallas_keeps_no_features_and_less_than_the_xla_paths(
     monkeypatch, causal):
   monkeypatch.setattr(pallas_favor, "platform", lambda: "gpu")
-  monkeypatch.setattr(pallas_favor, "segments_for", lambda *_: 1)
+  monkeypatch.setattr(pallas_segments, "segments_for", lambda *_: 1)
   kept = bench.residuals(L, causal, "pallas")
   g = bench.BATCH * bench.HEADS
   # Nothing with a length axis and a feature axis ([.., L, F]).
