@@ -81,7 +81,8 @@ def supports(kernel, length: int, head_dim: int, value_dim: int,
     return False
   c, n = chunked.num_chunks(length, chunk_size)[:2]
   if on == "gpu":
-    return _triton() and all(_pow2(n) for n in (c, head_dim, value_dim, num_features))
+    return _triton() and all(_pow2(n) for n in (c, head_dim, value_dim,
+                                                num_features))
   if on == "tpu":  # chunk blocks (pallas_tpu.py): Mosaic tiles rows by 8
     return c % 8 == 0 or n == 1
   return on in ("interpret", "tpu_interpret")
@@ -104,7 +105,8 @@ def _prepare(kernel, projection, head_dim, dtype):
 
 
 def _grouped(x_BHLX, c, dtype=jnp.float32):
-  """`[B, H, L, X]` -> `[B*H, N*C, X]` in `dtype`, zero-padded to whole tiles."""
+  """`[B, H, L, X]` -> `[B*H, N*C, X]` in `dtype`, zero-padded to whole
+  tiles."""
   b, h, length = x_BHLX.shape[:3]
   pad = chunked.num_chunks(length, c)[2]
   return chunked.pad_axis(x_BHLX.astype(dtype), 2, pad).reshape(

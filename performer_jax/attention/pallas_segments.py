@@ -51,13 +51,16 @@ def segments_for(groups: int, num_chunks: int, on: str | None = None) -> int:
 
 
 class _Split:
-  """`[B, H, L, X]` <-> `[B*P, H, per, X]`: P stretches of `per` tokens
-  (whole chunks of c), the last zero-padded."""
+  """`[B, H, L, X]` <-> `[B*P, H, per, X]`: at most `p` stretches of `per`
+  tokens (whole chunks of c, as even as they come), the last zero-padded;
+  `self.p` is how many (never an empty one)."""
 
   def __init__(self, b: int, length: int, c: int, p: int):
-    self.b, self.length, self.p = b, length, p
-    self.per = -(-chunked.num_chunks(length, c)[1] // p) * c
-    self.pad = p * self.per - length
+    n = chunked.num_chunks(length, c)[1]
+    per_chunks = -(-n // p)
+    self.b, self.length, self.p = b, length, -(-n // per_chunks)
+    self.per = per_chunks * c
+    self.pad = self.p * self.per - length
 
   def __call__(self, x_BHLX):
     b, p, per = self.b, self.p, self.per
@@ -103,12 +106,12 @@ def causal(x_q_BHLD, x_k_BHLD, v_BHLE, key_mask_BL, projection, *,
            segments: int = 1) -> jax.Array:
   """`pallas_favor.causal` (same arguments) in `segments` stretches."""
   b, h, length, _ = x_q_BHLD.shape
-  c, n = chunked.num_chunks(length, chunk_size)[:2]
+  c = chunked.num_chunks(length, chunk_size)[0]
   kw = {"kernel": kernel, "chunk_size": c, "dtype": dtype, "on": on}
-  if min(segments, n) <= 1:
+  split = _Split(b, length, c, segments)
+  if split.p <= 1:
     return pallas_favor.causal(x_q_BHLD, x_k_BHLD, v_BHLE, key_mask_BL,
                                projection, seed=seed, **kw)
-  split = _Split(b, length, c, min(segments, n))
   m_BPH, s_BPHFE = _stretch_summaries(split, x_k_BHLD, v_BHLE, key_mask_BL,
                                       projection, kw)
   if seed is None:
@@ -134,17 +137,17 @@ def bidirectional(x_q_BHLD, x_k_BHSD, v_BHSE, key_mask_BS, projection, *,
   c = min(chunked.num_chunks(length, chunk_size)[0],
           chunked.num_chunks(s_len, chunk_size)[0])
   kw = {"kernel": kernel, "chunk_size": c, "dtype": dtype, "on": on}
-  p = min(segments, chunked.num_chunks(length, c)[1],
-          chunked.num_chunks(s_len, c)[1])
-  if p <= 1:
+  keys = _Split(b, s_len, c, segments)
+  queries = _Split(b, length, c, segments)
+  if max(keys.p, queries.p) <= 1:
     return pallas_favor.bidirectional(x_q_BHLD, x_k_BHSD, v_BHSE,
                                       key_mask_BS, projection, **kw)
-  m_BPH, s_BPHFE = _stretch_summaries(_Split(b, s_len, c, p), x_k_BHSD,
-                                      v_BHSE, key_mask_BS, projection, kw)
+  m_BPH, s_BPHFE = _stretch_summaries(keys, x_k_BHSD, v_BHSE, key_mask_BS,
+                                      projection, kw)
   _, sums_BHFE = summary.fold(
       None if m_BPH is None else jnp.moveaxis(m_BPH, 1, 0),
-      jnp.moveaxis(s_BPHFE, 1, 0), jnp.ones((p,), bool))
-  split = _Split(b, length, c, p)
-  sums_XHFE = jnp.repeat(sums_BHFE, p, axis=0)  # row b*P + i: batch b
-  out = pallas_favor.attend(split(x_q_BHLD), sums_XHFE, projection, **kw)
-  return split.undo(out)
+      jnp.moveaxis(s_BPHFE, 1, 0), jnp.ones((keys.p,), bool))
+  # Row b*P + i of the queries' stretches belongs to batch row b.
+  sums_XHFE = jnp.repeat(sums_BHFE, queries.p, axis=0)
+  out = pallas_favor.attend(queries(x_q_BHLD), sums_XHFE, projection, **kw)
+  return queries.undo(out)

@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from performer_jax.attention import chunked
 from performer_jax.attention import feature_maps
 from performer_jax.attention import layout
 from performer_jax.attention import summary
