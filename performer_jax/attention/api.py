@@ -268,7 +268,7 @@ def pallas_function(kernel, proj, shape_BHLD, kv_len, value_dim, chunk_size,
   feature_dim = chunked.feature_dim(kernel, proj, shape_BHLD[-1])
   length = min(shape_BHLD[2], kv_len)
   if not pallas_favor.supports(kernel, length, shape_BHLD[-1], value_dim,
-                               feature_dim, chunk_size):
+                               feature_dim, chunk_size, dtype=dtype):
     return None
   segments = pallas_segments.segments_for(
       shape_BHLD[0] * shape_BHLD[1], chunked.num_chunks(length, chunk_size)[1])

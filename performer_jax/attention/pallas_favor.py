@@ -74,8 +74,9 @@ def _pow2(n: int) -> bool:
 
 def supports(kernel, length: int, head_dim: int, value_dim: int,
              num_features: int, chunk_size: int,
-             on: str | None = None) -> bool:
-  """Whether the kernel serves this call on platform `on` (default: here)."""
+             on: str | None = None, dtype=jnp.float32) -> bool:
+  """Whether the kernel serves this call on platform `on` (default: here)
+  for inputs of `dtype`."""
   on = on or platform()
   if not isinstance(kernel, str) or kernel not in KERNELS:
     return False
@@ -84,7 +85,9 @@ def supports(kernel, length: int, head_dim: int, value_dim: int,
     return _triton() and all(_pow2(n) for n in (c, head_dim, value_dim,
                                                 num_features))
   if on == "tpu":  # chunk blocks (pallas_tpu.py): Mosaic tiles rows by 8
-    return c % 8 == 0 or n == 1
+    # (32-bit) or 16 (bf16: two rows to a sublane)
+    rows = 8 * 4 // jnp.dtype(matmul_dtype(dtype)).itemsize
+    return c % rows == 0 or n == 1
   return on in ("interpret", "tpu_interpret")
 
 

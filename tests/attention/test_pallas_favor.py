@@ -441,6 +441,11 @@ def test_auto_rule(monkeypatch, backend, capability, chosen):
   # TPU: chunk blocks on a grid (any L), rows in multiples of 8.
   assert pallas_favor.supports("softmax", 65536, 64, 64, 256, 64, "tpu")
   assert not pallas_favor.supports("softmax", 65536, 64, 64, 256, 12, "tpu")
+  assert pallas_favor.supports("softmax", 65536, 64, 64, 256, 8, "tpu")
+  assert not pallas_favor.supports("softmax", 65536, 64, 64, 256, 8, "tpu",
+                                   dtype=jnp.bfloat16)
+  assert pallas_favor.supports("softmax", 65536, 64, 64, 256, 16, "tpu",
+                               dtype=jnp.bfloat16)
 
 
 def test_unserved_kernel_falls_back():
