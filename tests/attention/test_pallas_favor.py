@@ -295,10 +295,13 @@ def test_tpu_grid_kernels_equal_the_whole_sequence_ones(kernel):
                                  atol=1e-2 * float(np.max(np.abs(w))))
 
 
-def test_prefill_runs_the_kernels_and_differentiates():
+@pytest.mark.parametrize("segments", [1, 2])
+def test_prefill_runs_the_kernels_and_differentiates(monkeypatch, segments):
   # favor_extend's "pallas": a causal kernel for the outputs and a summary
   # kernel for the new state, from a continued state; gradients through
-  # both equal "slim"'s.
+  # both equal "slim"'s. Two stretches, as a GPU's prefill: two kernels
+  # more (the stretches' summaries, and backward their key-tile grid).
+  monkeypatch.setattr(pallas_segments, "segments_for", lambda *_: segments)
   q, k, v, _, proj = inputs.qkv(b=B, length=L, h=H, d=D, m=M, scale=1.5)
   r = jax.random.split(jax.random.PRNGKey(4), 2)
   state = {"sums": jax.random.uniform(r[0], (B, H, M, D + 1)),
@@ -315,7 +318,8 @@ def test_prefill_runs_the_kernels_and_differentiates():
   program = str(jax.make_jaxpr(jax.grad(loss("pallas"), argnums=(0, 1, 2,
                                                                 3)))(
       q, k, v, state["sums"]))
-  assert program.count("pallas_call") == 4, "fwd and bwd of both kernels"
+  assert program.count("pallas_call") == 4 + 2 * (segments > 1), (
+      "fwd and bwd of both kernels")
   want = jax.jit(jax.value_and_grad(loss("slim"), argnums=(0, 1, 2, 3)))(
       q, k, v, state["sums"])
   got = jax.jit(jax.value_and_grad(loss("pallas"), argnums=(0, 1, 2, 3)))(

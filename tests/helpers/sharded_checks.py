@@ -21,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 from performer_jax import attention
 from performer_jax.attention import cpu_kernel
+from performer_jax.attention import pallas_segments
 from tests.helpers import multidevice
 
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -114,8 +115,21 @@ SQ, SK, SV, SMASK, SPROJ = qkv(b=2, length=32, seed=1)
 SMASK = SMASK.at[1, :12].set(False).at[1, 12].set(True)
 
 
+def _in_stretches(fn, segments):
+  """`fn` tracing "pallas" in `segments` stretches (a GPU's form,
+  pallas_segments.py), whatever this platform's rule says."""
+  def traced(*args, **kw):
+    rule = pallas_segments.segments_for
+    pallas_segments.segments_for = lambda *_: segments
+    try:
+      return fn(*args, **kw)
+    finally:
+      pallas_segments.segments_for = rule
+  return traced
+
+
 def sequence_case(kind, causal, mesh_name, *, impl="auto", kernel="softmax",
-                  masked=True, kv_len=None):
+                  masked=True, kv_len=None, segments=None):
   """Jitted `(q, k, v) -> ((out, grads) unsharded, (out, grads) with the
   length sharded over "seq")`."""
   mask = SMASK if masked else None
@@ -126,6 +140,8 @@ def sequence_case(kind, causal, mesh_name, *, impl="auto", kernel="softmax",
     fn = functools.partial(attention.favor_attention, projection=proj,
                            kernel=kernel, causal=causal, chunk_size=3,
                            implementation=impl)
+    if segments:
+      fn = _in_stretches(fn, segments)
   else:
     fn = functools.partial({"softmax": attention.softmax_attention,
                             "l2": attention.l2_attention}[kind],
@@ -145,6 +161,9 @@ SEQUENCE_CASES = {
         kind="favor", causal=True, mesh_name="data2_seq4", impl="parallel"),
     "favor/causal/pallas/seq8": dict(
         kind="favor", causal=True, mesh_name="seq8", impl="pallas"),
+    "favor/causal/pallas_stretches/data2_seq4": dict(
+        kind="favor", causal=True, mesh_name="data2_seq4", impl="pallas",
+        segments=2),
     "favor/causal/slim_hyperbolic/seq8": dict(
         kind="favor", causal=True, mesh_name="seq8", impl="slim",
         kernel="softmax_hyperbolic"),
