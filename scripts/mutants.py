@@ -72,6 +72,25 @@ MUTANTS = {
         "  return wo(nn.gelu(wi(x_BLD)))",
         "  return wo(nn.relu(wi(x_BLD)))",
         ("tests/linen/test_transformer_reference.py",)),
+    # A GPU's stretches start from the seed alone, not from the summaries
+    # of the stretches before them.
+    "stretches_drop_their_seeds": Mutant(
+        "performer_jax/attention/pallas_segments.py",
+        "      seed=(flat(m_in_BPH), flat(p_BPHFE)), **kw)",
+        "      seed=seed, **kw)",
+        ("tests/attention/test_pallas_favor.py", "-k", "stretches")),
+    # The zero padding of the last stretch counts as keys.
+    "stretch_padding_counted": Mutant(
+        "performer_jax/attention/pallas_segments.py",
+        "    if key_mask_BL is None and not self.pad:",
+        "    if key_mask_BL is None:",
+        ("tests/attention/test_pallas_favor.py", "-k", "stretches")),
+    # "auto" never runs the Pallas kernels.
+    "auto_never_pallas": Mutant(
+        "performer_jax/attention/api.py",
+        "    if pallas_favor.preferred(kernel):",
+        "    if False:",
+        ("tests/attention/test_pallas_favor.py", "-k", "auto_rule")),
 }
 
 
