@@ -33,16 +33,21 @@ from performer_jax.schemas import ModelConfig
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 CASES = (("softmax", "auto"), ("favor", "parallel"), ("favor", "slim"),
-         ("favor", "autodiff"), ("favor", "pallas"))
+         ("favor", "autodiff"), ("favor", "pallas"),
+         ("softmax", "auto", "bfloat16"), ("favor", "pallas", "bfloat16"))
 BATCH, VOCAB = 8, 256
 
 
-def lower(kind: str, implementation: str, length: int, platform: str):
-  """The lowered `grad(loss)` of the benchmark model at `length`."""
+def lower(kind: str, implementation: str, length: int, platform: str,
+          dtype: str = "float32"):
+  """The lowered `grad(loss)` of the benchmark model at `length`, computing
+  in `dtype` (a GPU's "pallas" serves bf16 only: float32 runs
+  "parallel")."""
   attention = AttentionConfig(kind=kind, num_features=256, chunk_size=64,
                               implementation=implementation)
   config = ModelConfig(num_layers=4, num_heads=4, emb_dim=256, mlp_dim=1024,
-                       max_len=length, dropout_rate=0.1, attention=attention)
+                       max_len=length, dropout_rate=0.1, attention=attention,
+                       dtype=dtype)
   model = pnn.make_model(config, vocab_size=VOCAB, causal=True)
   tokens = jax.ShapeDtypeStruct((BATCH, length), jnp.int32)
   rngs = {"params": jax.random.PRNGKey(0),
@@ -83,15 +88,16 @@ def main() -> None:
         f"{' compile s |' if local else ''}")
   print(f"|---|---|---|---|---|{'---|' if local else ''}")
   for length in (int(x) for x in args.lengths.split(",")):
-    for kind, implementation in CASES:
+    for kind, implementation, *dtype in CASES:
       start = time.perf_counter()
-      lowered = lower(kind, implementation, length, args.platform)
+      lowered = lower(kind, implementation, length, args.platform, *dtype)
       lower_s = time.perf_counter() - start
       ops = collections.Counter(re.findall(r"= \"?([a-z_]+\.[a-z_]+)",
                                            lowered.as_text()))
       top = ", ".join(f"{name.split('.')[1]} {n}"
                       for name, n in ops.most_common(3))
-      row = (f"| {length:,} | {kind} {implementation} | "
+      row = (f"| {length:,} | {kind} {implementation} "
+             f"{''.join(dtype) or 'float32'} | "
              f"{sum(ops.values()):,} | {top} | {lower_s:.1f} |")
       if local:
         start = time.perf_counter()

@@ -50,6 +50,7 @@ def bench_config(kind, seq_len, args):
   config.model.attention.chunk_size = args.chunk_size
   config.model.attention.redraw_every = 0
   config.model.remat = args.remat
+  config.model.dtype = args.dtype
   config.model_api = args.model_api
   if args.microbatch_tokens:
     # Same batch and update; sequential slices of a fixed token count, so
@@ -117,6 +118,9 @@ def main():
   parser.add_argument("--microbatch_tokens", type=int, default=0,
                       help="split each batch into sequential microbatches of "
                       "this many tokens (gradient accumulation; 0: off)")
+  parser.add_argument("--dtype", default="float32",
+                      help="the model's compute dtype (bfloat16: a GPU's "
+                      "FAVOR+ runs the Pallas kernels)")
   parser.add_argument("--model_api", default="linen",
                       help="linen, nnx, or both (linen,nnx): one row each")
   parser.add_argument("--no-tcmalloc", action="store_true",
@@ -137,7 +141,7 @@ def main():
         f"mlp 1024, vocab 256, "
         f"{'causal' if args.causal else 'bidirectional'}, favor features "
         f"{args.num_features}, chunk {args.chunk_size}, "
-        f"{'remat, ' if args.remat else ''}"
+        f"{'remat, ' if args.remat else ''}{args.dtype}, "
         f"{f'microbatches of {args.microbatch_tokens} tokens, ' if args.microbatch_tokens else ''}"
         f"{os.cpu_count()} CPU cores")
   header = (f"{'kind':8} {'L':>6} {'tokens/s':>10} {'ms/step':>9} "

@@ -129,13 +129,15 @@ def run_table(lengths, repeats: int, chunk: int = 64) -> None:
 
 def train_step_compile(length: int) -> None:
   """Prints `scripts/bench_train.py`'s table (4 layers, d 256, batch 8,
-  causal) for softmax and FAVOR+ ("auto") at `length`: its compile column
-  is the train step's compile time. Each row runs in its own process, which
-  must not take the device's memory up front."""
+  causal, bf16: a GPU's FAVOR+ "auto" runs the kernels) for softmax and
+  FAVOR+ at `length`: its compile column is the train step's compile time.
+  Each row runs in its own process, which must not take the device's memory
+  up front."""
   env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
   proc = subprocess.run(
       [sys.executable, _TRAIN_SCRIPT, "--lengths", str(length), "--kinds",
-       "softmax,favor", "--steps", "2", "--no-tcmalloc"],
+       "softmax,favor", "--steps", "2", "--dtype", "bfloat16",
+       "--no-tcmalloc"],
       capture_output=True, text=True, env=env, check=False)
   print(f"\ntrain step, L={length} (scripts/bench_train.py):")
   print(proc.stdout.rstrip() or f"failed: {proc.stderr.strip()[-300:]}",

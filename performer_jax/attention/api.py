@@ -176,8 +176,10 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
       "pallas": Pallas kernels (pallas_favor.py), features computed on chip
         and never stored, matmuls in the input dtype with float32
         accumulation; kernels "softmax", "softmax_hyperbolic" and "relu"
-        (others, and shapes a backend cannot tile, run "auto"'s choice);
-        interpret mode on the CPU, for tests.
+        (others, and shapes a backend cannot tile, run "auto"'s choice;
+        on a GPU: bf16 or f16 inputs, tiles of at most 8192 / F of the
+        `chunk_size` rows, `pallas_favor.supports`); interpret mode on the
+        CPU, for tests.
       "autodiff": plain autodiff of the reference (every kernel), storing
         every feature tensor.
       Bidirectional "kernel" and "parallel" run as "slim".
@@ -251,7 +253,7 @@ def favor_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     out_BHLD = sequence.bidirectional(*args, kernel=kernel,
                                       axis=sequence_axis)
   elif pallas_fn is not None:
-    out_BHLD = pallas_fn(*args, kernel=kernel)
+    out_BHLD = pallas_fn(*args, kernel=kernel, chunk_size=int(chunk_size))
   elif implementation != "autodiff" and kernel in fused.FUSED_KERNELS:
     out_BHLD = fused.bidirectional(*args, kernel=kernel)
   else:
@@ -263,17 +265,19 @@ def pallas_function(kernel, proj, shape_BHLD, kv_len, value_dim, chunk_size,
                     causal, dtype):
   """The Pallas causal or bidirectional function (pallas_segments.py) with
   its matmul dtype (`pallas_favor.matmul_dtype` of the inputs' dtype) and
-  stretches (`pallas_segments.segments_for`) bound, or None where it does
-  not serve the call."""
+  stretches (`pallas_segments.segments_for`, counted in the tiles it runs,
+  `pallas_favor.tile_rows`) bound, or None where it does not serve the
+  call; it takes `chunk_size` as the other implementations do."""
   feature_dim = chunked.feature_dim(kernel, proj, shape_BHLD[-1])
   length = min(shape_BHLD[2], kv_len)
+  tile = pallas_favor.tile_rows(chunk_size, feature_dim)
   if not pallas_favor.supports(kernel, length, shape_BHLD[-1], value_dim,
-                               feature_dim, chunk_size, dtype=dtype):
+                               feature_dim, tile, dtype=dtype):
     return None
   segments = pallas_segments.segments_for(
-      shape_BHLD[0] * shape_BHLD[1], chunked.num_chunks(length, chunk_size)[1])
+      shape_BHLD[0] * shape_BHLD[1], chunked.num_chunks(length, tile)[1])
   fn = pallas_segments.causal if causal else pallas_segments.bidirectional
-  return functools.partial(fn, chunk_size=chunk_size, segments=segments,
+  return functools.partial(fn, segments=segments,
                            dtype=pallas_favor.matmul_dtype(dtype))
 
 

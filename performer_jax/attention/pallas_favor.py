@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from performer_jax.attention import chunked
 from performer_jax.attention import fused
 from performer_jax.attention import pallas_calls as calls
+from performer_jax.attention import pallas_launch as launch
 from performer_jax.attention import pallas_tiles as tiles
 from performer_jax.attention import vma
 
@@ -81,14 +82,29 @@ def supports(kernel, length: int, head_dim: int, value_dim: int,
   if not isinstance(kernel, str) or kernel not in KERNELS:
     return False
   c, n = chunked.num_chunks(length, chunk_size)[:2]
-  if on == "gpu":
-    return _triton() and all(_pow2(n) for n in (c, head_dim, value_dim,
-                                                num_features))
+  if on == "gpu":  # bf16/f16 on tensor cores; float32 spills and overflows
+    fits = (num_features * (head_dim + value_dim) <=
+            launch.GPU_SUMMARY_ELEMENTS)
+    return (_triton() and fits and
+            jnp.dtype(matmul_dtype(dtype)).itemsize == 2 and
+            all(_pow2(n) for n in (c, head_dim, value_dim, num_features)))
   if on == "tpu":  # chunk blocks (pallas_tpu.py): Mosaic tiles rows by 8
     # (32-bit) or 16 (bf16: two rows to a sublane)
     rows = 8 * 4 // jnp.dtype(matmul_dtype(dtype)).itemsize
     return c % rows == 0 or n == 1
   return on in ("interpret", "tpu_interpret")
+
+
+def tile_rows(chunk_size: int, num_features: int,
+              on: str | None = None) -> int:
+  """The tile the kernels run for `chunk_size` on platform `on`: on a GPU
+  at most `GPU_TILE_ELEMENTS / F` rows (and 16 at least), so that a tile's
+  features fit in registers; elsewhere `chunk_size`. Values are the same
+  for any tile (rounding aside)."""
+  if (on or platform()) != "gpu":
+    return chunk_size
+  cap = max(16, launch.GPU_TILE_ELEMENTS // max(num_features, 1))
+  return min(chunk_size, 1 << (cap.bit_length() - 1))
 
 
 def matmul_dtype(dtype):

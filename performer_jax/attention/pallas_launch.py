@@ -10,6 +10,21 @@ from jax.experimental import pallas as pl
 
 from performer_jax.attention import vma
 
+# Triton launch options of every GPU kernel. A tile holds `[C, F]` float32
+# features, the `[F, Dv]` state and their cotangents in registers: with 4
+# warps ptxas cannot allocate the causal backward at C=64, F=256 (sm_90),
+# and 2 stages need more shared memory than the 227 KiB a block may have
+# (scripts/triton_check.py compiles them without a GPU).
+GPU_OPTIONS = {"num_warps": 8, "num_stages": 1}
+# The largest `C * F` of a GPU tile (pallas_favor.tile_rows): 32 registers
+# a thread for one `[C, F]` float32 tile at 8 warps.
+GPU_TILE_ELEMENTS = 8192
+# The largest `F * (D + Dv)` a GPU serves (pallas_favor.supports): the
+# projection and the summary are staged in shared memory for their
+# products, and past this the query backward needs more than 227 KiB
+# whatever the tile (D128 m256: 287 KiB; D128 m128 and D32 m512 fit).
+GPU_SUMMARY_ELEMENTS = 32768
+
 
 def call(body, *, grid, in_specs, out_specs, out_shape, on,
          sequential: int = 0, scratch_shapes=()):
@@ -20,8 +35,7 @@ def call(body, *, grid, in_specs, out_specs, out_shape, on,
   kw = {"scratch_shapes": tuple(scratch_shapes)}
   if on == "gpu":
     from jax.experimental.pallas import triton as pltriton
-    kw["compiler_params"] = pltriton.CompilerParams(num_warps=4,
-                                                    num_stages=2)
+    kw["compiler_params"] = pltriton.CompilerParams(**GPU_OPTIONS)
   elif on == "tpu":
     from jax.experimental.pallas import tpu as pltpu
     kw["compiler_params"] = pltpu.CompilerParams(

@@ -50,6 +50,11 @@ def segments_for(groups: int, num_chunks: int, on: str | None = None) -> int:
                     num_chunks // MIN_SEGMENT_CHUNKS))
 
 
+def _tile(chunk_size, kernel, projection, head_dim, on):
+  return pallas_favor.tile_rows(
+      chunk_size, chunked.feature_dim(kernel, projection, head_dim), on)
+
+
 class _Split:
   """`[B, H, L, X]` <-> `[B*P, H, per, X]`: at most `p` stretches of `per`
   tokens (whole chunks of c, as even as they come), the last zero-padded;
@@ -104,9 +109,11 @@ def causal(x_q_BHLD, x_k_BHLD, v_BHLE, key_mask_BL, projection, *,
            kernel: str, chunk_size: int, seed: tuple | None = None,
            dtype=jnp.float32, on: str | None = None,
            segments: int = 1) -> jax.Array:
-  """`pallas_favor.causal` (same arguments) in `segments` stretches."""
-  b, h, length, _ = x_q_BHLD.shape
-  c = chunked.num_chunks(length, chunk_size)[0]
+  """`pallas_favor.causal` (same arguments) in `segments` stretches, with
+  tiles of `pallas_favor.tile_rows(chunk_size)`."""
+  b, h, length, d = x_q_BHLD.shape
+  c = chunked.num_chunks(length, _tile(chunk_size, kernel, projection, d,
+                                       on))[0]
   kw = {"kernel": kernel, "chunk_size": c, "dtype": dtype, "on": on}
   split = _Split(b, length, c, segments)
   if split.p <= 1:
@@ -131,11 +138,12 @@ def bidirectional(x_q_BHLD, x_k_BHSD, v_BHSE, key_mask_BS, projection, *,
                   kernel: str, chunk_size: int, dtype=jnp.float32,
                   on: str | None = None, segments: int = 1) -> jax.Array:
   """`pallas_favor.bidirectional` (same arguments) in `segments` stretches
-  of keys and of queries."""
-  b, h, length, _ = x_q_BHLD.shape
+  of keys and of queries, with tiles of `pallas_favor.tile_rows`."""
+  b, h, length, d = x_q_BHLD.shape
   s_len = x_k_BHSD.shape[2]
-  c = min(chunked.num_chunks(length, chunk_size)[0],
-          chunked.num_chunks(s_len, chunk_size)[0])
+  tile = _tile(chunk_size, kernel, projection, d, on)
+  c = min(chunked.num_chunks(length, tile)[0],
+          chunked.num_chunks(s_len, tile)[0])
   kw = {"kernel": kernel, "chunk_size": c, "dtype": dtype, "on": on}
   keys = _Split(b, s_len, c, segments)
   queries = _Split(b, length, c, segments)

@@ -207,6 +207,27 @@ def test_favor_attention_walks_the_stretches_the_rule_gives(monkeypatch,
                                err_msg=f"d{name}")
 
 
+def test_gpu_tiles_keep_a_tiles_features_in_registers():
+  # C * F <= 8192 on a GPU (scripts/triton_check.py: at C = 64, F = 256
+  # ptxas could not allocate the causal backward); elsewhere C as asked.
+  assert pallas_favor.tile_rows(64, 256, "gpu") == 32
+  assert pallas_favor.tile_rows(64, 128, "gpu") == 64
+  assert pallas_favor.tile_rows(64, 512, "gpu") == 16
+  assert pallas_favor.tile_rows(16, 2048, "gpu") == 16
+  assert pallas_favor.tile_rows(64, 256, "tpu") == 64
+  assert pallas_favor.tile_rows(64, 256, "interpret") == 64
+  # The GPU's causal pass at chunk_size 64 and F = 256 stores the entry
+  # states of 32-row chunks: 4 of them for 128 tokens.
+  x = jax.ShapeDtypeStruct((1, 1, 128, 16), jnp.bfloat16)
+  proj = jnp.ones((256, 16), jnp.float32)
+  states = jax.eval_shape(lambda q, k, v: jax.vjp(
+      lambda *a: pallas_segments.causal(*a, None, proj, kernel="softmax",
+                                        chunk_size=64, dtype=jnp.bfloat16,
+                                        on="gpu"), q, k, v)[1], x, x, x)
+  kept = [r.shape for r in jax.tree.leaves(states) if r.ndim == 4]
+  assert (1, 4, 256, 16) in kept, kept
+
+
 @pytest.mark.parametrize("on,groups,chunks,want", [
     ("gpu", 32, 64, 5), ("gpu", 32, 16, 2), ("gpu", 32, 7, 1),
     ("gpu", 256, 64, 1), ("tpu", 1, 1024, 1), ("interpret", 1, 1024, 1)])
@@ -450,11 +471,16 @@ def test_auto_rule(monkeypatch, backend, capability, chosen):
           "parallel")
   assert api.resolve_implementation("pallas", "softmax", True) == "pallas"
   # Power-of-two tiles of at least 16 only (and the Triton backend).
-  assert pallas_favor.supports("softmax", 4096, 64, 64, 256, 64, "gpu") == (
-      pltriton is not None)
-  assert not pallas_favor.supports("softmax", 4096, 8, 64, 256, 64, "gpu")
-  assert not pallas_favor.supports("softmax_trig", 4096, 64, 64, 256, 64,
-                                   "gpu")
+  gpu = functools.partial(pallas_favor.supports, on="gpu",
+                          dtype=jnp.bfloat16)
+  assert gpu("softmax", 4096, 64, 64, 256, 64) == (pltriton is not None)
+  # float32 takes no tensor cores (and spills): "parallel" runs instead.
+  assert not pallas_favor.supports("softmax", 4096, 64, 64, 256, 64, "gpu")
+  # F (D + Dv) past 32768 needs more shared memory than a block has.
+  assert not gpu("softmax", 4096, 128, 128, 256, 64)
+  assert gpu("softmax", 4096, 128, 128, 128, 64) == (pltriton is not None)
+  assert not gpu("softmax", 4096, 8, 64, 256, 64)
+  assert not gpu("softmax_trig", 4096, 64, 64, 256, 64)
   # TPU: chunk blocks on a grid (any L), rows in multiples of 8.
   assert pallas_favor.supports("softmax", 65536, 64, 64, 256, 64, "tpu")
   assert not pallas_favor.supports("softmax", 65536, 64, 64, 256, 12, "tpu")

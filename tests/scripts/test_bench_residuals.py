@@ -1,5 +1,5 @@
 """`scripts/bench_residuals.py` counts what the backward keeps: for the GPU's
-"pallas" no feature tensor and states in bf16, less than "parallel"."""
+"pallas" no feature tensor and states in bf16, less than the XLA paths."""
 
 import importlib.util
 import os
@@ -24,7 +24,7 @@ def _bytes(res):
 
 
 @pytest.mark.skipif(not pallas_favor.supports("softmax", L, 64, 64, 256, 64,
-                                              "gpu"),
+                                              "gpu", dtype=jnp.bfloat16),
                     reason="this JAX has no Pallas Triton backend")
 @pytest.mark.parametrize("causal", [True, False])
 def test_pallas_keeps_no_features_and_less_than_the_xla_paths(
@@ -36,8 +36,11 @@ def test_pallas_keeps_no_features_and_less_than_the_xla_paths(
   # Nothing with a length axis and a feature axis ([.., L, F]).
   assert not [r.shape for r in kept if L in r.shape and
               bench.FEATURES in r.shape]
-  states = [r for r in kept if r.shape == (g, L // bench.CHUNK,
-                                           bench.FEATURES, bench.HEAD_DIM)]
+  tile = pallas_favor.tile_rows(bench.CHUNK, bench.FEATURES, "gpu")
+  states = [r for r in kept if r.shape == (g, L // tile, bench.FEATURES,
+                                           bench.HEAD_DIM)]
   assert [r.dtype for r in states] == ([jnp.bfloat16] if causal else [])
   other = bench.residuals(L, causal, "parallel" if causal else "slim")
-  assert _bytes(kept) < 0.6 * _bytes(other)
+  # Causal keeps a bf16 state per 32-row tile (F = 256 on a GPU), against
+  # "parallel"'s float32 one per 64-row chunk: 0.8x; bidirectional 0.1x.
+  assert _bytes(kept) < (0.9 if causal else 0.2) * _bytes(other)
