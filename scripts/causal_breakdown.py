@@ -90,16 +90,16 @@ def _bidir_plain(q, k, v, w_FD, chunk):
 
 
 PIECES = {
-    "bidir (shipped)": lambda q, k, v, w, c: favor.favor_attention(q, k, v, w),
+    "bidir (shipped)": lambda q, k, v, w, c: attention.favor_attention(q, k, v, w),
     "bidir_plain": _bidir_plain,
     "inter_no_prefix": lambda q, k, v, w, c: _inter(q, k, v, w, c, False),
     "inter_prefix": lambda q, k, v, w, c: _inter(q, k, v, w, c, True),
     "intra": _intra,
     "inter_plus_intra": lambda q, k, v, w, c: (_inter(q, k, v, w, c, True) +
                                                _intra(q, k, v, w, c)),
-    "causal (shipped)": lambda q, k, v, w, c: favor.favor_attention(
+    "causal (shipped)": lambda q, k, v, w, c: attention.favor_attention(
         q, k, v, w, causal=True, chunk_size=c),
-    "causal (autodiff)": lambda q, k, v, w, c: favor.favor_attention(
+    "causal (autodiff)": lambda q, k, v, w, c: attention.favor_attention(
         q, k, v, w, causal=True, chunk_size=c, implementation="autodiff"),
 }
 
