@@ -8,9 +8,10 @@ pallas_segments.py walks several stretches side by side); `summarize` gives
 a prefill its new decoding state the same way. "auto" picks these kernels
 where `preferred` says so. Backends: Mosaic TPU
 (on a chunk grid, pallas_tpu.py: any L); Triton on GPU
-(power-of-two C, F, D, Dv >= 16; deprecated as of JAX 0.11, but Mosaic
-GPU's `pallas_call` has no `dot_general` in JAX 0.10); interpret mode on
-the CPU, for tests ("tpu_interpret": the TPU's kernels).
+(power-of-two C, F, D, Dv >= 16, bf16 or f16, F (D + Dv) <= 32768, tiles
+of `tile_rows`: what compiles, scripts/triton_check.py; deprecated as of
+JAX 0.11, but Mosaic GPU's `pallas_call` has no `dot_general` in JAX 0.10);
+interpret mode on the CPU, for tests ("tpu_interpret": the TPU's kernels).
 """
 
 from __future__ import annotations
