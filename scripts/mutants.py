@@ -85,6 +85,13 @@ MUTANTS = {
         "    if key_mask_BL is None and not self.pad:",
         "    if key_mask_BL is None:",
         ("tests/attention/test_pallas_favor.py", "-k", "stretches")),
+    # The causal backward takes the even chunk's stored state for the odd
+    # chunk after it instead of recomputing that chunk's own.
+    "odd_chunk_state_not_recomputed": Mutant(
+        "performer_jax/attention/pallas_calls.py",
+        "    return jax.lax.cond(jax.lax.rem(n, 2) == 1, odd,",
+        "    return jax.lax.cond(jax.lax.rem(n, 2) == 7, odd,",
+        ("tests/attention/test_pallas_favor.py", "-k", "seeded")),
     # "auto" never runs the Pallas kernels.
     "auto_never_pallas": Mutant(
         "performer_jax/attention/api.py",

@@ -35,11 +35,14 @@ def _causal_fwd_kernel(cfg, c, n_chunks, store, xq, xk, v, keep, w, s0, z0,
     v_CE = rows(v)
     out[pl.ds(pl.multiple_of(n * c, c), c), :] = tiles.attend(
         cfg, t, v_CE, s_FE, z_1F).out
-    if store:
-      s_in, z_in, m_in = state_refs
-      s_in[n] = s_FE.astype(s_in.dtype)
-      z_in[pl.ds(n, 1), :] = z_1F
-      m_in[pl.ds(n, 1), :] = m_11
+    if store:  # every other chunk's entry state (`_causal_bwd_kernel`)
+      @pl.when(jax.lax.rem(n, 2) == 0)
+      def _():
+        s_in, z_in, m_in = state_refs
+        half = jax.lax.div(n, 2)
+        s_in[half] = s_FE.astype(s_in.dtype)
+        z_in[pl.ds(half, 1), :] = z_1F
+        m_in[pl.ds(half, 1), :] = m_11
     return tiles.carry(cfg, t, v_CE, s_FE, z_1F) + (t.m_out,)
 
   jax.lax.fori_loop(0, n_chunks, step, (s0[...], z0[...], m0[...]))
@@ -47,16 +50,31 @@ def _causal_fwd_kernel(cfg, c, n_chunks, store, xq, xk, v, keep, w, s0, z0,
 
 def _causal_bwd_kernel(cfg, c, n_chunks, xq, xk, v, keep, w, s_in, z_in,
                        m_in, g, dxq, dxk, dv, ds0, dz0):
+  """The chunks in reverse. An even chunk's entry state is stored; an odd
+  one's is recomputed from the chunk before it (one `tiles.chunk` and
+  `tiles.carry` more every other chunk, for half the stored states)."""
   w_FD = w[...]
+
+  def entry_state(n):
+    j = jax.lax.div(n, 2)
+    s_FE, z_1F, m_11 = s_in[j], z_in[pl.ds(j, 1), :], m_in[pl.ds(j, 1), :]
+    s_FE = s_FE.astype(jnp.float32)
+
+    def odd():
+      rows = pl.ds(pl.multiple_of(2 * j * c, c), c)
+      t = tiles.chunk(cfg, xq[rows, :], xk[rows, :], keep[rows, :], w_FD,
+                      m_11)
+      return tiles.carry(cfg, t, v[rows, :], s_FE, z_1F) + (t.m_out,)
+    return jax.lax.cond(jax.lax.rem(n, 2) == 1, odd,
+                        lambda: (s_FE, z_1F, m_11))
 
   def step(i, carry):
     n = n_chunks - 1 - i
-    ds_FE, dz_1F = carry
     rows = pl.ds(pl.multiple_of(n * c, c), c)
+    s_FE, z_1F, m_11 = entry_state(n)
     dq, dk, dv_, ds_FE, dz_1F = tiles.chunk_backward(
         cfg, xq[rows, :], xk[rows, :], v[rows, :], keep[rows, :], w_FD,
-        m_in[pl.ds(n, 1), :], s_in[n], z_in[pl.ds(n, 1), :], g[rows, :],
-        ds_FE, dz_1F)
+        m_11, s_FE, z_1F, g[rows, :], *carry)
     dxq[rows, :], dxk[rows, :], dv[rows, :] = dq, dk, dv_
     return ds_FE, dz_1F
 
@@ -75,7 +93,7 @@ def _causal_specs(lp, d, e, f, heads, extra):
 
 
 def _causal_forward(static, xq, xk, v, keep, w, s0, z0, m0, store):
-  """Outputs and (with `store`) each chunk's entry state, in a layout only
+  """Outputs and (with `store`) the chunks' entry states, in a layout only
   the same platform's `_causal_backward` reads."""
   cfg, c, heads, on = static
   if on in pallas_tpu.PLATFORMS:
@@ -87,10 +105,11 @@ def _causal_forward(static, xq, xk, v, keep, w, s0, z0, m0, store):
   seed_specs = [whole((f, e)), whole((1, f)), whole((1, 1))]
   out_shape = [f32((g, lp, e), xq)]
   out_specs = [whole((lp, e))]
-  if store:
-    out_shape += [f32((g, n, f, e), xq, tiles.state_dtype(cfg)),
-                  f32((g, n, f), xq), f32((g, n, 1), xq)]
-    out_specs += [whole((n, f, e)), whole((n, f)), whole((n, 1))]
+  if store:  # every other chunk's (`_causal_bwd_kernel`)
+    ns = -(-n // 2)
+    out_shape += [f32((g, ns, f, e), xq, tiles.state_dtype(cfg)),
+                  f32((g, ns, f), xq), f32((g, ns, 1), xq)]
+    out_specs += [whole((ns, f, e)), whole((ns, f)), whole((ns, 1))]
   return launch.call(
       functools.partial(_causal_fwd_kernel, cfg, c, n, store),
       grid=(g,), in_specs=_causal_specs(lp, d, e, f, heads, seed_specs),
@@ -118,7 +137,8 @@ def _causal_backward(static, xq, xk, v, keep, w, s_in, z_in, m_in, g_GLE):
   grp, lp, d = xq.shape
   e, f, n = v.shape[-1], w.shape[0], lp // c
   whole, f32 = launch.whole, launch.f32_like
-  state_specs = [whole((n, f, e)), whole((n, f)), whole((n, 1)),
+  ns = -(-n // 2)
+  state_specs = [whole((ns, f, e)), whole((ns, f)), whole((ns, 1)),
                  whole((lp, e))]
   return launch.call(
       functools.partial(_causal_bwd_kernel, cfg, c, n),

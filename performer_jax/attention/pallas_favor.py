@@ -3,7 +3,7 @@
 One program per (batch, head) computes the features of C-token tiles on chip
 (pallas_tiles.py, in pallas_calls.py's kernels) and writes only outputs,
 states and cotangents: no `[B, H, L, F]` tensor reaches HBM. Causal stores
-each chunk's entry state and recomputes the features backward (on a GPU
+chunks' entry states and recomputes the features backward (on a GPU
 pallas_segments.py walks several stretches side by side); `summarize` gives
 a prefill its new decoding state the same way. "auto" picks these kernels
 where `preferred` says so. Backends: Mosaic TPU

@@ -65,11 +65,12 @@ def mm_tn(cfg, a, b):
 
 
 def state_dtype(cfg: TileConfig):
-  """The dtype a causal pass stores each chunk's entry state S in for its
+  """The dtype a causal pass stores chunks' entry states S in for its
   backward: the matmul operand dtype, since the backward uses S only as
-  an operand (`attend`, `chunk_backward`), so the stored copy is exactly
-  what those products read (bf16 halves the largest residual). z and the
-  carried state stay float32."""
+  an operand (`attend`, `chunk_backward`), so a stored copy is exactly
+  what those products read (bf16 halves the largest residual; a state
+  recomputed from it, pallas_calls.py's odd chunks, starts from the
+  rounded copy). z and the carried state stay float32."""
   return cfg.dtype
 
 

@@ -126,12 +126,16 @@ def test_seeded_causal_matches_parallel_and_no_future_leak(on, segments):
                              atol=1e-6)
 
 
-@pytest.mark.parametrize("on", ["interpret", "tpu_interpret"])
-def test_bf16_pass_stores_bf16_states_and_loses_nothing(monkeypatch, on):
+@pytest.mark.parametrize("on,kept", [("interpret", 3), ("tpu_interpret", 5)])
+def test_bf16_pass_stores_bf16_states(monkeypatch, on, kept):
   # The backward reads the stored entry states only as bf16 matmul
-  # operands, so storing them in bf16 (half the largest residual) gives
-  # bit-identical gradients to storing float32.
-  q, k, v, mask, proj = inputs.qkv(b=B, length=L, h=H, d=D, m=M, scale=1.5)
+  # operands, so a bf16 pass stores them in bf16 (half the largest
+  # residual). The TPU's kernels store every chunk's: gradients
+  # bit-identical to storing float32. The whole-sequence kernels (GPU)
+  # store every other chunk's and recompute the odd ones from it, which
+  # now starts from the rounded state: within 4 bf16 ulps of the largest
+  # gradient (measured: 1.3 ulps). 72 tokens: 5 chunks of 16.
+  q, k, v, mask, proj = inputs.qkv(b=B, length=72, h=H, d=D, m=M, scale=1.5)
   x = layout.favor_inputs(layout.flatten(q, k, v, mask))
 
   def grads():
@@ -140,15 +144,19 @@ def test_bf16_pass_stores_bf16_states_and_loses_nothing(monkeypatch, on):
         on=on)))
     vjp = jax.jit(lambda *x: jax.vjp(loss, *x))
     residuals = jax.tree.leaves(jax.eval_shape(vjp, *x)[1])
-    return residuals, jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*x)
-  residuals, got = grads()
-  is_state = lambda r: r.shape[-3:] == (3, M, D)  # [G, N, F, Dv]
-  assert [r.dtype for r in residuals if is_state(r)] == [jnp.bfloat16]
+    states = [r.dtype for r in residuals if r.shape[-3:] == (kept, M, D)]
+    return states, jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*x)
+  states, got = grads()
+  assert states == [jnp.bfloat16]
   monkeypatch.setattr(pallas_tiles, "state_dtype", lambda cfg: jnp.float32)
-  residuals, want = grads()
-  assert [r.dtype for r in residuals if is_state(r)] == [jnp.float32]
+  states, want = grads()
+  assert states == [jnp.float32]
   for w, g in zip(want, got):
-    np.testing.assert_array_equal(g, w)
+    if on == "tpu_interpret":
+      np.testing.assert_array_equal(g, w)
+    else:
+      np.testing.assert_allclose(g, w, rtol=0,
+                                 atol=4 * 2.0 ** -8 * np.max(np.abs(w)))
 
 
 @pytest.mark.parametrize("causal,kernel,masked,length", [
@@ -216,8 +224,8 @@ def test_gpu_tiles_keep_a_tiles_features_in_registers():
   assert pallas_favor.tile_rows(16, 2048, "gpu") == 16
   assert pallas_favor.tile_rows(64, 256, "tpu") == 64
   assert pallas_favor.tile_rows(64, 256, "interpret") == 64
-  # The GPU's causal pass at chunk_size 64 and F = 256 stores the entry
-  # states of 32-row chunks: 4 of them for 128 tokens.
+  # The GPU's causal pass at chunk_size 64 and F = 256 walks 32-row chunks,
+  # 4 for 128 tokens, and stores every other one's entry state.
   x = jax.ShapeDtypeStruct((1, 1, 128, 16), jnp.bfloat16)
   proj = jnp.ones((256, 16), jnp.float32)
   states = jax.eval_shape(lambda q, k, v: jax.vjp(
@@ -225,7 +233,7 @@ def test_gpu_tiles_keep_a_tiles_features_in_registers():
                                         chunk_size=64, dtype=jnp.bfloat16,
                                         on="gpu"), q, k, v)[1], x, x, x)
   kept = [r.shape for r in jax.tree.leaves(states) if r.ndim == 4]
-  assert (1, 4, 256, 16) in kept, kept
+  assert (1, 2, 256, 16) in kept, kept
 
 
 @pytest.mark.parametrize("on,groups,chunks,want", [
