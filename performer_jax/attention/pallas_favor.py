@@ -108,6 +108,12 @@ def tile_rows(chunk_size: int, num_features: int,
   return min(chunk_size, 1 << (cap.bit_length() - 1))
 
 
+def _tile(length: int, chunk_size: int, num_features: int, on: str) -> int:
+  """C: the rows of a call's tiles (`tile_rows`, at most the length)."""
+  return chunked.num_chunks(length,
+                            tile_rows(chunk_size, num_features, on))[0]
+
+
 def matmul_dtype(dtype):
   """The matmul operand dtype for inputs of `dtype`: theirs when narrower
   than float32 (bf16 on tensor cores), else float32."""
@@ -149,9 +155,10 @@ def causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array, v_BHLE: jax.Array,
   `dtype`: the matmul operand dtype; `on`: the platform (default: here)."""
   b, h, length, d = x_q_BHLD.shape
   dv = v_BHLE.shape[-1]
-  c = chunked.num_chunks(length, chunk_size)[0]
+  on = on or platform()
   cfg, w = _prepare(kernel, projection, d, dtype)
   f = w.shape[0]
+  c = _tile(length, chunk_size, f, on)
   if seed is None:
     s0 = jnp.zeros((b, h, f, dv + 1), jnp.float32)
     m0 = jnp.full((b, h), -jnp.inf, jnp.float32)
@@ -167,7 +174,6 @@ def causal(x_q_BHLD: jax.Array, x_k_BHLD: jax.Array, v_BHLE: jax.Array,
       _keep(key_mask_BL, b, length, c), jax.lax.stop_gradient(w),
       s0[..., :-1].reshape(b * h, f, dv), s0[..., -1].reshape(b * h, 1, f),
       m0.reshape(b * h, 1, 1))
-  on = on or platform()
   out = calls.causal_core((cfg, c, h, on), xq, xk, v, keep, w, s_FE, z_1F,
                           jax.lax.stop_gradient(m_11))
   return out.reshape(b, h, -1, dv)[:, :, :length]
@@ -184,14 +190,15 @@ def bidirectional(x_q_BHLD: jax.Array, x_k_BHSD: jax.Array,
   `min(chunk_size, L)` queries and `min(chunk_size, S)` keys."""
   b, h, length, d = x_q_BHLD.shape
   s_len, dv = x_k_BHSD.shape[2], v_BHSE.shape[-1]
-  c = min(chunked.num_chunks(length, chunk_size)[0],
-          chunked.num_chunks(s_len, chunk_size)[0])
+  on = on or platform()
   cfg, w = _prepare(kernel, projection, d, dtype)
+  c = min(_tile(length, chunk_size, w.shape[0], on),
+          _tile(s_len, chunk_size, w.shape[0], on))
   xq, xk, v, keep, w = vma.align(
       _grouped(x_q_BHLD, c, dtype), _grouped(x_k_BHSD, c, dtype),
       _grouped(v_BHSE, c, dtype),
       _keep(key_mask_BS, b, s_len, c), jax.lax.stop_gradient(w))
-  static = (cfg, c, h, on or platform())
+  static = (cfg, c, h, on)
   s_GFE, z_G1F, _ = calls.summary_core(static, xk, v, keep, w)
   out = calls.query_core(static, xq, w, s_GFE, z_G1F)
   return out.reshape(b, h, -1, dv)[:, :, :length]
@@ -205,13 +212,14 @@ def attend(x_q_BHLD: jax.Array, sums_BHFE: jax.Array,
   both (the query-tile grid; backward, a walk over the query tiles)."""
   b, h, length, d = x_q_BHLD.shape
   f, dv = sums_BHFE.shape[-2], sums_BHFE.shape[-1] - 1
-  c = chunked.num_chunks(length, chunk_size)[0]
+  on = on or platform()
   cfg, w = _prepare(kernel, projection, d, dtype)
+  c = _tile(length, chunk_size, f, on)
   xq, w, s_GFE, z_G1F = vma.align(
       _grouped(x_q_BHLD, c, dtype), jax.lax.stop_gradient(w),
       sums_BHFE[..., :-1].reshape(b * h, f, dv),
       sums_BHFE[..., -1].reshape(b * h, 1, f))
-  out = calls.query_core((cfg, c, h, on or platform()), xq, w, s_GFE, z_G1F)
+  out = calls.query_core((cfg, c, h, on), xq, w, s_GFE, z_G1F)
   return out.reshape(b, h, -1, dv)[:, :, :length]
 
 
@@ -224,12 +232,13 @@ def summarize(x_k_BHLD: jax.Array, v_BHLE: jax.Array,
   `[v, 1]`, without storing the features; differentiable in x_k and v."""
   b, h, length, d = x_k_BHLD.shape
   dv = v_BHLE.shape[-1]
-  c = chunked.num_chunks(length, chunk_size)[0]
+  on = on or platform()
   cfg, w = _prepare(kernel, projection, d, dtype)
+  c = _tile(length, chunk_size, w.shape[0], on)
   xk, v, keep, w = vma.align(
       _grouped(x_k_BHLD, c, dtype), _grouped(v_BHLE, c, dtype),
       _keep(key_mask_BL, b, length, c), jax.lax.stop_gradient(w))
-  s_GFE, z_G1F, m_G11 = calls.summary_core((cfg, c, h, on or platform()), xk,
+  s_GFE, z_G1F, m_G11 = calls.summary_core((cfg, c, h, on), xk,
                                            v, keep, w)
   f = w.shape[0]
   sums_BHFE = jnp.concatenate([s_GFE, jnp.swapaxes(z_G1F, 1, 2)],
